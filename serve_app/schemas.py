@@ -1,0 +1,103 @@
+"""Wire schemas of the HTTP API, apart from the logic that fills them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+NonBlank = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchFilters(_Strict):
+    kinds: list[str] | None = Field(
+        default=None, description="Only these document kinds (spec, glossary, ...)."
+    )
+    langs: list[Literal["ja", "en"]] | None = None
+    tags: list[str] | None = Field(default=None, description="Chunks carrying any of these tags.")
+    doc_ids: list[str] | None = None
+
+
+class SearchRequest(_Strict):
+    query: str = Field(
+        description="The question, in Japanese, English or both.", examples=["認証トークンの有効期限は？"]
+    )
+    top_k: int = Field(default=10, ge=1, le=100)
+    filters: SearchFilters | None = None
+    channels: list[Literal["dense", "sparse"]] = Field(default=["dense", "sparse"], min_length=1)
+    rerank: bool | None = Field(default=None, description="ColBERT rerank; default from settings.")
+    expand: bool = Field(default=True, description="Use query variants from the expander.")
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must contain non-whitespace text")
+        return value
+
+
+class SearchResult(BaseModel):
+    rank: int
+    chunk_id: str
+    doc_id: str
+    version: int
+    title: str
+    title_path: list[str]
+    text: str
+    lang: str
+    kind: str
+    source: str
+    tags: list[str]
+    score: float = Field(description="The score the results are ordered by (rerank if on, else RRF).")
+    scores: dict[str, float] = Field(
+        description="Every score that went into the rank: dense, sparse, rrf, ..."
+    )
+    found_by: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class QueryVariant(BaseModel):
+    text: str
+    lang: str
+    origin: str = Field(description="original | llm | glossary")
+
+
+class SearchResponse(BaseModel):
+    query: str
+    results: list[SearchResult]
+    variants: list[QueryVariant]
+    timings_ms: dict[str, float]
+    model: str
+
+
+class EmbedRequest(_Strict):
+    input: list[str] | str = Field(description="One text or a list of texts.")
+    input_type: Literal["query", "passage"] = "passage"
+    return_dense: bool = True
+    return_sparse: bool = False
+    return_colbert: bool = False
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class Embedding(BaseModel):
+    index: int
+    dense: list[float] | None = None
+    sparse: dict[str, float] | None = Field(default=None, description="token id -> weight")
+    colbert: list[list[float]] | None = None
+    tokens: int
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    data: list[Embedding]
+    usage: dict[str, int]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: Any = None

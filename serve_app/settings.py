@@ -1,0 +1,171 @@
+"""One settings tree for every part of specrag.
+
+Read from the environment with the prefix ``SPECRAG_`` and ``__`` between levels
+(``SPECRAG_MILVUS__URI``, ``SPECRAG_SEARCH__RRF_K``); a few flat aliases that operators
+expect (``SPECRAG_MILVUS_URI``, ``SPECRAG_REDIS_URL``, ``SPECRAG_MODEL_PATH``) are accepted too.
+The same models validate the ``args`` of ``serve_config.yaml``, so a typo fails at start-up
+with the field's name instead of somewhere inside a replica.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(os.environ.get("SPECRAG_HOME", Path.home() / ".specrag"))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    """Which M3-format model to load and how to run it."""
+
+    name_or_path: str = Field(
+        default=str(DEFAULT_HOME / "models" / "m3-offline-e5-small"),
+        description="BAAI/bge-m3 (downloaded by the user beforehand) or a local M3-format directory.",
+    )
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_length: int = Field(default=512, ge=8, le=8192)
+    num_threads: int = Field(default=0, ge=0, description="torch threads on CPU; 0 = all visible cores.")
+    pooling: Literal["auto", "cls", "mean"] = "auto"
+    query_prefix: str | None = Field(default=None, description="None = take it from the model directory.")
+    passage_prefix: str | None = None
+
+
+class MilvusSettings(_Section):
+    uri: str = Field(default="http://127.0.0.1:29530", description="Milvus server URI (Lite server or real).")
+    token: SecretStr | None = None
+    collection: str = Field(default="specrag", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
+    hnsw_m: int = Field(default=16, ge=4, le=64)
+    hnsw_ef_construction: int = Field(default=200, ge=8, le=1024)
+    search_ef: int = Field(default=128, ge=8, le=4096)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class RedisSettings(_Section):
+    url: SecretStr | None = Field(default=None, description="redis://host:port/db; unset = no cache.")
+
+
+class BatchSettings(_Section):
+    """Dynamic batching of the Embedder (see ENVIRONMENT: max_ongoing_requests caps batches)."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=5)
+    encode_batch_size: int = Field(default=16, ge=1, le=1024, description="texts per forward pass")
+
+
+class SearchSettings(_Section):
+    top_k: int = Field(default=10, ge=1, le=100)
+    overfetch: int = Field(default=3, ge=1, le=20, description="stage-1 ANN fetches top_k x this")
+    rrf_k: int = Field(default=60, ge=1, le=1000)
+    dense_weight: float = Field(default=1.0, ge=0)
+    sparse_weight: float = Field(default=0.3, ge=0)
+    rerank: bool = True
+    rerank_candidates: int = Field(default=30, ge=1, le=200)
+    colbert_weight: float = Field(
+        default=1.0, ge=0, description="weight of ColBERT MaxSim in the rerank score"
+    )
+    rerank_dense_weight: float = Field(default=1.0, ge=0)
+    rerank_sparse_weight: float = Field(default=0.0, ge=0)
+
+
+class LimitSettings(_Section):
+    max_query_chars: int = Field(default=2000, ge=1)
+    max_embed_items: int = Field(default=256, ge=1)
+    max_item_chars: int = Field(default=50_000, ge=1)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+
+class ChunkSettings(_Section):
+    max_chars: int = Field(default=700, ge=50, le=20_000)
+    overlap_sentences: int = Field(default=1, ge=0, le=10)
+
+
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    app_name: str = "specrag"
+    route_prefix: str = "/"
+    embedder_replicas: int = Field(default=1, ge=1)
+    embedder_num_gpus: float = Field(default=0.0, ge=0)
+    embedder_num_cpus: float = Field(default=1.0, ge=0)
+    reranker_replicas: int = Field(default=1, ge=1)
+
+    @field_validator("port")
+    @classmethod
+    def _outside_ray_worker_ports(cls, port: int) -> int:
+        if 10002 <= port <= 19999:
+            raise ValueError("ports 10002-19999 are Ray's worker range; pick another")
+        return port
+
+
+_FLAT_ALIASES = {
+    "SPECRAG_MODEL_PATH": ("model", "name_or_path"),
+    "SPECRAG_MILVUS_URI": ("milvus", "uri"),
+    "SPECRAG_REDIS_URL": ("redis", "url"),
+}
+
+
+class Settings(BaseSettings):
+    """The whole tree. ``Settings()`` reads the environment; ``Settings(**args)`` validates config."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPECRAG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    home: Path = DEFAULT_HOME
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    chunk: ChunkSettings = Field(default_factory=ChunkSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_flat_aliases(cls, data: Any) -> Any:
+        """Accept the flat names operators reach for first; the nested form wins when both are set."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for env, (section, field) in _FLAT_ALIASES.items():
+            value = os.environ.get(env)
+            if not value:
+                continue
+            current = data.get(section) or {}
+            if isinstance(current, BaseModel):
+                current = current.model_dump()
+            data[section] = {field: value, **current}
+        return data
+
+    def redacted(self) -> dict[str, Any]:
+        """The tree as JSON-able data with secrets masked; safe to log at start-up."""
+        return self.model_dump(mode="json")
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Environment first, then ``overrides`` (e.g. ``serve_config.yaml`` args) section by section."""
+    base = Settings()
+    if not overrides:
+        return base
+    merged = base.model_dump()
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    # Secrets were dumped as SecretStr objects, which validate again unchanged.
+    return Settings.model_validate(merged)

@@ -1,0 +1,826 @@
+"""Milvus storage engine for chunks: schema, blue/green aliases, writes and the three searches.
+
+Plain Python (no Ray) so that Serve deployments, ingestion jobs and tests share one code path.
+
+Layout
+    ``collection`` (e.g. ``specrag``) is an *alias*; the rows live in a physical collection named
+    ``{collection}_{YYYYmmddHHMMSS}`` (UTC).  A full re-index writes into a fresh physical
+    collection (``create_physical`` + ``upsert(into=...)``) and then ``switch_alias`` flips readers
+    over atomically.  A real collection that is already called ``collection`` (created by hand or by
+    an older version) is used as it is.
+
+Vectors
+    dense: ``FLOAT_VECTOR(dim)``, HNSW, metric IP.  Vectors are L2-normalised here (queries and rows)
+    so IP equals cosine whatever the caller did.
+    sparse: ``SPARSE_FLOAT_VECTOR``, ``SPARSE_INVERTED_INDEX``, metric IP (the only sparse index
+    Milvus Lite has).
+
+Errors
+    Unreachable/slow/not-ready Milvus -> ``StoreUnavailable`` (HTTP 503); a filter expression or
+    argument Milvus rejects -> ``ValueError`` (HTTP 400); anything else propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+__all__ = ["ChunkRecord", "Hit", "MilvusStore", "StoreUnavailable", "build_filter"]
+
+# --------------------------------------------------------------------------------------------- schema
+
+DENSE_FIELD = "dense"
+SPARSE_FIELD = "sparse"
+DENSE_INDEX = "dense_hnsw"
+SPARSE_INDEX = "sparse_inverted"
+
+# VARCHAR limits are UTF-8 *bytes* in Milvus.
+CHUNK_ID_MAX = 128
+TEXT_MAX = 65_535
+_VARCHAR_LIMITS: dict[str, int] = {
+    "chunk_id": CHUNK_ID_MAX,
+    "doc_id": 512,
+    "text": TEXT_MAX,
+    "title": 2048,
+    "lang": 16,
+    "kind": 32,
+    "source": 2048,
+    "content_hash": 128,
+}
+# ARRAY<VARCHAR>: (max_capacity, max_length of one element in bytes)
+_ARRAY_LIMITS: dict[str, tuple[int, int]] = {
+    "title_path": (32, 512),
+    "tags": (64, 256),
+}
+_INT_FIELDS = ("version", "ordinal", "updated_at")
+# Hidden mirror of ``tags`` for fast filtering (see build_filter); never returned to callers.
+TAGS_KEY_FIELD = "tags_key"
+TAGS_KEY_MAX = 65_535
+
+#: every non-vector field, in schema order; this is what searches/get/query return.
+SCALAR_FIELDS: tuple[str, ...] = (
+    "chunk_id",
+    "doc_id",
+    "version",
+    "ordinal",
+    "text",
+    "title",
+    "title_path",
+    "lang",
+    "kind",
+    "source",
+    "tags",
+    "updated_at",
+    "content_hash",
+    "is_current",
+)
+
+# Milvus refuses a sparse vector without a non-zero weight, but a chunk can legitimately have no
+# lexical weights (only punctuation, or an encoder without a sparse head).  Such rows get one tiny
+# weight on token id 1, which is <pad> in the XLM-R vocabulary used by BGE-M3: the encoder never
+# emits it for real text, and ``_clean_sparse(..., for_query=True)`` strips it from every query, so
+# the placeholder can never match and the row is simply invisible to sparse search (the inverted
+# index only scores rows sharing a query token).  Dense search still finds the row.
+SPARSE_PLACEHOLDER_TOKEN = 1
+SPARSE_PLACEHOLDER_WEIGHT = 1e-9
+
+UPSERT_BATCH = 500
+_ID_BATCH = 1000
+MAX_WINDOW = 16_384  # Milvus caps offset+limit of search/query at 16384
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_SUFFIX_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+# ---------------------------------------------------------------------------------------------- types
+
+
+class StoreUnavailable(RuntimeError):
+    """Milvus could not be reached, timed out, or the collection is not there (yet): answer 503."""
+
+
+@dataclass(slots=True)
+class ChunkRecord:
+    chunk_id: str
+    doc_id: str
+    version: int
+    ordinal: int
+    text: str
+    title: str
+    title_path: list[str]
+    lang: str
+    kind: str  # spec, glossary, api, design, faq, other
+    source: str
+    tags: list[str]
+    updated_at: int  # unix seconds
+    content_hash: str
+    is_current: bool
+    dense: list[float] | np.ndarray
+    sparse: dict[int, float] = field(default_factory=dict)  # empty -> placeholder, see above
+
+
+@dataclass(slots=True)
+class Hit:
+    chunk_id: str
+    score: float
+    fields: dict[str, Any]
+
+
+# -------------------------------------------------------------------------------------- pure helpers
+
+
+def quote(value: str) -> str:
+    """A Milvus string literal for ``value`` (double quotes; backslash, quote and controls escaped)."""
+    out = (
+        str(value)
+        .replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+    return f'"{out}"'
+
+
+def _as_list(values: str | Iterable[str] | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        return [values]
+    return [str(v) for v in values]
+
+
+def build_filter(
+    *,
+    current_only: bool = True,
+    doc_ids: str | Iterable[str] | None = None,
+    kinds: str | Iterable[str] | None = None,
+    langs: str | Iterable[str] | None = None,
+    tags: str | Iterable[str] | None = None,
+) -> str | None:
+    """A Milvus boolean expression; clauses joined with ``and``; ``None`` when nothing constrains.
+
+    ``doc_ids``/``kinds``/``langs`` match any of the values; ``tags`` matches rows carrying *any*
+    of the tags (exactly, case-sensitive).  ``None`` or an empty sequence means "no constraint" for
+    that field.  Hand-written expressions may use ``array_contains(tags, "x")`` too (slower on Lite).
+    """
+    clauses: list[str] = []
+    if current_only:
+        clauses.append("is_current == true")
+    for name, values in (("doc_id", doc_ids), ("kind", kinds), ("lang", langs)):
+        items = list(dict.fromkeys(_as_list(values)))
+        if len(items) == 1:
+            clauses.append(f"{name} == {quote(items[0])}")
+        elif items:
+            clauses.append(f"{name} in [{', '.join(quote(v) for v in items)}]")
+    tag_items = [t for t in dict.fromkeys(_as_list(tags)) if t]
+    if tag_items:
+        # Same meaning as array_contains(_any)(tags, ...), but on the VARCHAR mirror ``tags_key``:
+        # Milvus Lite evaluates ARRAY/JSON predicates row by row with whole rows materialised
+        # (~0.4 s per search over 5k rows at dim 1024) while LIKE on a VARCHAR costs ~nothing.
+        likes = [f'{TAGS_KEY_FIELD} like "%{tag_key(v)}%"' for v in tag_items]
+        clauses.append(likes[0] if len(likes) == 1 else f"({' or '.join(likes)})")
+    return " and ".join(clauses) if clauses else None
+
+
+def tag_key(tag: str) -> str:
+    """``|<utf-8 hex>|``: wildcard- and separator-free, so ``like "%|hex|%"`` is an exact tag match."""
+    return f"|{truncate_utf8(str(tag), _ARRAY_LIMITS['tags'][1]).encode('utf-8').hex()}|"
+
+
+def tags_key(tags: Iterable[str]) -> str:
+    return "".join(tag_key(t) for t in dict.fromkeys(tags) if t)
+
+
+def _ids_filter(ids: Sequence[str]) -> str:
+    return f"chunk_id in [{', '.join(quote(i) for i in ids)}]"
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, never splitting a character."""
+    if len(text) * 4 <= max_bytes:  # fast path: cannot exceed
+        return text
+    raw = text.encode("utf-8", errors="replace")
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def _normalize(vector: Sequence[float] | np.ndarray, dim: int) -> list[float]:
+    arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if arr.shape[0] != dim:
+        raise ValueError(f"dense vector has dimension {arr.shape[0]}, the collection expects {dim}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("dense vector contains NaN or infinity")
+    norm = float(np.linalg.norm(arr))
+    if norm > 0.0:
+        arr = arr / norm
+    return arr.tolist()
+
+
+def _clean_sparse(weights: dict[int, float] | None, *, for_query: bool) -> dict[int, float]:
+    """Keep finite positive weights with valid int token ids.
+
+    Rows: an empty result becomes the placeholder.  Queries: the placeholder token is removed, so an
+    all-placeholder row can never be hit; an empty result means "skip sparse search".
+    """
+    out: dict[int, float] = {}
+    for key, value in (weights or {}).items():
+        token, weight = int(key), float(value)
+        if token < 0 or token >= 2**32 - 1 or not math.isfinite(weight) or weight <= 0.0:
+            continue
+        if for_query and token == SPARSE_PLACEHOLDER_TOKEN:
+            continue
+        out[token] = weight
+    if not out and not for_query:
+        out = {SPARSE_PLACEHOLDER_TOKEN: SPARSE_PLACEHOLDER_WEIGHT}
+    return out
+
+
+def record_to_row(record: ChunkRecord, dim: int) -> dict[str, Any]:
+    """One Milvus row for ``record``: strings truncated to their byte limits, vectors cleaned."""
+    chunk_id = str(record.chunk_id)
+    if not chunk_id:
+        raise ValueError("chunk_id must not be empty")
+    if len(chunk_id.encode("utf-8")) > CHUNK_ID_MAX:
+        # Truncating a primary key would merge distinct chunks; refuse instead.
+        raise ValueError(f"chunk_id longer than {CHUNK_ID_MAX} bytes: {chunk_id[:40]!r}...")
+    row: dict[str, Any] = {"chunk_id": chunk_id}
+    for name, limit in _VARCHAR_LIMITS.items():
+        if name != "chunk_id":
+            value = getattr(record, name)
+            row[name] = truncate_utf8("" if value is None else str(value), limit)
+    for name, (capacity, limit) in _ARRAY_LIMITS.items():
+        items = [str(v) for v in (getattr(record, name) or [])][:capacity]
+        row[name] = [truncate_utf8(v, limit) for v in items]
+    row[TAGS_KEY_FIELD] = tags_key(row["tags"])
+    for name in _INT_FIELDS:
+        row[name] = int(getattr(record, name))
+    row["is_current"] = bool(record.is_current)
+    row[DENSE_FIELD] = _normalize(record.dense, dim)
+    row[SPARSE_FIELD] = _clean_sparse(record.sparse, for_query=False)
+    return row
+
+
+def _plain(entity: dict[str, Any]) -> dict[str, Any]:
+    """Result entity -> plain JSON-able python (ARRAY fields come back as protobuf containers)."""
+    out: dict[str, Any] = {}
+    for key, value in entity.items():
+        if key in _ARRAY_LIMITS and value is not None:
+            value = [str(v) for v in value]
+        elif key == "is_current" and value is not None:
+            value = bool(value)
+        out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------ error mapping
+
+_UNAVAILABLE_CODES = {2, 8, 9, 100}  # ConnectFailed, RateLimit, ForceDeny, CollectionNotFound
+_INVALID_CODES = {5, 6, 1100, 1101}  # IllegalArgument, Lite's parse/range errors, ParameterInvalid/Missing
+_UNAVAILABLE_HINTS = (
+    "fail connecting",
+    "server unavailable",
+    "retry timeout",
+    "closed channel",
+    "should create connection first",
+    "deadline exceeded",
+    "connection refused",
+)
+
+
+def _classify(exc: BaseException) -> Literal["unavailable", "invalid", "other"]:
+    import grpc
+    from pymilvus.exceptions import MilvusException, ParamError
+
+    if isinstance(exc, StoreUnavailable):
+        return "unavailable"
+    if isinstance(exc, ConnectionError | TimeoutError | grpc.FutureTimeoutError):
+        return "unavailable"
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        return "invalid" if code == grpc.StatusCode.INVALID_ARGUMENT else "unavailable"
+    if isinstance(exc, MilvusException):
+        code = exc.code
+        if isinstance(code, grpc.StatusCode):  # pymilvus' retry loop re-raises grpc codes this way
+            return "invalid" if code == grpc.StatusCode.INVALID_ARGUMENT else "unavailable"
+        if isinstance(exc, ParamError) or getattr(exc, "is_input_error", False) or code in _INVALID_CODES:
+            return "invalid"
+        if code in _UNAVAILABLE_CODES:
+            return "unavailable"
+        message = str(exc.message or "").lower()
+        if any(hint in message for hint in _UNAVAILABLE_HINTS):
+            return "unavailable"
+    return "other"
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    """Unavailable because of the transport (not e.g. a missing collection or rate limit)."""
+    from pymilvus.exceptions import MilvusException
+
+    if isinstance(exc, StoreUnavailable):
+        return False
+    return not (isinstance(exc, MilvusException) and exc.code in _UNAVAILABLE_CODES - {2})
+
+
+def _reason(exc: BaseException) -> str:
+    message = getattr(exc, "message", None)
+    if not message and callable(getattr(exc, "details", None)):
+        try:
+            message = exc.details()
+        except Exception:
+            message = None
+    return str(message or exc or type(exc).__name__).strip()
+
+
+# -------------------------------------------------------------------------------------------- store
+
+
+class MilvusStore:
+    """One Milvus collection (alias) for chunks; one lazily created client, rebuilt after failures."""
+
+    def __init__(
+        self,
+        uri: str,
+        collection: str,
+        dim: int,
+        *,
+        token: str | None = None,
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 200,
+        search_ef: int = 128,
+        timeout_s: float = 10.0,
+    ) -> None:
+        if not _NAME_RE.match(collection):
+            raise ValueError(f"invalid collection name {collection!r}")
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.uri = uri
+        self.collection = collection
+        self.dim = int(dim)
+        self._token = token
+        self.hnsw_m = int(hnsw_m)
+        self.hnsw_ef_construction = int(hnsw_ef_construction)
+        self.search_ef = int(search_ef)
+        self.timeout_s = float(timeout_s)
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._dirty: set[str] = set()
+
+    # pickling (Ray ships the object to replicas): never carry a live client or lock
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        state["_lock"] = None
+        state["_dirty"] = set()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MilvusStore(uri={self.uri!r}, collection={self.collection!r}, dim={self.dim})"
+
+    # ------------------------------------------------------------------------------- connection
+
+    def _get_client(self) -> Any:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                from pymilvus import MilvusClient
+
+                try:
+                    # dedicated: our own channel, so close() really drops it and a reconnect is fresh
+                    self._client = MilvusClient(
+                        uri=self.uri, token=self._token or "", timeout=self.timeout_s, dedicated=True
+                    )
+                except Exception as exc:
+                    if _classify(exc) == "invalid":
+                        raise ValueError(f"bad Milvus connection settings: {_reason(exc)}") from exc
+                    raise StoreUnavailable(f"cannot connect to Milvus at {self.uri}: {_reason(exc)}") from exc
+            return self._client
+
+    def _drop_client(self, client: Any) -> None:
+        with self._lock:
+            if self._client is not client:
+                return  # another thread already replaced it
+            self._client = None
+        try:
+            client.close()
+        except Exception:  # pragma: no cover - best effort
+            logger.debug("closing a failed Milvus client raised", exc_info=True)
+
+    def _call(self, op: str, fn: Callable[[Any], T]) -> T:
+        client = self._get_client()
+        try:
+            return fn(client)
+        except Exception as exc:
+            kind = _classify(exc)
+            if kind == "unavailable":
+                if _is_connection_failure(exc):
+                    self._drop_client(client)  # the next call builds a fresh channel
+                raise StoreUnavailable(f"Milvus {op} failed: {_reason(exc)}") from exc
+            if kind == "invalid":
+                raise ValueError(f"Milvus rejected {op}: {_reason(exc)}") from exc
+            raise
+
+    def ping(self) -> None:
+        self._call("ping", lambda c: c.get_server_version(timeout=self.timeout_s))
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # pragma: no cover
+                logger.debug("closing the Milvus client raised", exc_info=True)
+
+    # ------------------------------------------------------------------------------ collections
+
+    def _schema(self, client: Any) -> Any:
+        from pymilvus import DataType
+
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=CHUNK_ID_MAX)
+        for name in SCALAR_FIELDS[1:]:
+            if name in _VARCHAR_LIMITS:
+                schema.add_field(name, DataType.VARCHAR, max_length=_VARCHAR_LIMITS[name])
+            elif name in _ARRAY_LIMITS:
+                capacity, length = _ARRAY_LIMITS[name]
+                schema.add_field(
+                    name,
+                    DataType.ARRAY,
+                    element_type=DataType.VARCHAR,
+                    max_capacity=capacity,
+                    max_length=length,
+                )
+            elif name in _INT_FIELDS:
+                schema.add_field(name, DataType.INT64)
+            elif name == "is_current":
+                schema.add_field(name, DataType.BOOL)
+        schema.add_field(TAGS_KEY_FIELD, DataType.VARCHAR, max_length=TAGS_KEY_MAX)
+        schema.add_field(DENSE_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
+        return schema
+
+    def _index_params(self, client: Any) -> Any:
+        params = client.prepare_index_params()
+        params.add_index(
+            field_name=DENSE_FIELD,
+            index_name=DENSE_INDEX,  # Milvus Lite ignores it (names indexes after the field)
+            index_type="HNSW",
+            metric_type="IP",
+            params={"M": self.hnsw_m, "efConstruction": self.hnsw_ef_construction},
+        )
+        params.add_index(
+            field_name=SPARSE_FIELD,
+            index_name=SPARSE_INDEX,
+            index_type="SPARSE_INVERTED_INDEX",
+            metric_type="IP",
+        )
+        return params
+
+    def _describe(self, client: Any, name: str) -> dict[str, Any]:
+        return client.describe_collection(name, timeout=self.timeout_s)
+
+    def _check_schema(self, desc: dict[str, Any]) -> None:
+        fields = {f.get("name"): f for f in desc.get("fields", [])}
+        name = desc.get("collection_name", "?")
+        dense = fields.get(DENSE_FIELD)
+        missing = [f for f in (*SCALAR_FIELDS, TAGS_KEY_FIELD, DENSE_FIELD, SPARSE_FIELD) if f not in fields]
+        if missing:
+            raise ValueError(
+                f"collection {name!r} lacks fields {missing}; it was not created by this version of"
+                " specrag (re-index into a new collection)"
+            )
+        existing = int((dense.get("params") or {}).get("dim", -1))
+        if existing != self.dim:
+            raise ValueError(
+                f"collection {name!r} stores dense vectors of dim {existing}, but the model produces"
+                f" dim {self.dim}; re-index into a new collection"
+            )
+
+    def _ensure_loaded(self, client: Any, name: str) -> None:
+        from pymilvus.client.types import LoadState
+
+        state = client.get_load_state(name, timeout=self.timeout_s)
+        if (state.get("state") if isinstance(state, dict) else state) != LoadState.Loaded:
+            client.load_collection(name, timeout=self.timeout_s)
+
+    def _alias_target(self, client: Any) -> str | None:
+        """Physical name behind the alias; None if nothing named ``collection`` exists.
+
+        Raises ValueError when ``collection`` is a real collection, not an alias.
+        """
+        if not client.has_collection(self.collection, timeout=self.timeout_s):
+            return None
+        physical = self._describe(client, self.collection).get("collection_name")
+        if physical == self.collection:
+            raise ValueError(f"{self.collection!r} is a real collection, not an alias")
+        return physical
+
+    def ensure_collection(self) -> str:
+        def run(client: Any) -> str:
+            if client.has_collection(self.collection, timeout=self.timeout_s):
+                desc = self._describe(client, self.collection)
+                physical = desc.get("collection_name") or self.collection  # == name if not an alias
+                self._check_schema(desc)
+                self._ensure_loaded(client, physical)
+                return physical
+            physical = self._create_physical(client, None)
+            try:
+                client.create_alias(physical, self.collection, timeout=self.timeout_s)
+            except Exception:
+                # Lost a race with another replica: use its collection, drop our empty one.
+                if not client.has_collection(self.collection, timeout=self.timeout_s):
+                    raise
+                winner = self._describe(client, self.collection)
+                if winner.get("collection_name") != physical:
+                    client.drop_collection(physical, timeout=self.timeout_s)
+                self._check_schema(winner)
+                physical = winner.get("collection_name") or self.collection
+                self._ensure_loaded(client, physical)
+            logger.info("collection alias %s -> %s", self.collection, physical)
+            return physical
+
+        return self._call("ensure_collection", run)
+
+    def _create_physical(self, client: Any, suffix: str | None) -> str:
+        if suffix is not None:
+            if not _SUFFIX_RE.match(suffix):
+                raise ValueError(f"invalid collection suffix {suffix!r}")
+            name = f"{self.collection}_{suffix}"
+            if client.has_collection(name, timeout=self.timeout_s):
+                raise ValueError(f"collection {name!r} already exists")
+        else:
+            base = f"{self.collection}_{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
+            name, n = base, 1
+            while client.has_collection(name, timeout=self.timeout_s):
+                n += 1
+                name = f"{base}_{n}"
+        client.create_collection(
+            name,
+            schema=self._schema(client),
+            index_params=self._index_params(client),
+            consistency_level="Strong",
+            timeout=self.timeout_s,
+        )
+        self._ensure_loaded(client, name)
+        return name
+
+    def create_physical(self, suffix: str | None = None) -> str:
+        """A new, loaded, empty physical collection ``{collection}_{suffix or UTC timestamp}``."""
+        return self._call("create_physical", lambda c: self._create_physical(c, suffix))
+
+    def switch_alias(self, physical: str) -> str | None:
+        """Point the alias at ``physical`` (loaded first); return the previous target or None.
+
+        The previous collection is kept (callers drop it once nothing reads it; an alias does not
+        protect a collection from being dropped).
+        """
+
+        def run(client: Any) -> str | None:
+            if not client.has_collection(physical, timeout=self.timeout_s):
+                raise ValueError(f"collection {physical!r} does not exist")
+            desc = self._describe(client, physical)
+            if desc.get("collection_name") != physical:
+                raise ValueError(f"{physical!r} is an alias, not a physical collection")
+            self._check_schema(desc)
+            self._ensure_loaded(client, physical)
+            previous = self._alias_target(client)
+            if previous is None:
+                client.create_alias(physical, self.collection, timeout=self.timeout_s)
+            elif previous != physical:
+                client.alter_alias(physical, self.collection, timeout=self.timeout_s)
+            logger.info("alias %s: %s -> %s", self.collection, previous, physical)
+            return previous
+
+        return self._call("switch_alias", run)
+
+    # -------------------------------------------------------------------------------------- writes
+
+    def upsert(self, records: Sequence[ChunkRecord], *, into: str | None = None) -> int:
+        """Insert or replace rows (by chunk_id; the last duplicate wins). Returns rows written."""
+        target = into or self.collection
+        latest: dict[str, dict[str, Any]] = {}
+        for record in records:
+            row = record_to_row(record, self.dim)
+            latest.pop(row["chunk_id"], None)
+            latest[row["chunk_id"]] = row
+        rows = list(latest.values())
+        written = 0
+        for start in range(0, len(rows), UPSERT_BATCH):
+            batch = rows[start : start + UPSERT_BATCH]
+            result = self._call("upsert", lambda c, b=batch: c.upsert(target, b, timeout=self.timeout_s))
+            written += int(_result_count(result, "upsert_count", len(batch)))
+        if rows:
+            self._dirty.add(target)
+        return written
+
+    def delete(self, *, chunk_ids: Sequence[str] | None = None, expr: str | None = None) -> int:
+        """Delete by ids or by filter (exactly one). Returns the number of rows that matched.
+
+        The count is taken right before deleting: Milvus Lite's delete result lists the requested
+        ids whether they existed or not, and real Milvus does not count filter deletes reliably.
+        """
+        if (chunk_ids is None) == (expr is None):
+            raise ValueError("pass exactly one of chunk_ids or expr")
+        if expr is not None:
+            if not expr.strip():
+                raise ValueError("an empty expr would delete everything; refusing")
+            filters = [expr]
+        else:
+            ids = list(dict.fromkeys(str(i) for i in chunk_ids or ()))
+            filters = [_ids_filter(ids[i : i + _ID_BATCH]) for i in range(0, len(ids), _ID_BATCH)]
+        deleted = 0
+        for flt in filters:
+            matched = self.count(flt)
+            if matched:
+                self._call(
+                    "delete", lambda c, f=flt: c.delete(self.collection, filter=f, timeout=self.timeout_s)
+                )
+                deleted += matched
+                self._dirty.add(self.collection)
+        return deleted
+
+    def flush(self) -> None:
+        """Seal what this store wrote since the last flush (or the alias if it wrote nothing).
+
+        Searches over unflushed rows are much slower on Milvus Lite; flush after bulk writes.
+        """
+        targets = set(self._dirty) or {self.collection}
+        for name in sorted(targets):
+            self._call("flush", lambda c, n=name: c.flush(n, timeout=self.timeout_s))
+        self._dirty -= targets
+
+    # --------------------------------------------------------------------------------------- reads
+
+    def count(self, expr: str | None = None) -> int:
+        result = self._call(
+            "count",
+            lambda c: c.query(
+                self.collection, filter=expr or "", output_fields=["count(*)"], timeout=self.timeout_s
+            ),
+        )
+        return int(result[0]["count(*)"]) if result else 0
+
+    def get(self, chunk_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Rows (scalar fields) for the ids that exist, in the order asked."""
+        ids = list(dict.fromkeys(str(i) for i in chunk_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), _ID_BATCH):
+            batch = ids[start : start + _ID_BATCH]
+            rows = self._call(
+                "get",
+                lambda c, b=batch: c.get(
+                    self.collection, ids=b, output_fields=list(SCALAR_FIELDS), timeout=self.timeout_s
+                ),
+            )
+            for row in rows:
+                found[str(row["chunk_id"])] = _plain(dict(row))
+        return [found[i] for i in ids if i in found]
+
+    def query(
+        self, expr: str, *, limit: int = 1000, fields: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        _check_limit(limit)
+        output = list(fields) if fields else list(SCALAR_FIELDS)
+        rows = self._call(
+            "query",
+            lambda c: c.query(
+                self.collection, filter=expr or "", output_fields=output, limit=limit, timeout=self.timeout_s
+            ),
+        )
+        return [_plain(dict(r)) for r in rows]
+
+    def _search(
+        self, op: str, data: Any, field_name: str, params: dict[str, Any], limit: int, expr: str | None
+    ) -> list[Hit]:
+        result = self._call(
+            op,
+            lambda c: c.search(
+                self.collection,
+                data=[data],
+                anns_field=field_name,
+                filter=expr or "",
+                limit=limit,
+                output_fields=list(SCALAR_FIELDS),
+                search_params=params,
+                timeout=self.timeout_s,
+            ),
+        )
+        return _hits(result)
+
+    def _dense_params(self, limit: int) -> dict[str, Any]:
+        return {"metric_type": "IP", "params": {"ef": max(self.search_ef, limit)}}
+
+    def search_dense(self, vector: Sequence[float], *, limit: int, expr: str | None = None) -> list[Hit]:
+        _check_limit(limit)
+        query = _normalize(vector, self.dim)
+        return self._search("search_dense", query, DENSE_FIELD, self._dense_params(limit), limit, expr)
+
+    def search_sparse(self, weights: dict[int, float], *, limit: int, expr: str | None = None) -> list[Hit]:
+        _check_limit(limit)
+        query = _clean_sparse(weights, for_query=True)
+        if not query:
+            return []
+        return self._search("search_sparse", query, SPARSE_FIELD, {"metric_type": "IP"}, limit, expr)
+
+    def hybrid_search(
+        self,
+        vector: Sequence[float],
+        weights: dict[int, float] | None,
+        *,
+        limit: int,
+        expr: str | None = None,
+        ranker: Literal["rrf", "weighted"] = "rrf",
+        rrf_k: int = 60,
+        weights_dense_sparse: tuple[float, float] = (1.0, 0.3),
+    ) -> list[Hit]:
+        """Dense + sparse ANN fused in Milvus (each leg fetches ``limit``).
+
+        Without usable sparse weights it fuses the dense leg alone, so scores keep the ranker's scale.
+        ``weighted`` uses Milvus' arctan score normalisation before weighting.
+        """
+        from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
+
+        _check_limit(limit)
+        if ranker not in ("rrf", "weighted"):
+            raise ValueError(f"unknown ranker {ranker!r}")
+        dense = _normalize(vector, self.dim)
+        sparse = _clean_sparse(weights, for_query=True)
+        reqs = [
+            AnnSearchRequest(
+                data=[dense], anns_field=DENSE_FIELD, param=self._dense_params(limit), limit=limit, expr=expr
+            )
+        ]
+        leg_weights = [float(weights_dense_sparse[0])]
+        if sparse:
+            reqs.append(
+                AnnSearchRequest(
+                    data=[sparse],
+                    anns_field=SPARSE_FIELD,
+                    param={"metric_type": "IP"},
+                    limit=limit,
+                    expr=expr,
+                )
+            )
+            leg_weights.append(float(weights_dense_sparse[1]))
+        fuser = RRFRanker(int(rrf_k)) if ranker == "rrf" else WeightedRanker(*leg_weights)
+        result = self._call(
+            "hybrid_search",
+            lambda c: c.hybrid_search(
+                self.collection,
+                reqs,
+                fuser,
+                limit=limit,
+                output_fields=list(SCALAR_FIELDS),
+                timeout=self.timeout_s,
+            ),
+        )
+        return _hits(result)
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= int(limit) <= MAX_WINDOW:
+        raise ValueError(f"limit must be between 1 and {MAX_WINDOW}, got {limit}")
+
+
+def _result_count(result: Any, key: str, default: int) -> int:
+    if isinstance(result, dict):
+        return int(result.get(key, default))
+    getter = getattr(result, "get", None)
+    if callable(getter):
+        value = getter(key)
+        if value is not None:
+            return int(value)
+    return default
+
+
+def _hits(result: Any) -> list[Hit]:
+    if not result:
+        return []
+    hits: list[Hit] = []
+    for hit in result[0]:
+        entity = hit.get("entity") or {}
+        fields = _plain(dict(entity))
+        chunk_id = str(fields.get("chunk_id") or hit.get("id") or hit.get("chunk_id"))
+        fields.setdefault("chunk_id", chunk_id)
+        hits.append(Hit(chunk_id=chunk_id, score=float(hit.get("distance", 0.0)), fields=fields))
+    return hits

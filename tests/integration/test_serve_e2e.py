@@ -1,0 +1,165 @@
+"""The whole graph end to end: real Ray Serve, Milvus Lite server, redis-server and the offline model.
+
+The sample documents the package ships are ingested through the running Embedder (as
+``specrag up`` does); then HTTP queries in Japanese, English and Japanese-to-English must rank
+the chunk holding the answer first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from serve_app.cli import SAMPLE_DOCS
+from serve_app.ingest import Ingestor, iter_documents
+from serve_app.settings import Settings
+from tests.milvus_server import free_port
+
+pytestmark = pytest.mark.integration
+
+QUERIES = json.loads((Path(__file__).parents[1] / "sample_queries.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def service(ray_local, model_dir: Path, milvus: dict, redis_url: str):
+    from ray import serve
+
+    from deployments.searcher import make_store
+    from serve_app.app import build_app
+
+    port = free_port()
+    settings = Settings(
+        model={"name_or_path": str(model_dir)},
+        milvus={"uri": milvus["uri"], "collection": "e2e", "timeout_s": 3.0},
+        redis={"url": redis_url},
+        serve={"port": port},
+        search={"rerank_candidates": 10},
+        limits={"max_body_bytes": 64 * 1024, "max_embed_items": 8},
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(settings), name="e2e", route_prefix="/")
+    embedder = serve.get_deployment_handle("Embedder", app_name="e2e")
+
+    def embed(texts: list[str]):
+        out = embedder.embed.remote(texts, "passage").result()
+        return np.stack([o["dense"] for o in out]), [o["sparse"] for o in out]
+
+    store = make_store(settings, 384)
+    report = Ingestor(embed, store, settings.chunk).ingest(iter_documents(SAMPLE_DOCS))
+    assert report.chunks_written > 20
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        yield {"client": client, "settings": settings, "store": store, "report": report}
+    serve.delete("e2e")
+
+
+def _top(client: httpx.Client, query: str, **options) -> dict:
+    response = client.post("/v1/search", json={"query": query, "top_k": 5, **options})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize("case", QUERIES, ids=[q["query"][:24] for q in QUERIES])
+def test_expected_chunk_ranked_first(service, case: dict) -> None:
+    body = _top(service["client"], case["query"], rerank=False)
+    first = body["results"][0]
+    assert first["doc_id"] == case["expect_doc_id"], [r["doc_id"] for r in body["results"]]
+    assert case["expect_substring"] in first["text"]
+
+
+def test_response_carries_scores_metadata_and_timings(service) -> None:
+    body = _top(service["client"], "注文のキャンセルはいつまで可能ですか？", rerank=True)
+    first = body["results"][0]
+    assert {"dense", "sparse", "rrf", "colbert", "rerank"} <= set(first["scores"])
+    assert first["score"] == pytest.approx(first["scores"]["rerank"])
+    assert first["title_path"] and first["kind"] and first["version"] == 1
+    assert {"expand", "embed", "search", "fuse", "rerank", "total"} <= set(body["timings_ms"])
+    assert body["variants"][0] == {"text": "注文のキャンセルはいつまで可能ですか？", "lang": "ja", "origin": "original"}
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_filters_restrict_results(service) -> None:
+    body = _top(service["client"], "rate limit", filters={"kinds": ["glossary"]}, rerank=False)
+    assert body["results"] and {r["kind"] for r in body["results"]} == {"glossary"}
+
+
+def test_embed_returns_three_outputs(service) -> None:
+    response = service["client"].post(
+        "/v1/embed",
+        json={"input": ["冪等キー", "idempotency key"], "return_sparse": True, "return_colbert": True},
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    dense = np.array([d["dense"] for d in data])
+    assert dense.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(dense, axis=1), 1.0, atol=1e-3)
+    assert all(d["sparse"] and all(k.isdigit() for k in d["sparse"]) for d in data)
+    assert all(len(d["colbert"]) >= 2 and len(d["colbert"][0]) == 384 for d in data)
+    assert response.json()["usage"]["total_tokens"] > 4
+
+
+def test_query_embeddings_are_cached_in_redis(service, redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    _top(service["client"], "What is the p95 target of the allocation API?", rerank=False)
+    keys = client.keys("specrag:emb:*")
+    assert keys, "a query embedding should have been written to Redis"
+
+
+def test_reingesting_unchanged_documents_embeds_nothing(service) -> None:
+    calls: list[int] = []
+
+    def embed(texts):  # must not be called
+        calls.append(len(texts))
+        raise AssertionError("nothing should be embedded")
+
+    report = Ingestor(embed, service["store"], service["settings"].chunk).ingest(iter_documents(SAMPLE_DOCS))
+    assert report.unchanged == report.documents == 6
+    assert report.chunks_written == 0 and not calls
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status"),
+    [
+        ("/v1/search", {"query": ""}, 422),
+        ("/v1/search", {"query": "   \n"}, 422),
+        ("/v1/search", {"query": 42}, 422),
+        ("/v1/search", {"query": "ok", "top_k": 0}, 422),
+        ("/v1/search", {"query": "ok", "top_k": "ten"}, 422),
+        ("/v1/search", {"query": "ok", "channels": ["bm25"]}, 422),
+        ("/v1/search", {"query": "ok", "unknown": 1}, 422),
+        ("/v1/search", {"query": "x" * 2001}, 413),
+        ("/v1/search", {"query": "x" * 70_000}, 413),
+        ("/v1/embed", {"input": []}, 422),
+        ("/v1/embed", {"input": ["ok", " "]}, 422),
+        ("/v1/embed", {"input": ["a"] * 9}, 413),
+    ],
+)
+def test_bad_input_gets_4xx_with_reason(service, path: str, payload: dict, status: int) -> None:
+    response = service["client"].post(path, json=payload)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+
+
+def test_not_json_is_422(service) -> None:
+    response = service["client"].post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "JSON" in json.dumps(response.json())
+
+
+def test_milvus_down_is_503_and_recovers(service, milvus: dict) -> None:
+    """Last in the module: stops the shared Milvus server, then brings it back."""
+    milvus["stop"]()
+    try:
+        response = service["client"].post("/v1/search", json={"query": "冪等キー", "rerank": False})
+        assert response.status_code == 503, response.text
+        assert "unavailable" in response.json()["error"]
+    finally:
+        milvus["start"]()
+    body = _top(service["client"], "冪等キー", rerank=False)
+    assert body["results"], "search must recover once Milvus is back"
