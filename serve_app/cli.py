@@ -216,7 +216,7 @@ def settings() -> None:
 def up(
     port: Annotated[int | None, typer.Option(help="HTTP port (default from settings: 8000).")] = None,
     milvus_port: Annotated[
-        int | None, typer.Option(help="Port of the local Milvus Lite server (default: the port of the Milvus URI).")
+        int | None, typer.Option(help="Local Milvus Lite port (default: the Milvus URI's port).")
     ] = None,
     sample: Annotated[bool, typer.Option(help="Ingest the bundled sample documents.")] = True,
     dashboard: Annotated[

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,10 +38,27 @@ def apply_local_env() -> None:
         os.environ.setdefault(key, value)
 
 
+RAY_WORKER_PORTS = range(10002, 20000)  # never hand these out: Ray's workers bind them
+
+
 def port_open(host: str, port: int) -> bool:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def free_port(low: int = 20000, high: int = 30000) -> int:
+    """A loopback port outside Ray's worker range that nothing listens on right now."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        port = rng.randint(low, high)
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def milvus_lite_executable() -> str:
@@ -53,40 +71,64 @@ def milvus_lite_executable() -> str:
     return found
 
 
+def _milvus_answers(uri: str) -> bool:
+    from pymilvus import MilvusClient
+
+    try:
+        client = MilvusClient(uri=uri, timeout=2.0, dedicated=True)
+        try:
+            client.list_collections(timeout=2.0)
+            return True
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_bytes()[-limit:].decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 @contextlib.contextmanager
-def milvus_lite_server(data_dir: Path, host: str = "127.0.0.1", port: int = 29530) -> Iterator[str]:
-    """Start ``milvus-lite server`` and yield its URI once it answers; stop it on exit."""
-    if 10002 <= port <= 19999:
+def milvus_lite_server(
+    data_dir: Path, host: str = "127.0.0.1", port: int = 29530, timeout_s: float = 60.0
+) -> Iterator[str]:
+    """Start ``milvus-lite server`` and yield its URI once a client can list collections; stop it on exit."""
+    if port in RAY_WORKER_PORTS:
         raise ValueError("ports 10002-19999 are Ray's worker range; pick another Milvus port")
     uri = f"http://{host}:{port}"
     if port_open(host, port):
         raise RuntimeError(f"{host}:{port} is already in use; stop what runs there or set another port")
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "milvus-lite.log"
+    cmd = [
+        milvus_lite_executable(),
+        "server",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     with log_path.open("ab") as log_file:
+        # Own session: a terminal's Ctrl-C reaches only us, and we stop it after Serve.
         proc = subprocess.Popen(
-            [
-                milvus_lite_executable(),
-                "server",
-                "--data-dir",
-                str(data_dir),
-                "--host",
-                host,
-                "--port",
-                str(port),
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
+            cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        deadline = time.monotonic() + 60
-        while not port_open(host, port):
+        deadline = time.monotonic() + timeout_s
+        while not (port_open(host, port) and _milvus_answers(uri)):
             if proc.poll() is not None:
-                raise RuntimeError(f"milvus-lite server exited ({proc.returncode}); see {log_path}")
+                raise RuntimeError(f"milvus-lite server exited ({proc.returncode}):\n{_tail(log_path)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"milvus-lite server did not open {host}:{port} in 60 s; see {log_path}")
-            time.sleep(0.2)
+                raise RuntimeError(
+                    f"milvus-lite server not ready on {uri} in {timeout_s:.0f} s:\n{_tail(log_path)}"
+                )
+            time.sleep(0.1)
         log.info("Milvus Lite server on %s (data in %s)", uri, data_dir)
         yield uri
     finally:

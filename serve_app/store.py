@@ -34,6 +34,9 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 logger = logging.getLogger(__name__)
+# pymilvus logs a full traceback at ERROR for every failed call (an outage floods the logs);
+# failures are mapped to StoreUnavailable / ValueError below and logged once, here.
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
 
@@ -432,6 +435,7 @@ class MilvusStore:
         except Exception as exc:
             kind = _classify(exc)
             if kind == "unavailable":
+                logger.warning("Milvus %s failed: %s", op, _reason(exc))
                 if _is_connection_failure(exc):
                     self._drop_client(client)  # the next call builds a fresh channel
                 raise StoreUnavailable(f"Milvus {op} failed: {_reason(exc)}") from exc

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.local_stack import milvus_lite_server, port_open, stop_process
+from serve_app.local_stack import free_port, milvus_lite_server, port_open, stop_process
 from serve_app.model_build import SIDECAR, build_offline_model
 from serve_app.settings import ModelSettings
-from tests.milvus_server import free_port
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +59,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )

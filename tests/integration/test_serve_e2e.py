@@ -16,8 +16,8 @@ import pytest
 
 from serve_app.cli import SAMPLE_DOCS
 from serve_app.ingest import Ingestor, iter_documents
+from serve_app.local_stack import free_port
 from serve_app.settings import Settings
-from tests.milvus_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,11 @@ def test_response_carries_scores_metadata_and_timings(service) -> None:
     assert first["score"] == pytest.approx(first["scores"]["rerank"])
     assert first["title_path"] and first["kind"] and first["version"] == 1
     assert {"expand", "embed", "search", "fuse", "rerank", "total"} <= set(body["timings_ms"])
-    assert body["variants"][0] == {"text": "注文のキャンセルはいつまで可能ですか？", "lang": "ja", "origin": "original"}
+    assert body["variants"][0] == {
+        "text": "注文のキャンセルはいつまで可能ですか？",
+        "lang": "ja",
+        "origin": "original",
+    }
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)
 
@@ -147,7 +151,9 @@ def test_bad_input_gets_4xx_with_reason(service, path: str, payload: dict, statu
 
 
 def test_not_json_is_422(service) -> None:
-    response = service["client"].post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
+    response = service["client"].post(
+        "/v1/search", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert "JSON" in json.dumps(response.json())
 

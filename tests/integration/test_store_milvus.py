@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,18 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from serve_app.store import (  # noqa: E402
+from serve_app.local_stack import free_port, milvus_lite_server
+from serve_app.store import (
     SPARSE_PLACEHOLDER_TOKEN,
     ChunkRecord,
     MilvusStore,
     StoreUnavailable,
     build_filter,
 )
-from tests.milvus_server import free_port, milvus_lite_server  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +60,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path, int]]:
     data_dir = tmp_path_factory.mktemp("milvus")
     port = free_port()
     t0 = time.perf_counter()
-    with milvus_lite_server(data_dir, port) as uri:
+    with milvus_lite_server(data_dir, port=port) as uri:
         print(f"\nmilvus-lite ready in {time.perf_counter() - t0:.2f}s at {uri}")
         yield uri, data_dir, port
 
@@ -311,7 +306,7 @@ def test_unavailable_when_port_is_closed():
 
 def test_reconnects_after_server_restart(tmp_path):
     port = free_port()
-    with milvus_lite_server(tmp_path / "m", port) as uri:
+    with milvus_lite_server(tmp_path / "m", port=port) as uri:
         s = MilvusStore(uri, "restart", dim=DIM, timeout_s=2.0)
         s.ensure_collection()
         s.upsert([_record(0, np.ones(DIM, dtype=np.float32))])
@@ -320,6 +315,6 @@ def test_reconnects_after_server_restart(tmp_path):
     with pytest.raises(StoreUnavailable):
         s.count()
     assert time.perf_counter() - t0 < 2.0 + 2.0
-    with milvus_lite_server(tmp_path / "m", port):
+    with milvus_lite_server(tmp_path / "m", port=port):
         assert s.count() == 1  # same store object, data survived the restart
     s.close()

@@ -9,7 +9,9 @@ from serve_app.ingest import chunk_id, iter_documents
 
 
 def test_folder_reader_uses_front_matter(tmp_path: Path) -> None:
-    (tmp_path / "a.md").write_text("---\ndoc_id: auth\ntitle: 認証\nkind: spec\ntags: [security]\n---\n# 認証\n本文。\n")
+    (tmp_path / "a.md").write_text(
+        "---\ndoc_id: auth\ntitle: 認証\nkind: spec\ntags: [security]\n---\n# 認証\n本文。\n"
+    )
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("plain text.")
     (tmp_path / "ignored.bin").write_bytes(b"\0")

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import pickle
-import sys
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from pymilvus.exceptions import MilvusException, ParamError
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from serve_app.store import (  # noqa: E402
+from serve_app.store import (
     SPARSE_PLACEHOLDER_TOKEN,
     TEXT_MAX,
     ChunkRecord,
