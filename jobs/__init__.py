@@ -1,0 +1,1 @@
+"""Ray Jobs entry points (``ray job submit -- python -m jobs.<name> ...``)."""

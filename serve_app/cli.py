@@ -73,6 +73,12 @@ def build_offline(
             raise typer.Exit(1)
 
 
+def _progress(r) -> None:
+    typer.echo(
+        f"  {r.documents} documents, {r.chunks_written} chunks written, {r.unchanged} unchanged", err=True
+    )
+
+
 def _store(settings: Settings, dim: int, collection: str | None = None):
     from deployments.searcher import make_store
 
@@ -179,7 +185,7 @@ def evaluate_cmd(
         if reingest or store.count() == 0:
             typer.echo(f"ingesting {dataset / 'corpus.jsonl'} ...", err=True)
             ingestor = Ingestor(lambda t: service.embed_texts(t), store, settings.chunk)
-            ingest_report = ingestor.ingest(iter_documents(dataset)).as_dict()
+            ingest_report = ingestor.ingest(iter_documents(dataset), progress=_progress).as_dict()
             typer.echo(json.dumps(ingest_report), err=True)
         retriever = Retriever(store, settings.search)
         report = evaluate(

@@ -131,6 +131,8 @@ def evaluate(
         if cfg["rerank"]:
             n = search_settings.rerank_candidates
             for pos, i in enumerate(subset):
+                if pos and pos % 25 == 0:
+                    log.info("rerank: %d/%d queries", pos, len(subset))
                 head = ranked[pos][:n]
                 q_out = service.embed_items([EmbedItem(queries[i].text, "query", colbert=True)])[0]
                 p_out = service.embed_items(
@@ -147,6 +149,7 @@ def evaluate(
             rows.append(m)
             by_lang[q.lang].append(m)
             by_type[q.type].append(m)
+        log.info("%s: %d queries in %.1f s", name, len(subset), elapsed)
         report["configs"][name] = {
             "queries": len(rows),
             **_mean(rows),

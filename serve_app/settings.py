@@ -68,7 +68,7 @@ class SearchSettings(_Section):
     dense_weight: float = Field(default=1.0, ge=0)
     sparse_weight: float = Field(default=0.3, ge=0)
     rerank: bool = True
-    rerank_candidates: int = Field(default=30, ge=1, le=200)
+    rerank_candidates: int = Field(default=20, ge=1, le=200)
     colbert_weight: float = Field(
         default=1.0, ge=0, description="weight of ColBERT MaxSim in the rerank score"
     )

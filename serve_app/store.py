@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+import pymilvus  # noqa: F401  (configures its loggers when imported: ours must come after)
 
 logger = logging.getLogger(__name__)
-# pymilvus logs a full traceback at ERROR for every failed call (an outage floods the logs);
-# failures are mapped to StoreUnavailable / ValueError below and logged once, here.
+# pymilvus logs every failed call at ERROR (an outage floods the logs); failures are mapped to
+# StoreUnavailable / ValueError below and logged once, here.
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+_NOT_LOADED = 101  # Milvus: collection released (Milvus Lite forgets load state across restarts)
 
 T = TypeVar("T")
 
@@ -431,7 +433,15 @@ class MilvusStore:
     def _call(self, op: str, fn: Callable[[Any], T]) -> T:
         client = self._get_client()
         try:
-            return fn(client)
+            try:
+                return fn(client)
+            except Exception as exc:
+                if getattr(exc, "code", None) != _NOT_LOADED:
+                    raise
+                logger.warning("Milvus %s: collection not loaded (server restarted?); loading it", op)
+                physical = self._describe(client, self.collection).get("collection_name") or self.collection
+                client.load_collection(physical, timeout=self.timeout_s)
+                return fn(client)
         except Exception as exc:
             kind = _classify(exc)
             if kind == "unavailable":
