@@ -107,6 +107,7 @@ def ingest(
     from serve_app.embedding import EmbeddingService
     from serve_app.ingest import Ingestor, iter_documents
     from serve_app.local_stack import apply_local_env
+    from serve_app.store import StoreUnavailable
 
     _logging(verbose)
     apply_local_env()
@@ -118,15 +119,14 @@ def ingest(
     if limit:
         docs = itertools.islice(docs, limit)
 
-    def progress(r) -> None:
+    ingestor = Ingestor(service.embed_texts, store, settings.chunk, batch_size=batch_size)
+    try:
+        report = ingestor.ingest(docs, progress=_progress)
+    except StoreUnavailable as exc:
         typer.echo(
-            f"  {r.documents} documents, {r.chunks_written} chunks written, {r.unchanged} unchanged", err=True
+            f"{exc}\nStart the local stack (specrag up) or point SPECRAG_MILVUS_URI at your Milvus.", err=True
         )
-
-    ingestor = Ingestor(
-        lambda texts: service.embed_texts(texts), store, settings.chunk, batch_size=batch_size
-    )
-    report = ingestor.ingest(docs, progress=progress)
+        raise typer.Exit(3) from None
     typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
 
 
@@ -184,7 +184,7 @@ def evaluate_cmd(
         ingest_report = None
         if reingest or store.count() == 0:
             typer.echo(f"ingesting {dataset / 'corpus.jsonl'} ...", err=True)
-            ingestor = Ingestor(lambda t: service.embed_texts(t), store, settings.chunk)
+            ingestor = Ingestor(service.embed_texts, store, settings.chunk)
             ingest_report = ingestor.ingest(iter_documents(dataset), progress=_progress).as_dict()
             typer.echo(json.dumps(ingest_report), err=True)
         retriever = Retriever(store, settings.search)

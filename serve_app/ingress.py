@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.chunking import detect_lang
 from serve_app.schemas import (
     Embedding,
     EmbedRequest,
@@ -128,11 +129,20 @@ class Ingress:
         if len(body.query) > s.limits.max_query_chars:
             raise ClientError(413, f"query longer than {s.limits.max_query_chars} characters")
         rerank = s.search.rerank if body.rerank is None else body.rerank
-        timings: dict[str, float] = {}
+        degraded: list[str] = []
         t0 = time.perf_counter()
-        variants = await self.expander.expand.remote(body.query, body.expand)
+        try:
+            variants = await self.expander.expand.remote(body.query, body.expand)
+        except Exception:
+            log.exception("expander failed; searching the original query only")
+            variants = [{"text": body.query, "lang": detect_lang(body.query), "origin": "original"}]
+            degraded.append("expander")
         t1 = time.perf_counter()
-        vectors = await self.embedder.embed.remote([v["text"] for v in variants], "query")
+        try:
+            vectors = await self.embedder.embed.remote([v["text"] for v in variants], "query")
+        except Exception as exc:
+            log.exception("embedder failed")
+            raise ClientError(503, "embedder unavailable", str(exc).splitlines()[0][:300]) from exc
         t2 = time.perf_counter()
         pool = max(body.top_k, s.search.rerank_candidates) if rerank else body.top_k
         try:
@@ -145,23 +155,27 @@ class Ingress:
             )
         except Exception as exc:
             if (unavailable := _store_error(exc)) is not None:
-                return JSONResponse(  # type: ignore[return-value]
-                    {"error": "vector store unavailable", "detail": str(unavailable)}, status_code=503
-                )
+                raise ClientError(503, "vector store unavailable", str(unavailable)) from exc
             raise
         t3 = time.perf_counter()
         candidates = found["candidates"]
+        reranked = False
         if rerank and candidates:
-            candidates = await self.reranker.rerank.remote(body.query, candidates)
+            try:
+                candidates = await self.reranker.rerank.remote(body.query, candidates)
+                reranked = True
+            except Exception:
+                log.exception("reranker failed; returning the fused order")
+                degraded.append("rerank")
         t4 = time.perf_counter()
-        timings.update(
-            expand=(t1 - t0) * 1000,
-            embed=(t2 - t1) * 1000,
-            search=found["timings_ms"]["search"],
-            fuse=found["timings_ms"]["fuse"],
-            rerank=(t4 - t3) * 1000 if rerank else 0.0,
-            total=(t4 - t0) * 1000,
-        )
+        timings = {
+            "expand": (t1 - t0) * 1000,
+            "embed": (t2 - t1) * 1000,
+            "search": found["timings_ms"]["search"],
+            "fuse": found["timings_ms"]["fuse"],
+            "rerank": (t4 - t3) * 1000 if rerank else 0.0,
+            "total": (t4 - t0) * 1000,
+        }
         results = []
         for rank, cand in enumerate(candidates[: body.top_k], start=1):
             f = cand.fields
@@ -179,7 +193,7 @@ class Ingress:
                     kind=f.get("kind", ""),
                     source=f.get("source", ""),
                     tags=list(f.get("tags") or []),
-                    score=scores["rerank"] if rerank else cand.rrf,
+                    score=scores["rerank"] if reranked else cand.rrf,
                     scores=scores,
                     found_by=cand.found_by,
                 )
@@ -191,6 +205,7 @@ class Ingress:
             variants=variants,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             model=await self._model(),
+            degraded=degraded,
         )
 
     @api.post("/v1/embed", response_model=EmbedResponse, summary="Dense, sparse and ColBERT outputs.")
@@ -211,7 +226,11 @@ class Ingress:
         ]
         if bad:
             raise ClientError(422, "invalid items", bad)
-        outputs = await self.embedder.embed.remote(texts, body.input_type, body.return_colbert)
+        try:
+            outputs = await self.embedder.embed.remote(texts, body.input_type, body.return_colbert)
+        except Exception as exc:
+            log.exception("embedder failed")
+            raise ClientError(503, "embedder unavailable", str(exc).splitlines()[0][:300]) from exc
         data = [
             Embedding(
                 index=i,

@@ -71,6 +71,9 @@ class SearchResponse(BaseModel):
     variants: list[QueryVariant]
     timings_ms: dict[str, float]
     model: str
+    degraded: list[str] = Field(
+        default_factory=list, description="Stages that failed and were skipped (expander, rerank)."
+    )
 
 
 class EmbedRequest(_Strict):
