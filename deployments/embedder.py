@@ -1,15 +1,25 @@
-"""Embedder: BGE-M3 behind ``@serve.batch``; the engine does the work, this shell batches."""
+"""Embedder: BGE-M3 behind ``@serve.batch``; the engine does the work, this shell batches and reports.
+
+Requests join the replica's dynamic batch one text at a time (``@serve.batch`` groups by
+count); the engine then splits each batch into forward passes by tokens, longest first, so a
+long text never pads dozens of short ones. Batch knobs change at run time via ``user_config``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
+from collections import Counter
 from typing import Any
 
 from ray import serve
+from ray.serve import metrics
 
 from serve_app.embedding import EmbeddingService, EmbedItem
 from serve_app.settings import Settings
+
+_BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
 @serve.deployment(name="Embedder", max_ongoing_requests=64, health_check_period_s=10)
@@ -17,12 +27,29 @@ class Embedder:
     def __init__(self, settings: Settings) -> None:
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (often 1): size torch explicitly.
         threads = settings.model.num_threads or os.cpu_count() or 1
-        settings = settings.model_copy(
-            update={"model": settings.model.model_copy(update={"num_threads": threads})}
-        )
-        self.service = EmbeddingService.from_settings(settings)
+        model = settings.model.model_copy(update={"num_threads": threads})
+        self.service = EmbeddingService.from_settings(settings.model_copy(update={"model": model}))
         self._embed_one.set_max_batch_size(settings.batch.max_batch_size)
         self._embed_one.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
+        self.batch_sizes: Counter[int] = Counter()  # @serve.batch calls by size
+        self.forward_sizes: Counter[int] = Counter()  # forward passes by size
+        self._last_ok = 0.0
+        self._cache_seen = {"lru_hits": 0, "redis_hits": 0, "misses": 0, "errors": 0, "skipped": 0}
+        self.m_batch = metrics.Histogram(
+            "specrag_embed_batch_size", "texts per dynamic batch", boundaries=_BATCH_BOUNDARIES
+        )
+        self.m_forward = metrics.Histogram(
+            "specrag_embed_forward_batch_size", "texts per forward pass", boundaries=_BATCH_BOUNDARIES
+        )
+        self.m_batch_ms = metrics.Histogram(
+            "specrag_embed_batch_ms",
+            "time to serve one dynamic batch (cache + model)",
+            boundaries=[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+        )
+        self.m_cache = metrics.Counter(
+            "specrag_embed_cache_total", "cache lookups by outcome", tag_keys=("outcome",)
+        )
+        self.m_item_errors = metrics.Counter("specrag_embed_item_errors_total", "texts the model failed on")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch knobs at run time through ``user_config`` (no replica restart)."""
@@ -30,11 +57,40 @@ class Embedder:
             self._embed_one.set_max_batch_size(int(user_config["max_batch_size"]))
         if "batch_wait_timeout_s" in user_config:
             self._embed_one.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        encoder = self.service.encoder
+        if "max_tokens_per_batch" in user_config and hasattr(encoder, "max_tokens_per_batch"):
+            encoder.max_tokens_per_batch = int(user_config["max_tokens_per_batch"])
+        if "encode_batch_size" in user_config and hasattr(encoder, "batch_size"):
+            encoder.batch_size = int(user_config["encode_batch_size"])
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _embed_one(self, items: list[EmbedItem]) -> list[dict[str, Any]]:
+        started = time.perf_counter()
         # The forward pass runs off the event loop so the replica keeps accepting requests.
-        return await asyncio.to_thread(self.service.embed_items, items)
+        results = await asyncio.to_thread(self.service.embed_items, items)
+        self._record(len(items), (time.perf_counter() - started) * 1000, results)
+        if any(r["error"] is None and r["cached"] is None for r in results):
+            self._last_ok = time.monotonic()
+        return results
+
+    def _record(self, size: int, elapsed_ms: float, results: list[dict[str, Any]]) -> None:
+        self.batch_sizes[size] += 1
+        self.m_batch.observe(size)
+        self.m_batch_ms.observe(elapsed_ms)
+        forward, self.service.forward_batches = self.service.forward_batches, []
+        for n in forward:
+            self.forward_sizes[n] += 1
+            self.m_forward.observe(n)
+        errors = sum(1 for r in results if r["error"])
+        if errors:
+            self.m_item_errors.inc(errors)
+        cache = self.service.cache
+        if cache is not None:
+            now = cache.stats.as_dict()
+            for outcome, value in now.items():
+                if value > self._cache_seen[outcome]:
+                    self.m_cache.inc(value - self._cache_seen[outcome], tags={"outcome": outcome})
+            self._cache_seen = now
 
     async def embed(
         self, texts: list[str], input_type: str = "passage", colbert: bool = False
@@ -44,10 +100,38 @@ class Embedder:
             await asyncio.gather(*(self._embed_one(EmbedItem(t, input_type, colbert)) for t in texts))
         )
 
-    def info(self) -> dict[str, Any]:
-        return {"model": self.service.model_id, "dim": self.service.dim}
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        return self.service.encoder.tokenizer.convert_ids_to_tokens(token_ids)
 
-    def check_health(self) -> None:
-        out = self.service.encoder.encode(["health"], input_type="query", sparse=False)
-        if out.dense is None or out.dense.shape != (1, self.service.dim):
+    def info(self) -> dict[str, Any]:
+        encoder = self.service.encoder
+        return {
+            "model": self.service.model_id,
+            "revision": encoder.revision,
+            "dim": self.service.dim,
+            "max_length": encoder.max_length,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Batch-size histograms and cache counters of this replica (benchmarks, debugging)."""
+        cache = self.service.cache
+        return {
+            "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            "forward_batches": dict(sorted(self.forward_sizes.items())),
+            "cache": None if cache is None else {**cache.stats.as_dict(), "redis": cache.redis_state},
+        }
+
+    async def check_health(self) -> None:
+        """A recent successful batch proves the model works; otherwise embed a probe text.
+
+        The probe runs off the event loop and waits behind a running batch, so a busy replica
+        is never declared dead for being busy.
+        """
+        if time.monotonic() - self._last_ok < 60:
+            return
+        out = await asyncio.wait_for(
+            asyncio.to_thread(self.service.encoder.encode, ["health"], input_type="query", sparse=False), 120
+        )
+        if out.dense is None or out.dense.shape != (1, self.service.dim) or out.errors[0]:
             raise RuntimeError("embedder produced no vector of the expected dimension")
+        self._last_ok = time.monotonic()

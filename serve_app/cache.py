@@ -1,8 +1,10 @@
-"""Redis cache for dense + sparse outputs, fail-open.
+"""Two-tier cache for dense + sparse outputs: an in-process LRU in front of Redis, fail-open.
 
-Keys name the model, the input type, the max length and the text's hash, so a model or
-settings change never serves stale vectors. Any Redis error turns the cache off for
-``cooldown_s`` (a minimal circuit breaker) instead of slowing or failing requests.
+Keys name the model and its revision, the output kind, the input type, the max length and the
+text's hash, so a model or settings change never serves stale vectors. ColBERT vectors are not
+cached (hundreds of vectors per text). Redis errors and timeouts never fail a request: the
+circuit breaker (pybreaker) stops calling a Redis that keeps failing and probes it again after
+``reset_s``; until then every lookup is a miss served by the model.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-import time
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pybreaker
+from cachetools import LRUCache
 
 log = logging.getLogger(__name__)
+
+Entry = tuple[np.ndarray, dict[int, float]]
 
 
 def pack(dense: np.ndarray, sparse: dict[int, float]) -> bytes:
@@ -30,7 +37,7 @@ def pack(dense: np.ndarray, sparse: dict[int, float]) -> bytes:
     )
 
 
-def unpack(blob: bytes) -> tuple[np.ndarray, dict[int, float]]:
+def unpack(blob: bytes) -> Entry:
     dim, nnz = struct.unpack_from("<II", blob)
     off = 8
     dense = np.frombuffer(blob, np.float32, dim, off).copy()
@@ -40,68 +47,108 @@ def unpack(blob: bytes) -> tuple[np.ndarray, dict[int, float]]:
     return dense, dict(zip(ids.tolist(), weights.tolist(), strict=True))
 
 
+@dataclass
+class CacheStats:
+    lru_hits: int = 0
+    redis_hits: int = 0
+    misses: int = 0
+    errors: int = 0  # Redis calls that failed (timeouts included)
+    skipped: int = 0  # Redis calls not made because the breaker was open
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
 class EmbeddingCache:
+    """``lookup`` / ``set_many`` by text; thread-safe; Redis optional (LRU only when ``url`` is None)."""
+
     def __init__(
         self,
-        url: str,
+        url: str | None,
         namespace: str,
         *,
+        lru_items: int = 10_000,
         ttl_s: int = 86_400,
         timeout_s: float = 0.05,
-        cooldown_s: float = 10.0,
+        fail_max: int = 3,
+        reset_s: float = 10.0,
     ) -> None:
-        import redis
-
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
-        )
         self.namespace = namespace
         self.ttl_s = ttl_s
-        self.cooldown_s = cooldown_s
-        self._down_until = 0.0
-        self.hits = self.misses = self.errors = 0
+        self.stats = CacheStats()
+        self._lru: LRUCache[str, Entry] = LRUCache(maxsize=lru_items)
+        self._lock = threading.Lock()
+        self._redis = None
+        if url:
+            import redis
+
+            self._redis = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+            )
+        self.breaker = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_s, name="redis-cache")
 
     def key(self, text: str) -> str:
         return f"specrag:emb:{self.namespace}:{hashlib.sha256(text.encode()).hexdigest()}"
 
     @property
-    def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+    def redis_state(self) -> str:
+        """``disabled``, or the breaker's ``closed`` (healthy) / ``open`` (skipped) / ``half-open``."""
+        return "disabled" if self._redis is None else str(self.breaker.current_state)
 
-    def _failed(self, exc: Exception) -> None:
-        self.errors += 1
-        self._down_until = time.monotonic() + self.cooldown_s
-        log.warning("redis cache off for %.0f s: %s", self.cooldown_s, exc)
-
-    def get_many(self, texts: Sequence[str]) -> list[tuple[np.ndarray, dict[int, float]] | None]:
-        if not texts or not self.available:
-            self.misses += len(texts)
-            return [None] * len(texts)
+    def _redis_call(self, fn, default):
         try:
-            blobs = self._client.mget([self.key(t) for t in texts])
-        except Exception as exc:  # any redis/socket error: serve without cache
-            self._failed(exc)
-            self.misses += len(texts)
-            return [None] * len(texts)
-        found = [unpack(b) if b else None for b in blobs]
-        hit_count = sum(f is not None for f in found)
-        self.hits += hit_count
-        self.misses += len(found) - hit_count
-        return found
+            return self.breaker.call(fn)
+        except pybreaker.CircuitBreakerError:
+            self.stats.skipped += 1
+        except Exception as exc:  # connection refused, timeout, protocol error: serve without cache
+            self.stats.errors += 1
+            log.warning("redis cache call failed (%s); serving without it", type(exc).__name__)
+        return default
+
+    def lookup(self, texts: Sequence[str]) -> tuple[list[Entry | None], list[str | None]]:
+        """Entries by text, and which tier served each (``"lru"``, ``"redis"`` or ``None``)."""
+        keys = [self.key(t) for t in texts]
+        with self._lock:
+            found: list[Entry | None] = [self._lru.get(k) for k in keys]
+        tiers: list[str | None] = ["lru" if f is not None else None for f in found]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing and self._redis is not None:
+            blobs = self._redis_call(
+                lambda: self._redis.mget([keys[i] for i in missing]), [None] * len(missing)
+            )
+            with self._lock:
+                for i, blob in zip(missing, blobs, strict=True):
+                    if blob:
+                        found[i] = self._lru[keys[i]] = unpack(blob)
+                        tiers[i] = "redis"
+        with self._lock:
+            self.stats.lru_hits += tiers.count("lru")
+            self.stats.redis_hits += tiers.count("redis")
+            self.stats.misses += tiers.count(None)
+        return found, tiers
 
     def set_many(self, items: Sequence[tuple[str, np.ndarray, dict[int, float]]]) -> None:
-        if not items or not self.available:
+        if not items:
             return
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            for text, dense, sparse in items:
-                pipe.set(self.key(text), pack(dense, sparse), ex=self.ttl_s)
+        keyed = [(self.key(text), dense, sparse) for text, dense, sparse in items]
+        with self._lock:
+            for key, dense, sparse in keyed:
+                self._lru[key] = (dense, sparse)
+        if self._redis is None:
+            return
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            for key, dense, sparse in keyed:
+                pipe.set(key, pack(dense, sparse), ex=self.ttl_s)
             pipe.execute()
-        except Exception as exc:
-            self._failed(exc)
+
+        self._redis_call(write, None)
 
     def ping(self) -> bool:
+        if self._redis is None:
+            return False
         try:
-            return bool(self._client.ping())
+            return bool(self._redis.ping())
         except Exception:
             return False

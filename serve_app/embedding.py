@@ -1,4 +1,4 @@
-"""The embedding engine behind the Embedder deployment: cache in front of an encoder.
+"""The embedding engine behind the Embedder deployment: cache tiers in front of an encoder.
 
 Plain Python so that tests, the CLI and Ray Data actors use exactly what Serve uses.
 """
@@ -32,11 +32,33 @@ def load_encoder(settings: Settings) -> M3Encoder:
         dtype=m.dtype,
         max_length=m.max_length,
         batch_size=settings.batch.encode_batch_size,
+        max_tokens_per_batch=settings.batch.max_tokens_per_batch,
         num_threads=m.num_threads,
         pooling=m.pooling,
         query_prefix=m.query_prefix,
         passage_prefix=m.passage_prefix,
     )
+
+
+def _result(
+    dense: np.ndarray,
+    sparse: dict[int, float],
+    colbert: np.ndarray | None,
+    *,
+    tokens: int,
+    truncated: bool = False,
+    cached: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "dense": dense,
+        "sparse": sparse,
+        "colbert": colbert,
+        "tokens": tokens,
+        "truncated": truncated,
+        "cached": cached,
+        "error": error,
+    }
 
 
 class EmbeddingService:
@@ -45,14 +67,23 @@ class EmbeddingService:
     def __init__(self, encoder: TextEncoder, cache: EmbeddingCache | None = None) -> None:
         self.encoder = encoder
         self.cache = cache
+        self.forward_batches: list[int] = []  # sizes of forward passes; the owner drains it
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EmbeddingService:
-        encoder = load_encoder(settings)
+    def from_settings(cls, settings: Settings, encoder: TextEncoder | None = None) -> EmbeddingService:
+        encoder = encoder or load_encoder(settings)
+        r = settings.redis
         cache = None
-        if settings.redis.url is not None:
-            namespace = f"{encoder.model_id}:{settings.model.max_length}"
-            cache = EmbeddingCache(settings.redis.url.get_secret_value(), namespace)
+        if r.url is not None or r.lru_items > 0:
+            cache = EmbeddingCache(
+                r.url.get_secret_value() if r.url else None,
+                namespace=f"{encoder.model_id}@{encoder.revision}:{encoder.max_length}:dense+sparse",
+                lru_items=max(r.lru_items, 1),
+                ttl_s=r.ttl_s,
+                timeout_s=r.timeout_s,
+                fail_max=r.breaker_fail_max,
+                reset_s=r.breaker_reset_s,
+            )
         return cls(encoder, cache)
 
     @property
@@ -63,54 +94,62 @@ class EmbeddingService:
     def dim(self) -> int:
         return self.encoder.dim
 
+    def _from_cache(self, items: Sequence[EmbedItem], idx: list[int], results: list) -> list[int]:
+        """Fill what the cache has; return the indices the model must compute."""
+        keys = [f"{items[i].input_type}\0{items[i].text}" for i in idx]
+        found, tiers = self.cache.lookup(keys)  # type: ignore[union-attr]
+        todo = []
+        for i, entry, tier in zip(idx, found, tiers, strict=True):
+            if entry is None:
+                todo.append(i)
+            else:
+                results[i] = _result(entry[0], entry[1], None, tokens=0, cached=tier)
+        return todo
+
     def embed_items(self, items: Sequence[EmbedItem]) -> list[dict[str, Any]]:
-        """One result dict per item: dense (np.ndarray), sparse ({id: w}), colbert or None, tokens, cached."""
+        """One dict per item: dense, sparse ({id: w}), colbert or None, tokens, truncated, cached, error.
+
+        ``cached`` is ``None`` when the model computed the item, else the tier that served it
+        (``"lru"`` or ``"redis"``): such items never reach the model. An item the model fails on
+        carries ``error`` and zero vectors; the others are unaffected.
+        """
         results: list[dict[str, Any] | None] = [None] * len(items)
         groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             groups[(item.input_type, item.colbert)].append(i)
         for (input_type, colbert), idx in groups.items():
-            todo = idx
-            if self.cache is not None and not colbert:  # ColBERT vectors are too large to cache
-                keys = [f"{input_type}\0{items[i].text}" for i in idx]
-                todo = []
-                for i, found in zip(idx, self.cache.get_many(keys), strict=True):
-                    if found is None:
-                        todo.append(i)
-                    else:
-                        results[i] = {
-                            "dense": found[0],
-                            "sparse": found[1],
-                            "colbert": None,
-                            "tokens": 0,
-                            "cached": True,
-                        }
+            # ColBERT vectors are too large to cache; dense + sparse come from the same pass.
+            todo = self._from_cache(items, idx, results) if self.cache is not None and not colbert else idx
             if not todo:
                 continue
             enc = self.encoder.encode(
                 [items[i].text for i in todo], input_type=input_type, dense=True, sparse=True, colbert=colbert
             )
+            self.forward_batches.extend(enc.batches)
+            fresh = []
             for row, i in enumerate(todo):
-                results[i] = {
-                    "dense": enc.dense[row],
-                    "sparse": enc.sparse[row],
-                    "colbert": enc.colbert[row] if colbert else None,
-                    "tokens": enc.token_counts[row],
-                    "cached": False,
-                }
-            if self.cache is not None and not colbert:
-                self.cache.set_many(
-                    [
-                        (f"{input_type}\0{items[i].text}", enc.dense[r], enc.sparse[r])
-                        for r, i in enumerate(todo)
-                    ]
+                error = enc.errors[row] if enc.errors else None
+                results[i] = _result(
+                    enc.dense[row],
+                    enc.sparse[row],
+                    enc.colbert[row] if colbert else None,
+                    tokens=enc.token_counts[row],
+                    truncated=bool(enc.truncated and enc.truncated[row]),
+                    error=error,
                 )
+                if error is None:
+                    fresh.append((f"{input_type}\0{items[i].text}", enc.dense[row], enc.sparse[row]))
+            if self.cache is not None and not colbert:
+                self.cache.set_many(fresh)
         return results  # type: ignore[return-value]
 
     def embed_texts(
         self, texts: Sequence[str], *, input_type: InputType = "passage"
     ) -> tuple[np.ndarray, list]:
-        """Dense matrix and sparse list for a batch of texts (the ingest path)."""
+        """Dense matrix and sparse list for a batch of texts (the ingest path); fails on any item error."""
         out = self.embed_items([EmbedItem(t, input_type) for t in texts])
+        failed = [(i, o["error"]) for i, o in enumerate(out) if o["error"]]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(texts)} texts failed to embed, first: {failed[0]}")
         dense = np.stack([o["dense"] for o in out]) if out else np.zeros((0, self.dim), np.float32)
         return dense, [o["sparse"] for o in out]

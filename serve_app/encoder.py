@@ -21,6 +21,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from serve_app.batching import is_out_of_memory, plan_batches, run_isolating_failures, truncate_at_sentence
+
 log = logging.getLogger(__name__)
 
 InputType = Literal["query", "passage"]
@@ -34,6 +36,9 @@ class Encoded:
     sparse: list[dict[int, float]] | None = None  # token id -> weight, special tokens removed
     colbert: list[np.ndarray] | None = None  # per text (tokens, dim) float32, L2-normalised rows
     token_counts: list[int] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)  # cut at a sentence end to fit max_length
+    errors: list[str | None] = field(default_factory=list)  # per item; its vectors are zeros then
+    batches: list[int] = field(default_factory=list)  # sizes of the forward passes that ran
 
 
 class TextEncoder(Protocol):
@@ -86,6 +91,7 @@ class M3Encoder:
         dtype: str = "auto",
         max_length: int = 512,
         batch_size: int = 16,
+        max_tokens_per_batch: int = 16_384,
         num_threads: int = 0,
         pooling: str = "auto",
         query_prefix: str | None = None,
@@ -109,7 +115,9 @@ class M3Encoder:
         self.passage_prefix = meta.get("passage_prefix", "") if passage_prefix is None else passage_prefix
         self.max_length = min(max_length, int(meta.get("max_length", max_length)))
         self.batch_size = batch_size
+        self.max_tokens_per_batch = max_tokens_per_batch
         self.model_id = meta.get("model_id") or Path(name_or_path).name or name_or_path
+        self.revision = self._revision(name_or_path, meta)
 
         flag = BGEM3FlagModel(
             name_or_path,
@@ -144,6 +152,18 @@ class M3Encoder:
         )
 
     @staticmethod
+    def _revision(name_or_path: str, meta: dict) -> str:
+        """Changes whenever the weights do; part of every cache key, so new weights never read old vectors."""
+        if meta.get("source_sha256"):
+            return meta["source_sha256"][:12]
+        path = Path(name_or_path)
+        files = sorted(p for p in path.glob("*") if p.suffix in {".json", ".safetensors", ".bin", ".pt"})
+        stamp = (
+            "|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files) or name_or_path
+        )
+        return hashlib.sha256(stamp.encode()).hexdigest()[:12]
+
+    @staticmethod
     def _sidecar(name_or_path: str) -> dict:
         path = Path(name_or_path) / "specrag_model.json"
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -153,8 +173,30 @@ class M3Encoder:
         return [prefix + t for t in texts] if prefix else list(texts)
 
     def count_tokens(self, texts: Sequence[str], *, input_type: InputType = "passage") -> list[int]:
-        enc = self.tokenizer(self._prefixed(texts, input_type), add_special_tokens=True, truncation=False)
+        enc = self.tokenizer(self._prefixed(texts, input_type), truncation=False, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
+
+    def _tokenize(self, texts: Sequence[str], input_type: InputType) -> tuple[list[list[int]], list[bool]]:
+        """Token ids per text; a text over ``max_length`` is cut at its last sentence end that fits."""
+        prefixed = self._prefixed(texts, input_type)
+        enc = self.tokenizer(prefixed, truncation=False, return_offsets_mapping=True, verbose=False)
+        ids: list[list[int]] = list(enc["input_ids"])
+        truncated = [False] * len(texts)
+        over = [i for i, row in enumerate(ids) if len(row) > self.max_length]
+        if over:
+            prefix_len = len(prefixed[0]) - len(texts[0])
+            cut_texts = []
+            for i in over:
+                # End of the last content token that fits (<s> ... </s> take two places).
+                char_limit = enc["offset_mapping"][i][self.max_length - 2][1] - prefix_len
+                cut_texts.append(truncate_at_sentence(texts[i], max(char_limit, 1)))
+                truncated[i] = True
+            again = self.tokenizer(
+                self._prefixed(cut_texts, input_type), truncation=True, max_length=self.max_length
+            )["input_ids"]
+            for i, row in zip(over, again, strict=True):
+                ids[i] = row
+        return ids, truncated
 
     def encode(
         self,
@@ -165,8 +207,11 @@ class M3Encoder:
         sparse: bool = True,
         colbert: bool = False,
     ) -> Encoded:
-        import torch
+        """One forward pass per token-capped batch yields every output asked for.
 
+        A batch that fails (out of memory, or one input the model chokes on) is halved until
+        it runs; an item that fails alone is reported in ``errors``, the rest are unaffected.
+        """
         if not (dense or sparse or colbert):
             raise ValueError("ask for at least one of dense, sparse, colbert")
         n = len(texts)
@@ -175,37 +220,60 @@ class M3Encoder:
             sparse=[{} for _ in range(n)] if sparse else None,
             colbert=[np.zeros((0, self.dim), np.float32) for _ in range(n)] if colbert else None,
             token_counts=[0] * n,
+            truncated=[False] * n,
+            errors=[None] * n,
         )
         if n == 0:
             return out
-        enc = self.tokenizer(
-            self._prefixed(texts, input_type), truncation=True, max_length=self.max_length, padding=False
-        )
-        ids = enc["input_ids"]
-        order = sorted(range(n), key=lambda i: -len(ids[i]))  # similar lengths share a batch: less padding
-        with self._lock, torch.inference_mode():
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = self.tokenizer.pad(
-                    {"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt"
-                ).to(self.device)
-                result = self.model(
-                    batch, return_dense=dense, return_sparse=sparse, return_colbert_vecs=colbert
-                )
-                mask = batch["attention_mask"].sum(dim=1).tolist()
-                if dense:
-                    out.dense[idx] = result["dense_vecs"].float().cpu().numpy()
-                if sparse:
-                    weights = result["sparse_vecs"].squeeze(-1).float().cpu().numpy()
-                    for row, i in enumerate(idx):
-                        out.sparse[i] = self._lexical(ids[i], weights[row])
-                if colbert:
-                    vecs = result["colbert_vecs"].float().cpu().numpy()
-                    for row, i in enumerate(idx):
-                        out.colbert[i] = vecs[row, : mask[row] - 1]  # tokens after CLS, as FlagEmbedding
-                for row, i in enumerate(idx):
-                    out.token_counts[i] = int(mask[row])
+        ids, out.truncated = self._tokenize(texts, input_type)
+        out.token_counts = [len(row) for row in ids]
+
+        def run(idx: list[int]) -> None:
+            self._forward(idx, ids, out, dense=dense, sparse=sparse, colbert=colbert)
+            out.batches.append(len(idx))
+
+        def failed(i: int, exc: BaseException) -> None:
+            kind = "out of memory" if is_out_of_memory(exc) else type(exc).__name__
+            out.errors[i] = f"{kind}: {str(exc).splitlines()[0][:200] if str(exc) else ''}".rstrip(": ")
+            log.warning("item %d failed alone (%s tokens): %s", i, out.token_counts[i], out.errors[i])
+
+        def split(exc: BaseException) -> None:
+            log.warning("batch failed (%s); halving it", type(exc).__name__)
+            self._release_memory()
+
+        plan = plan_batches(out.token_counts, max_items=self.batch_size, max_tokens=self.max_tokens_per_batch)
+        with self._lock:
+            for batch in plan:
+                run_isolating_failures(batch, run, failed, split)
         return out
+
+    def _release_memory(self) -> None:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def _forward(
+        self, idx: list[int], ids: list[list[int]], out: Encoded, *, dense: bool, sparse: bool, colbert: bool
+    ) -> None:
+        import torch
+
+        with torch.inference_mode():
+            batch = self.tokenizer.pad(
+                {"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt"
+            ).to(self.device)
+            result = self.model(batch, return_dense=dense, return_sparse=sparse, return_colbert_vecs=colbert)
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+            if dense:
+                out.dense[idx] = result["dense_vecs"].float().cpu().numpy()
+            if sparse:
+                weights = result["sparse_vecs"].squeeze(-1).float().cpu().numpy()
+                for row, i in enumerate(idx):
+                    out.sparse[i] = self._lexical(ids[i], weights[row])
+            if colbert:
+                vecs = result["colbert_vecs"].float().cpu().numpy()
+                for row, i in enumerate(idx):
+                    out.colbert[i] = vecs[row, : lengths[row] - 1]  # tokens after CLS, as FlagEmbedding
 
     def _lexical(self, token_ids: list[int], weights: np.ndarray) -> dict[int, float]:
         lexical: dict[int, float] = {}
@@ -227,6 +295,8 @@ class HashEncoder:
     def __init__(self, dim: int = 32, model_id: str = "hash-encoder") -> None:
         self.dim = dim
         self.model_id = model_id
+        self.revision = "hash"
+        self.max_length = 512
         self.calls = 0
 
     def _token_id(self, token: str) -> int:
@@ -249,7 +319,8 @@ class HashEncoder:
         self.calls += 1
         tokens = [_WORD.findall(t) or [""] for t in texts]
         vectors = [np.stack([self._vector(tok) for tok in toks]) for toks in tokens]
-        out = Encoded(token_counts=[len(t) + 2 for t in tokens])
+        n = len(texts)
+        out = Encoded(token_counts=[len(t) + 2 for t in tokens], truncated=[False] * n, errors=[None] * n)
         if dense:
             pooled = np.stack([v.mean(axis=0) for v in vectors]) if vectors else np.zeros((0, self.dim))
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)

@@ -1,9 +1,12 @@
 """HTTP ingress: validation, errors, timings; it orchestrates the graph and holds no model."""
 
+import base64
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,6 +18,9 @@ from serve_app.schemas import (
     Embedding,
     EmbedRequest,
     EmbedResponse,
+    OpenAIEmbedding,
+    OpenAIEmbeddingRequest,
+    OpenAIEmbeddingResponse,
     SearchRequest,
     SearchResponse,
     SearchResult,
@@ -37,6 +43,23 @@ class ClientError(Exception):
         self.status, self.reason, self.detail = status, reason, detail
 
 
+class OpenAIError(Exception):
+    """An error in OpenAI's shape, so OpenAI client libraries show its message."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def _openai_body(message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+
+
+@api.exception_handler(OpenAIError)
+async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
+    return JSONResponse(_openai_body(exc.message, exc.param, exc.code), status_code=exc.status)
+
+
 @api.exception_handler(ClientError)
 async def _client_error(_: Request, exc: ClientError) -> JSONResponse:
     return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status)
@@ -48,11 +71,16 @@ async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
 
 
 @api.exception_handler(RequestValidationError)
-async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [
         {"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or "body", "reason": e.get("msg")}
         for e in exc.errors()
     ]
+    if request.url.path.endswith("/v1/embeddings"):
+        first = errors[0] if errors else {"field": "body", "reason": "invalid request"}
+        return JSONResponse(
+            _openai_body(f"{first['field']}: {first['reason']}", first["field"]), status_code=422
+        )
     return JSONResponse({"error": "invalid request", "detail": errors}, status_code=422)
 
 
@@ -111,13 +139,16 @@ class Ingress:
     ) -> None:
         self.settings = settings
         self.expander, self.embedder, self.searcher, self.reranker = expander, embedder, searcher, reranker
-        self.model_id: str | None = None
+        self.model_info: dict[str, Any] | None = None
         BodyLimit.limit = settings.limits.max_body_bytes
 
+    async def _info(self) -> dict[str, Any]:
+        if self.model_info is None:
+            self.model_info = await self.embedder.info.remote()
+        return self.model_info
+
     async def _model(self) -> str:
-        if self.model_id is None:
-            self.model_id = (await self.embedder.info.remote())["model"]
-        return self.model_id
+        return (await self._info())["model"]
 
     @api.get("/healthz", summary="Liveness: the ingress answers.")
     async def healthz(self) -> dict[str, str]:
@@ -208,40 +239,120 @@ class Ingress:
             degraded=degraded,
         )
 
-    @api.post("/v1/embed", response_model=EmbedResponse, summary="Dense, sparse and ColBERT outputs.")
-    async def embed(self, body: EmbedRequest) -> EmbedResponse:
-        texts = body.texts()
-        lim = self.settings.limits
-        if not texts:
-            raise ClientError(422, "input is empty")
-        if len(texts) > lim.max_embed_items:
-            raise ClientError(413, f"more than {lim.max_embed_items} items in one request")
-        bad = [
-            {
-                "index": i,
-                "reason": "empty or whitespace-only" if not t.strip() else f"over {lim.max_item_chars} chars",
-            }
-            for i, t in enumerate(texts)
-            if not t.strip() or len(t) > lim.max_item_chars
-        ]
-        if bad:
-            raise ClientError(422, "invalid items", bad)
+    async def _embed(self, texts: list[str], input_type: str, colbert: bool = False) -> list[dict[str, Any]]:
         try:
-            outputs = await self.embedder.embed.remote(texts, body.input_type, body.return_colbert)
+            return await self.embedder.embed.remote(texts, input_type, colbert)
         except Exception as exc:
             log.exception("embedder failed")
             raise ClientError(503, "embedder unavailable", str(exc).splitlines()[0][:300]) from exc
-        data = [
-            Embedding(
-                index=i,
-                dense=o["dense"].tolist() if body.return_dense else None,
-                sparse={str(k): round(v, 6) for k, v in o["sparse"].items()} if body.return_sparse else None,
-                colbert=o["colbert"].tolist() if body.return_colbert else None,
-                tokens=o["tokens"],
+
+    @api.post("/v1/embed", response_model=EmbedResponse, summary="Dense, sparse and ColBERT outputs.")
+    async def embed(self, body: EmbedRequest) -> EmbedResponse:
+        """Invalid items (not a string, empty) are reported per item; the others are embedded."""
+        items = body.texts()
+        lim = self.settings.limits
+        if not items:
+            raise ClientError(422, "input is empty")
+        if len(items) > lim.max_embed_items:
+            raise ClientError(413, f"more than {lim.max_embed_items} items in one request")
+        too_long = [i for i, t in enumerate(items) if isinstance(t, str) and len(t) > lim.max_item_chars]
+        if too_long:
+            raise ClientError(
+                413, f"items longer than {lim.max_item_chars} characters", {"indices": too_long}
             )
-            for i, o in enumerate(outputs)
-        ]
-        tokens = sum(o["tokens"] for o in outputs)
+        problems = {
+            i: "not a string" if not isinstance(t, str) else "empty or whitespace-only"
+            for i, t in enumerate(items)
+            if not isinstance(t, str) or not t.strip()
+        }
+        if len(problems) == len(items):
+            raise ClientError(422, "no valid items", [{"index": i, "reason": r} for i, r in problems.items()])
+        valid = [i for i in range(len(items)) if i not in problems]
+        started = time.perf_counter()
+        embedded = await self._embed([items[i] for i in valid], body.input_type, body.return_colbert)
+        outputs = dict(zip(valid, embedded, strict=True))
+        elapsed = (time.perf_counter() - started) * 1000
+        token_names: dict[int, str] = {}
+        if body.return_tokens:
+            ids = sorted({t for o in outputs.values() for t in o["sparse"]})
+            token_names = dict(zip(ids, await self.embedder.token_strings.remote(ids), strict=True))
+        data = []
+        for i in range(len(items)):
+            o = outputs.get(i)
+            error = problems.get(i) or (o["error"] if o else None)
+            if o is None or error:
+                data.append(Embedding(index=i, error=error))
+                continue
+            data.append(
+                Embedding(
+                    index=i,
+                    dense=o["dense"].tolist() if body.return_dense else None,
+                    sparse={str(k): round(v, 6) for k, v in o["sparse"].items()}
+                    if body.return_sparse
+                    else None,
+                    sparse_tokens={token_names[k]: round(v, 6) for k, v in o["sparse"].items()}
+                    if body.return_tokens
+                    else None,
+                    colbert=o["colbert"].tolist() if body.return_colbert else None,
+                    tokens=o["tokens"],
+                    truncated=o["truncated"],
+                    cached=o["cached"],
+                )
+            )
+        tokens = sum(o["tokens"] for o in outputs.values())
         return EmbedResponse(
-            model=await self._model(), data=data, usage={"prompt_tokens": tokens, "total_tokens": tokens}
+            model=await self._model(),
+            data=data,
+            usage={"prompt_tokens": tokens, "total_tokens": tokens},
+            timings_ms={"embed": round(elapsed, 3)},
+        )
+
+    @api.post(
+        "/v1/embeddings",
+        response_model=OpenAIEmbeddingResponse,
+        summary="OpenAI-compatible embeddings (dense vectors).",
+    )
+    async def openai_embeddings(self, body: OpenAIEmbeddingRequest) -> OpenAIEmbeddingResponse:
+        info = await self._info()
+        accepted = {
+            info["model"],
+            self.settings.model.name_or_path,
+            Path(self.settings.model.name_or_path).name,
+        }
+        if body.model not in accepted:
+            raise OpenAIError(
+                404,
+                f"model {body.model!r} is not served here; use {info['model']!r}",
+                "model",
+                "model_not_found",
+            )
+        if body.dimensions is not None and body.dimensions != info["dim"]:
+            raise OpenAIError(422, f"dimensions must be {info['dim']} for this model", "dimensions")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        lim = self.settings.limits
+        if not texts:
+            raise OpenAIError(422, "input must not be empty", "input")
+        if len(texts) > lim.max_embed_items:
+            raise OpenAIError(413, f"more than {lim.max_embed_items} inputs in one request", "input")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise OpenAIError(422, f"input[{i}] is empty or whitespace-only", "input")
+            if len(text) > lim.max_item_chars:
+                raise OpenAIError(413, f"input[{i}] is longer than {lim.max_item_chars} characters", "input")
+        outputs = await self._embed(texts, "passage")
+        failed = [i for i, o in enumerate(outputs) if o["error"]]
+        if failed:
+            raise OpenAIError(500, f"input[{failed[0]}] failed: {outputs[failed[0]]['error']}", "input")
+        data = []
+        for i, o in enumerate(outputs):
+            vector = o["dense"].astype(np.float32)
+            embedding = (
+                base64.b64encode(vector.tobytes()).decode()
+                if body.encoding_format == "base64"
+                else vector.tolist()
+            )
+            data.append(OpenAIEmbedding(index=i, embedding=embedding, truncated=o["truncated"]))
+        tokens = sum(o["tokens"] for o in outputs)
+        return OpenAIEmbeddingResponse(
+            data=data, model=info["model"], usage={"prompt_tokens": tokens, "total_tokens": tokens}
         )

@@ -77,13 +77,16 @@ class SearchResponse(BaseModel):
 
 
 class EmbedRequest(_Strict):
-    input: list[str] | str = Field(description="One text or a list of texts.")
+    input: list[Any] | str = Field(
+        description="One text or a list of texts; invalid items are reported per item."
+    )
     input_type: Literal["query", "passage"] = "passage"
     return_dense: bool = True
     return_sparse: bool = False
     return_colbert: bool = False
+    return_tokens: bool = Field(default=False, description="Also give sparse weights keyed by token string.")
 
-    def texts(self) -> list[str]:
+    def texts(self) -> list[Any]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
@@ -91,13 +94,44 @@ class Embedding(BaseModel):
     index: int
     dense: list[float] | None = None
     sparse: dict[str, float] | None = Field(default=None, description="token id -> weight")
+    sparse_tokens: dict[str, float] | None = Field(default=None, description="token string -> weight")
     colbert: list[list[float]] | None = None
-    tokens: int
+    tokens: int = Field(0, description="tokens the model read (0 when served from the cache)")
+    truncated: bool = Field(False, description="cut at a sentence end to fit the model's max length")
+    cached: str | None = Field(None, description="lru | redis when served from a cache")
+    error: str | None = Field(None, description="why this item has no vectors; the others are unaffected")
 
 
 class EmbedResponse(BaseModel):
     model: str
     data: list[Embedding]
+    usage: dict[str, int]
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    """OpenAI ``POST /v1/embeddings``; unknown fields are ignored as OpenAI-compatible servers do."""
+
+    input: str | list[str] = Field(
+        description="A string or a list of strings (token arrays are not accepted)."
+    )
+    model: str
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, description="Must equal the model's dimension if given.")
+    user: str | None = None
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+    truncated: bool = False
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
     usage: dict[str, int]
 
 

@@ -50,7 +50,16 @@ class MilvusSettings(_Section):
 
 
 class RedisSettings(_Section):
-    url: SecretStr | None = Field(default=None, description="redis://host:port/db; unset = no cache.")
+    url: SecretStr | None = Field(
+        default=None, description="redis://host:port/db; unset = in-process LRU only."
+    )
+    ttl_s: int = Field(default=86_400, ge=1, description="lifetime of a cached embedding")
+    timeout_s: float = Field(
+        default=0.05, gt=0, le=5, description="per Redis call; slower counts as a failure"
+    )
+    breaker_fail_max: int = Field(default=3, ge=1, description="failures in a row that open the breaker")
+    breaker_reset_s: float = Field(default=10.0, gt=0, description="how long an open breaker skips Redis")
+    lru_items: int = Field(default=10_000, ge=0, description="in-process tier per replica; 0 = off")
 
 
 class BatchSettings(_Section):
@@ -58,7 +67,10 @@ class BatchSettings(_Section):
 
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=5)
-    encode_batch_size: int = Field(default=16, ge=1, le=1024, description="texts per forward pass")
+    encode_batch_size: int = Field(default=16, ge=1, le=1024, description="texts per forward pass, at most")
+    max_tokens_per_batch: int = Field(
+        default=16_384, ge=64, description="padded tokens per forward pass (texts x longest), at most"
+    )
 
 
 class SearchSettings(_Section):

@@ -51,13 +51,7 @@ def milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     state["ctx"].__exit__(None, None, None)
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (apt-get install -y redis-server); .ci/run installs it")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
+def _start_redis(exe: str, port: int, workdir: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [
             exe,
@@ -80,8 +74,27 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"redis-server did not start on port {port}")
         time.sleep(0.1)
-    yield f"redis://127.0.0.1:{port}/0"
-    stop_process(proc)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A real redis-server; ``kill()`` and ``start()`` let a test take it away and bring it back."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (apt-get install -y redis-server); .ci/run installs it")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    state: dict = {"url": f"redis://127.0.0.1:{port}/0", "proc": _start_redis(exe, port, workdir)}
+    state["kill"] = lambda: state["proc"].kill() or state["proc"].wait(5)
+    state["start"] = lambda: state.update(proc=_start_redis(exe, port, workdir))
+    yield state
+    stop_process(state["proc"])
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: dict) -> str:
+    return redis_server["url"]
 
 
 @pytest.fixture(scope="session")

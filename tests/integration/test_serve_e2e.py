@@ -38,7 +38,7 @@ def service(ray_local, model_dir: Path, milvus: dict, redis_url: str):
         redis={"url": redis_url},
         serve={"port": port},
         search={"rerank_candidates": 20},
-        limits={"max_body_bytes": 64 * 1024, "max_embed_items": 8},
+        limits={"max_body_bytes": 256 * 1024, "max_embed_items": 8},
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(settings), name="e2e", route_prefix="/")
@@ -166,9 +166,10 @@ def test_reingesting_unchanged_documents_embeds_nothing(service) -> None:
         ("/v1/search", {"query": "ok", "channels": ["bm25"]}, 422),
         ("/v1/search", {"query": "ok", "unknown": 1}, 422),
         ("/v1/search", {"query": "x" * 2001}, 413),
-        ("/v1/search", {"query": "x" * 70_000}, 413),
+        ("/v1/search", {"query": "x" * 300_000}, 413),  # over max_body_bytes
         ("/v1/embed", {"input": []}, 422),
-        ("/v1/embed", {"input": ["ok", " "]}, 422),
+        ("/v1/embed", {"input": [" ", ""]}, 422),
+        ("/v1/embed", {"input": ["x" * 50_001]}, 413),
         ("/v1/embed", {"input": ["a"] * 9}, 413),
     ],
 )
@@ -197,3 +198,122 @@ def test_milvus_down_is_503_and_recovers(service, milvus: dict) -> None:
         milvus["start"]()
     body = _top(service["client"], "冪等キー", rerank=False)
     assert body["results"], "search must recover once Milvus is back"
+
+
+# --- embeddings API --------------------------------------------------------------------------
+
+
+def test_openai_embeddings_float_and_base64_agree(service) -> None:
+    import base64
+
+    client = service["client"]
+    model = client.post("/v1/embed", json={"input": "x"}).json()["model"]
+    texts = ["冪等キーは24時間保持される", "idempotency keys are kept for 24 hours"]
+    as_float = client.post("/v1/embeddings", json={"input": texts, "model": model})
+    as_b64 = client.post("/v1/embeddings", json={"input": texts, "model": model, "encoding_format": "base64"})
+    assert as_float.status_code == as_b64.status_code == 200, as_float.text
+    body = as_float.json()
+    assert body["object"] == "list" and body["model"] == model
+    assert [d["index"] for d in body["data"]] == [0, 1] and body["data"][0]["object"] == "embedding"
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 8
+    floats = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+    decoded = np.stack(
+        [np.frombuffer(base64.b64decode(d["embedding"]), np.float32) for d in as_b64.json()["data"]]
+    )
+    assert floats.shape == (2, 384) and np.allclose(floats, decoded, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "param"),
+    [
+        ({"input": "x", "model": "text-embedding-3-small"}, 404, "model"),
+        ({"input": "x", "model": "m3-offline-e5-small", "dimensions": 1024}, 422, "dimensions"),
+        ({"input": ["ok", " "], "model": "m3-offline-e5-small"}, 422, "input"),
+        ({"input": [[1, 2, 3]], "model": "m3-offline-e5-small"}, 422, "input"),
+        ({"input": "x"}, 422, "model"),
+    ],
+)
+def test_openai_errors_have_openai_shape(service, payload: dict, status: int, param: str) -> None:
+    response = service["client"].post("/v1/embeddings", json=payload)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error"
+    assert error["param"].split(".")[0] == param
+
+
+def test_invalid_items_are_reported_without_failing_the_others(service) -> None:
+    response = service["client"].post(
+        "/v1/embed",
+        json={"input": ["valid text", "", 42, "also valid"], "return_sparse": True, "return_tokens": True},
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [d["error"] for d in data] == [None, "empty or whitespace-only", "not a string", None]
+    assert data[0]["dense"] and data[3]["dense"] and data[1]["dense"] is None
+    assert "▁valid" in data[0]["sparse_tokens"]
+
+
+def test_twenty_thousand_japanese_characters_embed_truncated(service) -> None:
+    text = "".join(f"第{i}条 在庫引当は作成から三十分で自動的に解放される。" for i in range(700))
+    assert len(text) > 20_000
+    response = service["client"].post("/v1/embed", json={"input": [text, "短い文。"]})
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data[0]["truncated"] is True and data[1]["truncated"] is False
+    assert 400 < data[0]["tokens"] <= 512
+
+
+def test_cache_hit_is_served_without_the_model(service) -> None:
+    client = service["client"]
+    text = "キャッシュ確認用のテキストです。"
+    first = client.post("/v1/embed", json={"input": text}).json()
+    second = client.post("/v1/embed", json={"input": text}).json()
+    assert first["data"][0]["cached"] is None and second["data"][0]["cached"] == "lru"
+    assert second["data"][0]["dense"] == first["data"][0]["dense"]
+    assert second["usage"]["total_tokens"] == 0, "the model read nothing"
+
+
+def test_concurrent_requests_share_dynamic_batches(service) -> None:
+    import asyncio
+
+    from ray import serve
+
+    async def load() -> list[int]:
+        async with httpx.AsyncClient(base_url=service["client"].base_url, timeout=120) as client:
+            responses = await asyncio.gather(
+                *(client.post("/v1/embed", json={"input": f"batch probe {i} 在庫"}) for i in range(24))
+            )
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(load()) == [200] * 24
+    stats = serve.get_deployment_handle("Embedder", app_name="e2e").stats.remote().result()
+    assert max(stats["batch_sizes"]) > 1, stats
+    assert max(stats["forward_batches"]) > 1, stats
+
+
+def test_killing_redis_under_load_fails_no_request(service, redis_server: dict) -> None:
+    """Unique texts so every lookup goes to Redis; Redis is killed a third of the way in."""
+    import asyncio
+
+    async def load() -> list[int]:
+        statuses: list[int] = []
+        sem = asyncio.Semaphore(8)
+        async with httpx.AsyncClient(base_url=service["client"].base_url, timeout=120) as client:
+
+            async def one(i: int) -> None:
+                if i == 20:
+                    redis_server["kill"]()
+                async with sem:
+                    r = await client.post(
+                        "/v1/embed", json={"input": [f"redis outage probe {i}", f"障害 {i}"]}
+                    )
+                    statuses.append(r.status_code)
+
+            await asyncio.gather(*(one(i) for i in range(60)))
+        return statuses
+
+    try:
+        statuses = asyncio.run(load())
+    finally:
+        redis_server["start"]()
+    assert len(statuses) == 60 and set(statuses) == {200}, statuses

@@ -1,0 +1,77 @@
+"""The embedding engine on the real offline model: long input, fault isolation, token batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app.embedding import EmbeddingService, EmbedItem
+from serve_app.encoder import M3Encoder
+
+pytestmark = pytest.mark.integration
+
+LONG_JA = "".join(f"第{i}条 注文基盤の在庫引当は作成から三十分で自動的に解放される。" for i in range(620))
+
+
+@pytest.fixture(scope="module")
+def encoder(model_dir: Path) -> M3Encoder:
+    return M3Encoder(str(model_dir), device="cpu", num_threads=2, batch_size=8, max_tokens_per_batch=2048)
+
+
+def test_long_japanese_document_is_cut_at_a_sentence_end(encoder: M3Encoder) -> None:
+    assert len(LONG_JA) > 20_000
+    out = encoder.encode([LONG_JA, "短い文。"], colbert=True)
+    assert out.truncated == [True, False] and out.errors == [None, None]
+    assert out.token_counts[0] <= encoder.max_length
+    assert out.token_counts[0] > encoder.max_length * 0.8, "the cut keeps most of the window"
+    ids, _ = encoder._tokenize([LONG_JA], "passage")
+    text = encoder.tokenizer.decode(ids[0], skip_special_tokens=True)
+    assert text.rstrip().endswith("。"), text[-30:]
+    assert np.isclose(np.linalg.norm(out.dense[0]), 1.0, atol=1e-4)
+
+
+def test_out_of_memory_halves_the_batch_and_every_item_still_embeds(encoder: M3Encoder, monkeypatch) -> None:
+    texts = [f"文書 {i} の本文です。" for i in range(8)]
+    reference = encoder.encode(texts).dense
+    real_forward = encoder._forward
+
+    def forward(idx, *args, **kwargs):
+        if len(idx) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real_forward(idx, *args, **kwargs)
+
+    monkeypatch.setattr(encoder, "_forward", forward)
+    out = encoder.encode(texts)
+    assert out.errors == [None] * 8 and max(out.batches) <= 2
+    assert np.allclose(out.dense, reference, atol=1e-4)
+    monkeypatch.setattr(encoder, "_forward", real_forward)
+    assert encoder.encode(texts).batches == [8], "the next call is back at the full batch size"
+
+
+def test_an_item_that_fails_alone_does_not_fail_the_others(model_dir: Path, monkeypatch) -> None:
+    encoder = M3Encoder(str(model_dir), device="cpu", batch_size=8)
+    service = EmbeddingService(encoder)
+    real_forward = encoder._forward
+    texts = ["ok one", "poison", "ok two", "ok three"]
+
+    def forward(idx, ids, out, **kwargs):
+        if 1 in idx:
+            raise ValueError("cannot embed this input")
+        return real_forward(idx, ids, out, **kwargs)
+
+    monkeypatch.setattr(encoder, "_forward", forward)
+    results = service.embed_items([EmbedItem(t) for t in texts])
+    assert [r["error"] is None for r in results] == [True, False, True, True]
+    assert "cannot embed this input" in results[1]["error"]
+    assert all(np.isclose(np.linalg.norm(results[i]["dense"]), 1.0, atol=1e-4) for i in (0, 2, 3))
+
+
+def test_token_budget_separates_long_from_short(encoder: M3Encoder) -> None:
+    texts = ["短い。"] * 12 + [LONG_JA[:1500]]
+    out = encoder.encode(texts)
+    longest = out.token_counts[-1]
+    assert longest > 400
+    assert out.batches[0] <= 2048 // longest, "the long text's batch is capped by padded tokens"
+    assert sum(out.batches) == 13 and max(out.batches) <= 8
