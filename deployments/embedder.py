@@ -1,8 +1,10 @@
 """Embedder: BGE-M3 behind ``@serve.batch``; the engine does the work, this shell batches and reports.
 
-Requests join the replica's dynamic batch one text at a time (``@serve.batch`` groups by
-count); the engine then splits each batch into forward passes by tokens, longest first, so a
-long text never pads dozens of short ones. Batch knobs change at run time via ``user_config``.
+Requests join the replica's dynamic batch one text at a time. ``@serve.batch`` groups texts
+that arrive together; a ``ContinuousBatcher`` then merges every group that queued while the
+model was busy into its next step (Ray alone would run them one small batch after another);
+the engine splits each step into forward passes by tokens, longest first, so a long text never
+pads dozens of short ones. Batch knobs change at run time via ``user_config``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from ray import serve
 from ray.serve import metrics
 
+from serve_app.batching import ContinuousBatcher
 from serve_app.embedding import EmbeddingService, EmbedItem
 from serve_app.settings import Settings
 
@@ -29,21 +32,24 @@ class Embedder:
         threads = settings.model.num_threads or os.cpu_count() or 1
         model = settings.model.model_copy(update={"num_threads": threads})
         self.service = EmbeddingService.from_settings(settings.model_copy(update={"model": model}))
+        self._batcher = ContinuousBatcher(self._work, max_items=settings.batch.max_batch_size)
         self._embed_one.set_max_batch_size(settings.batch.max_batch_size)
         self._embed_one.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
-        self.batch_sizes: Counter[int] = Counter()  # @serve.batch calls by size
+        self.batch_sizes: Counter[int] = Counter()  # model steps by size (merged @serve.batch groups)
         self.forward_sizes: Counter[int] = Counter()  # forward passes by size
         self._last_ok = 0.0
         self._cache_seen = {"lru_hits": 0, "redis_hits": 0, "misses": 0, "errors": 0, "skipped": 0}
         self.m_batch = metrics.Histogram(
-            "specrag_embed_batch_size", "texts per dynamic batch", boundaries=_BATCH_BOUNDARIES
+            "specrag_embed_batch_size",
+            "texts per model step (merged dynamic batches)",
+            boundaries=_BATCH_BOUNDARIES,
         )
         self.m_forward = metrics.Histogram(
             "specrag_embed_forward_batch_size", "texts per forward pass", boundaries=_BATCH_BOUNDARIES
         )
         self.m_batch_ms = metrics.Histogram(
             "specrag_embed_batch_ms",
-            "time to serve one dynamic batch (cache + model)",
+            "time of one model step (cache + forward passes)",
             boundaries=[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
         )
         self.m_cache = metrics.Counter(
@@ -55,6 +61,7 @@ class Embedder:
         """Batch knobs at run time through ``user_config`` (no replica restart)."""
         if "max_batch_size" in user_config:
             self._embed_one.set_max_batch_size(int(user_config["max_batch_size"]))
+            self._batcher.max_items = int(user_config["max_batch_size"])
         if "batch_wait_timeout_s" in user_config:
             self._embed_one.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
         encoder = self.service.encoder
@@ -63,11 +70,15 @@ class Embedder:
         if "encode_batch_size" in user_config and hasattr(encoder, "batch_size"):
             encoder.batch_size = int(user_config["encode_batch_size"])
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    # Many @serve.batch groups may wait at once: the continuous batcher merges them.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=64)
     async def _embed_one(self, items: list[EmbedItem]) -> list[dict[str, Any]]:
+        return await self._batcher.submit(items)
+
+    def _work(self, items: list[EmbedItem]) -> list[dict[str, Any]]:
+        """One model step (in the batcher's worker thread): cache, forward passes, bookkeeping."""
         started = time.perf_counter()
-        # The forward pass runs off the event loop so the replica keeps accepting requests.
-        results = await asyncio.to_thread(self.service.embed_items, items)
+        results = self.service.embed_items(items)
         self._record(len(items), (time.perf_counter() - started) * 1000, results)
         if any(r["error"] is None and r["cached"] is None for r in results):
             self._last_ok = time.monotonic()

@@ -18,6 +18,8 @@ from serve_app.settings import ModelSettings, Settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 model_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
 app.add_typer(model_app, name="model")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks whose figures go to docs/BENCHMARKS.md.")
+app.add_typer(bench_app, name="bench")
 log = logging.getLogger("specrag")
 
 SAMPLE_DOCS = Path(__file__).parent / "sample_docs"
@@ -281,6 +283,60 @@ def up(
             typer.echo("shutting down ...")
             serve.shutdown()
     typer.echo("stopped")
+
+
+@bench_app.command("embed")
+def bench_embed(
+    texts: Annotated[int, typer.Option(min=1, max=100_000, help="Texts per phase, 1/3 long.")] = 384,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated HTTP concurrency levels.")] = "1,8,32,64",
+    data: Annotated[
+        Path | None, typer.Option(exists=True, help="BEIR corpus.jsonl instead of the samples.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Raw figures (JSON).")] = Path("docs/benchmarks/embed.json"),
+    markdown: Annotated[
+        Path, typer.Option(help="Markdown file whose bench:embed section is replaced.")
+    ] = Path("docs/BENCHMARKS.md"),
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis for the cache-hit check (default: a temporary redis-server).")
+    ] = None,
+    cache_check: Annotated[bool, typer.Option(help="Measure cache-hit latency (needs Redis).")] = True,
+    max_seconds: Annotated[float, typer.Option(min=1, help="Seconds per level, at most.")] = 90.0,
+    texts_per_request: Annotated[int, typer.Option(min=1, max=256, help="Texts in each HTTP request.")] = 1,
+    seed: int = 0,
+    verbose: bool = False,
+) -> None:
+    """Embedder through Serve's HTTP endpoint vs the same model in-process, on this machine, in one run."""
+    import shlex
+    import sys
+
+    from serve_app import bench
+    from serve_app.local_stack import apply_local_env
+
+    _logging(verbose)
+    apply_local_env()
+    try:
+        levels = bench.parse_levels(concurrency)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--concurrency") from None
+    settings = _settings()
+    _ensure_model(settings)
+    options = bench.EmbedBenchOptions(
+        source=data or SAMPLE_DOCS,
+        texts=texts,
+        concurrency=levels,
+        data=data,
+        out=out,
+        markdown=markdown,
+        redis_url=redis_url,
+        cache_check=cache_check,
+        max_seconds=max_seconds,
+        texts_per_request=texts_per_request,
+        seed=seed,
+    )
+    argv = sys.argv
+    if Path(argv[0]).name == "specrag" and "--redis-url" not in argv:  # quote it exactly, secrets aside
+        options.command = shlex.join(["specrag", *argv[1:]])
+    bench.run_embed_bench(settings, options, echo=typer.echo)
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ class BatchSettings(_Section):
 
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=5)
-    encode_batch_size: int = Field(default=16, ge=1, le=1024, description="texts per forward pass, at most")
+    encode_batch_size: int = Field(default=32, ge=1, le=1024, description="texts per forward pass, at most")
     max_tokens_per_batch: int = Field(
         default=16_384, ge=64, description="padded tokens per forward pass (texts x longest), at most"
     )

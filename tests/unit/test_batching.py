@@ -16,6 +16,11 @@ def test_batches_are_sorted_and_capped_by_padded_tokens() -> None:
         assert len(batch) * max(lengths[i] for i in batch) <= 8192 or len(batch) == 1
 
 
+def test_short_texts_never_pad_to_a_long_one() -> None:
+    lengths = [500, 480, 20, 18, 300, 25]
+    assert plan_batches(lengths, max_items=16, max_tokens=16_384) == [[0, 1, 4], [5, 2, 3]]
+
+
 def test_similar_lengths_share_batches() -> None:
     lengths = [100, 5, 100, 5, 100, 5]
     assert plan_batches(lengths, max_items=3, max_tokens=10_000) == [[0, 2, 4], [1, 3, 5]]
