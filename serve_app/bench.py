@@ -44,6 +44,17 @@ DEPLOYMENT = "Embedder"
 MARK_START = "<!-- bench:embed:start -->"
 MARK_END = "<!-- bench:embed:end -->"
 
+
+def markers(texts_per_request: int = 1) -> tuple[str, str]:
+    """Section markers; runs with several texts per request keep a section of their own."""
+    if texts_per_request == 1:
+        return MARK_START, MARK_END
+    return (
+        f"<!-- bench:embed-x{texts_per_request}:start -->",
+        f"<!-- bench:embed-x{texts_per_request}:end -->",
+    )
+
+
 # Phase tags: in-process warm-up / timed, Serve warm-up, level j = 10 + j, cache checks 90+.
 PHASE_WARM, PHASE_IN_PROCESS, PHASE_SERVE_WARM, PHASE_LEVEL0 = 0, 1, 2, 10
 PHASE_SERVE_CACHE, PHASE_ENGINE_CACHE = 90, 91
@@ -429,9 +440,12 @@ def markdown_section(report: Mapping[str, Any], json_path: str) -> str:
     s = report["settings"]
     tokens = f", mean {w['mean_tokens']} tokens" if w.get("mean_tokens") is not None else ""
     langs = " / ".join(f"{count} {lang}" for lang, count in w["langs"].items())
+    per_request = s.get("texts_per_request", 1)
+    start, end = markers(per_request)
     lines = [
-        MARK_START,
-        "## Embedding throughput — Serve HTTP vs in-process",
+        start,
+        "## Embedding throughput — Serve HTTP vs in-process"
+        + ("" if per_request == 1 else f", {per_request} texts per request"),
         "",
         f"Model `{report['model']['id']}` on {m['device']} ({m['dtype']}), {m['cpu_count']} CPUs, "
         f"torch {m['torch']}, Ray {m['ray']}; {report['timestamp']}. Workload: {w['texts']} unique texts "
@@ -456,19 +470,20 @@ def markdown_section(report: Mapping[str, Any], json_path: str) -> str:
         *[f"Note: {note}." for note in report.get("notes", [])],
         *([""] if report.get("notes") else []),
         f"Raw figures: `{json_path}`.",
-        MARK_END,
+        end,
     ]
     return "\n".join(lines)
 
 
 def replace_section(document: str, section: str) -> str:
-    """Swap the marked section in ``document`` (markers included), or append it when absent."""
-    start, end = document.find(MARK_START), document.find(MARK_END)
+    """Swap the section marked like ``section`` (markers included), or append it when absent."""
+    mark_start, mark_end = section.split("\n", 1)[0], section.rstrip("\n").rsplit("\n", 1)[-1]
+    start, end = document.find(mark_start), document.find(mark_end)
     if start < 0 and end < 0:
         return document.rstrip("\n") + ("\n\n" if document.strip() else "") + section + "\n"
     if start < 0 or end < start:
-        raise ValueError(f"unbalanced {MARK_START} / {MARK_END} markers")
-    return document[:start] + section + document[end + len(MARK_END) :]
+        raise ValueError(f"unbalanced {mark_start} / {mark_end} markers")
+    return document[:start] + section + document[end + len(mark_end) :]
 
 
 def contention_notes(

@@ -140,12 +140,6 @@ def test_numeric_delta_through_histograms_and_nested_counters() -> None:
     assert bench.histogram_mean({}) is None and bench.histogram_mean({"4": 0}) is None
 
 
-def _sample(kind: str, app: str, replica: str, value: float, le: str = "") -> str:
-    labels = f'application="{app}",deployment="Embedder",function_name="_embed_one",replica="{replica}"'
-    labels += f',le="{le}"' if le else ""
-    return f"ray_serve_actual_batch_size_{kind}{{{labels}}} {value}"
-
-
 def _level(concurrency: int, rate: float | None, errors: int = 0) -> dict:
     return {
         "concurrency": concurrency,
@@ -224,7 +218,17 @@ def test_replace_section_appends_then_replaces_in_place() -> None:
     assert second.count(bench.MARK_START) == 1
     assert bench.replace_section("", "S") == "S\n"
     with pytest.raises(ValueError):
-        bench.replace_section(f"{bench.MARK_END}\n{bench.MARK_START}", "S")
+        bench.replace_section(
+            f"{bench.MARK_END}\n{bench.MARK_START}", f"{bench.MARK_START}\nS\n{bench.MARK_END}"
+        )
+
+
+def test_sections_per_texts_per_request_coexist() -> None:
+    one = "\n".join([*bench.markers(1)[:1], "one", bench.markers(1)[1]])
+    four = "\n".join([bench.markers(4)[0], "four", bench.markers(4)[1]])
+    doc = bench.replace_section(bench.replace_section("", one), four)
+    doc = bench.replace_section(doc, one.replace("one", "ONE"))
+    assert "ONE" in doc and "four" in doc and "one\n" not in doc
 
 
 def test_reconstructed_command_hides_the_redis_url() -> None:
