@@ -74,8 +74,10 @@ def milvus_lite_executable() -> str:
 def _milvus_answers(uri: str) -> bool:
     from pymilvus import MilvusClient
 
+    from serve_app.store import GRPC_OPTIONS
+
     try:
-        client = MilvusClient(uri=uri, timeout=2.0, dedicated=True)
+        client = MilvusClient(uri=uri, timeout=2.0, dedicated=True, grpc_options=GRPC_OPTIONS)
         try:
             client.list_collections(timeout=2.0)
             return True

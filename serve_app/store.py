@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 # pymilvus logs every failed call at ERROR (an outage floods the logs); failures are mapped to
 # StoreUnavailable / ValueError below and logged once, here.
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+# pymilvus pings every 10 s even on idle channels; gRPC servers that keep the default policy
+# (Milvus Lite's does: one ping per 5 minutes without data) answer GOAWAY "too_many_pings", and
+# the channel then refuses calls. Ping only while calls are in flight, at the policy's pace.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
 _NOT_LOADED = 101  # Milvus: collection released (Milvus Lite forgets load state across restarts)
 
 T = TypeVar("T")
@@ -412,7 +416,11 @@ class MilvusStore:
                 try:
                     # dedicated: our own channel, so close() really drops it and a reconnect is fresh
                     self._client = MilvusClient(
-                        uri=self.uri, token=self._token or "", timeout=self.timeout_s, dedicated=True
+                        uri=self.uri,
+                        token=self._token or "",
+                        timeout=self.timeout_s,
+                        dedicated=True,
+                        grpc_options=GRPC_OPTIONS,
                     )
                 except Exception as exc:
                     if _classify(exc) == "invalid":
