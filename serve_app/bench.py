@@ -901,32 +901,19 @@ def embedder_stats() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def local_serve(http_port: int) -> Iterator[None]:
-    """Local Ray (as ``local_stack.local_ray``) and Serve on loopback."""
-    import ray
+    """``local_stack.local_ray`` plus Serve on loopback, its access logs kept out of this driver."""
     from ray import serve
 
-    from serve_app.local_stack import apply_local_env
+    from serve_app.local_stack import local_ray
 
-    apply_local_env()
-    ray.init(
-        num_cpus=max(os.cpu_count() or 2, 2),
-        include_dashboard=False,
-        object_store_memory=256 * 1024 * 1024,
-        _node_ip_address="127.0.0.1",
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
-    try:
-        # Per-request access logs would be shipped to this driver and printed: WARNING keeps them out.
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"log_level": "WARNING"}
-        )
-        yield
-    finally:
+    with local_ray():
         try:
-            serve.shutdown()
+            serve.start(
+                http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"log_level": "WARNING"}
+            )
+            yield
         finally:
-            ray.shutdown()
+            serve.shutdown()
 
 
 def _deploy(settings: Settings) -> None:
