@@ -25,7 +25,9 @@ from serve_app.settings import Settings
 _BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
-@serve.deployment(name="Embedder", max_ongoing_requests=64, health_check_period_s=10)
+@serve.deployment(
+    name="Embedder", max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=60
+)
 class Embedder:
     def __init__(self, settings: Settings) -> None:
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (often 1): size torch explicitly.
@@ -88,8 +90,8 @@ class Embedder:
         self.batch_sizes[size] += 1
         self.m_batch.observe(size)
         self.m_batch_ms.observe(elapsed_ms)
-        forward, self.service.forward_batches = self.service.forward_batches, []
-        for n in forward:
+        while self.service.forward_batches:
+            n = self.service.forward_batches.popleft()
             self.forward_sizes[n] += 1
             self.m_forward.observe(n)
         errors = sum(1 for r in results if r["error"])
@@ -121,6 +123,7 @@ class Embedder:
             "revision": encoder.revision,
             "dim": self.service.dim,
             "max_length": encoder.max_length,
+            "fingerprint": encoder.fingerprint,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -138,10 +141,10 @@ class Embedder:
         The probe runs off the event loop and waits behind a running batch, so a busy replica
         is never declared dead for being busy.
         """
-        if time.monotonic() - self._last_ok < 60:
-            return
-        out = await asyncio.wait_for(
-            asyncio.to_thread(self.service.encoder.encode, ["health"], input_type="query", sparse=False), 120
+        if time.monotonic() - self._last_ok < 60 or self.service.encoder._lock.locked():
+            return  # recently worked, or working right now: busy is not dead
+        out = await asyncio.to_thread(
+            self.service.encoder.encode, ["health"], input_type="query", sparse=False
         )
         if out.dense is None or out.dense.shape != (1, self.service.dim) or out.errors[0]:
             raise RuntimeError("embedder produced no vector of the expected dimension")

@@ -23,7 +23,12 @@ def model_dim(settings: Settings) -> int:
     config = Path(settings.model.name_or_path) / "config.json"
     if config.is_file():
         return int(json.loads(config.read_text())["hidden_size"])
-    return 1024  # BAAI/bge-m3 from the hub cache
+    log.warning(
+        "model config not readable at %s from this node; assuming dim 1024 (BGE-M3). "
+        "Make the model directory available where the app is built if it differs.",
+        config,
+    )
+    return 1024
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:

@@ -72,7 +72,8 @@ def truncate_at_sentence(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     window = text[:max_chars]
-    ends = [m.end() for m in SENTENCE_END.finditer(window)]
+    # One character more, so "1.2" cut right after its dot is not taken for a sentence end.
+    ends = [m.end() for m in SENTENCE_END.finditer(text[: max_chars + 1]) if m.end() <= max_chars]
     if ends and ends[-1] >= max_chars // 2:
         return window[: ends[-1]]
     return window

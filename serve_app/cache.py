@@ -47,6 +47,13 @@ def unpack(blob: bytes) -> Entry:
     return dense, dict(zip(ids.tolist(), weights.tolist(), strict=True))
 
 
+class _NoLRU(dict):
+    """``lru_items: 0``: the in-process tier stores nothing."""
+
+    def __setitem__(self, key: str, value: Entry) -> None:
+        pass
+
+
 @dataclass
 class CacheStats:
     lru_hits: int = 0
@@ -76,7 +83,7 @@ class EmbeddingCache:
         self.namespace = namespace
         self.ttl_s = ttl_s
         self.stats = CacheStats()
-        self._lru: LRUCache[str, Entry] = LRUCache(maxsize=lru_items)
+        self._lru: LRUCache[str, Entry] | dict = LRUCache(maxsize=lru_items) if lru_items > 0 else _NoLRU()
         self._lock = threading.Lock()
         self._redis = None
         if url:
@@ -144,11 +151,3 @@ class EmbeddingCache:
             pipe.execute()
 
         self._redis_call(write, None)
-
-    def ping(self) -> bool:
-        if self._redis is None:
-            return False
-        try:
-            return bool(self._redis.ping())
-        except Exception:
-            return False

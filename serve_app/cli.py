@@ -75,6 +75,13 @@ def build_offline(
             raise typer.Exit(1)
 
 
+def _host_port(uri: str, default_port: int = 19530) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri if "://" in uri else f"http://{uri}")
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
 def _progress(r) -> None:
     typer.echo(
         f"  {r.documents} documents, {r.chunks_written} chunks written, {r.unchanged} unchanged", err=True
@@ -121,7 +128,13 @@ def ingest(
     if limit:
         docs = itertools.islice(docs, limit)
 
-    ingestor = Ingestor(service.embed_texts, store, settings.chunk, batch_size=batch_size)
+    ingestor = Ingestor(
+        service.embed_texts,
+        store,
+        settings.chunk,
+        batch_size=batch_size,
+        fingerprint=service.encoder.fingerprint,
+    )
     try:
         report = ingestor.ingest(docs, progress=_progress)
     except StoreUnavailable as exc:
@@ -174,19 +187,19 @@ def evaluate_cmd(
 
     with contextlib.ExitStack() as stack:
         uri = settings.milvus.uri
-        host_port = uri.split("://")[-1].rsplit(":", 1)
-        if uri.startswith("http://127.0.0.1") and not port_open(host_port[0], int(host_port[1])):
+        host, port = _host_port(uri)
+        if host in ("127.0.0.1", "localhost") and not port_open(host, port):
             # Nothing serves the configured URI: use a private Lite server for evaluation data.
-            uri = stack.enter_context(
-                milvus_lite_server(settings.home / "eval-milvus", port=int(host_port[1]))
-            )
+            uri = stack.enter_context(milvus_lite_server(settings.home / "eval-milvus", port=port))
         settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"uri": uri})})
         store = _store(settings, service.dim, collection_name(dataset))
         store.ensure_collection()
         ingest_report = None
         if reingest or store.count() == 0:
             typer.echo(f"ingesting {dataset / 'corpus.jsonl'} ...", err=True)
-            ingestor = Ingestor(service.embed_texts, store, settings.chunk)
+            ingestor = Ingestor(
+                service.embed_texts, store, settings.chunk, fingerprint=service.encoder.fingerprint
+            )
             ingest_report = ingestor.ingest(iter_documents(dataset), progress=_progress).as_dict()
             typer.echo(json.dumps(ingest_report), err=True)
         retriever = Retriever(store, settings.search)
@@ -242,12 +255,17 @@ def up(
     _logging(verbose)
     apply_local_env()
     settings = _settings()
-    if port is not None:
-        settings = settings.model_copy(update={"serve": settings.serve.model_copy(update={"port": port})})
+    if port is not None:  # validated like the setting (Ray's worker ports are refused)
+        try:
+            settings = Settings.model_validate(
+                {**settings.model_dump(), "serve": {**settings.serve.model_dump(), "port": port}}
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--port") from None
     _ensure_model(settings)
     stop = threading.Event()
 
-    milvus_port = milvus_port or int(settings.milvus.uri.rsplit(":", 1)[-1].split("/")[0])
+    milvus_port = milvus_port or _host_port(settings.milvus.uri)[1]
     with milvus_lite_server(settings.home / "milvus", port=milvus_port) as uri:
         settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"uri": uri})})
         with local_ray(dashboard=dashboard):
@@ -266,10 +284,14 @@ def up(
                     import numpy as np
 
                     out = embedder.embed.remote(texts, "passage").result()
+                    if failed := [o["error"] for o in out if o["error"]]:
+                        raise RuntimeError(f"{len(failed)} sample chunks failed to embed: {failed[0]}")
                     return np.stack([o["dense"] for o in out]), [o["sparse"] for o in out]
 
-                store = _store(settings, int(embedder.info.remote().result()["dim"]))
-                report = Ingestor(embed, store, settings.chunk).ingest(iter_documents(SAMPLE_DOCS))
+                info = embedder.info.remote().result()
+                store = _store(settings, int(info["dim"]))
+                ingestor = Ingestor(embed, store, settings.chunk, fingerprint=info["fingerprint"])
+                report = ingestor.ingest(iter_documents(SAMPLE_DOCS))
                 typer.echo(f"sample documents: {json.dumps(report.as_dict())}")
             base = f"http://{settings.serve.host}:{settings.serve.port}"
             typer.echo(

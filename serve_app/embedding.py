@@ -1,11 +1,12 @@
 """The embedding engine behind the Embedder deployment: cache tiers in front of an encoder.
 
-Plain Python so that tests, the CLI and Ray Data actors use exactly what Serve uses.
+Plain Python so that tests, the CLI and batch jobs use exactly what Serve uses.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import hashlib
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +68,8 @@ class EmbeddingService:
     def __init__(self, encoder: TextEncoder, cache: EmbeddingCache | None = None) -> None:
         self.encoder = encoder
         self.cache = cache
-        self.forward_batches: list[int] = []  # sizes of forward passes; the owner drains it
+        # Sizes of recent forward passes; the Embedder drains it into metrics, bounded for other callers.
+        self.forward_batches: deque[int] = deque(maxlen=4096)
 
     @classmethod
     def from_settings(cls, settings: Settings, encoder: TextEncoder | None = None) -> EmbeddingService:
@@ -77,8 +79,8 @@ class EmbeddingService:
         if r.url is not None or r.lru_items > 0:
             cache = EmbeddingCache(
                 r.url.get_secret_value() if r.url else None,
-                namespace=f"{encoder.model_id}@{encoder.revision}:{encoder.max_length}:dense+sparse",
-                lru_items=max(r.lru_items, 1),
+                namespace=hashlib.sha256(encoder.fingerprint.encode()).hexdigest()[:16] + ":dense+sparse",
+                lru_items=r.lru_items,
                 ttl_s=r.ttl_s,
                 timeout_s=r.timeout_s,
                 fail_max=r.breaker_fail_max,
@@ -130,7 +132,7 @@ class EmbeddingService:
             for row, i in enumerate(todo):
                 error = enc.errors[row] if enc.errors else None
                 results[i] = _result(
-                    enc.dense[row],
+                    enc.dense[row].copy(),  # a row view would keep the whole batch alive in the LRU
                     enc.sparse[row],
                     enc.colbert[row] if colbert else None,
                     tokens=enc.token_counts[row],
@@ -138,7 +140,7 @@ class EmbeddingService:
                     error=error,
                 )
                 if error is None:
-                    fresh.append((f"{input_type}\0{items[i].text}", enc.dense[row], enc.sparse[row]))
+                    fresh.append((f"{input_type}\0{items[i].text}", results[i]["dense"], enc.sparse[row]))
             if self.cache is not None and not colbert:
                 self.cache.set_many(fresh)
         return results  # type: ignore[return-value]

@@ -118,6 +118,11 @@ class M3Encoder:
         self.max_tokens_per_batch = max_tokens_per_batch
         self.model_id = meta.get("model_id") or Path(name_or_path).name or name_or_path
         self.revision = self._revision(name_or_path, meta)
+        # Everything that changes a vector: cache keys and ingest hashes carry it.
+        self.fingerprint = (
+            f"{self.model_id}@{self.revision}|{self.pooling}|{self.query_prefix}|{self.passage_prefix}"
+            f"|{self.max_length}|{dtype}"
+        )
 
         flag = BGEM3FlagModel(
             name_or_path,
@@ -157,6 +162,13 @@ class M3Encoder:
         if meta.get("source_sha256"):
             return meta["source_sha256"][:12]
         path = Path(name_or_path)
+        if not path.is_dir():  # a hub id: the cached snapshot's directory names its commit
+            try:
+                from huggingface_hub import snapshot_download
+
+                return Path(snapshot_download(name_or_path, local_files_only=True)).name[:12]
+            except Exception:
+                return "unknown"
         files = sorted(p for p in path.glob("*") if p.suffix in {".json", ".safetensors", ".bin", ".pt"})
         stamp = (
             "|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files) or name_or_path
@@ -265,7 +277,7 @@ class M3Encoder:
             result = self.model(batch, return_dense=dense, return_sparse=sparse, return_colbert_vecs=colbert)
             lengths = batch["attention_mask"].sum(dim=1).tolist()
             if dense:
-                out.dense[idx] = result["dense_vecs"].float().cpu().numpy()
+                out.dense[idx] = result["dense_vecs"].float().cpu().numpy()  # copied into out's rows
             if sparse:
                 weights = result["sparse_vecs"].squeeze(-1).float().cpu().numpy()
                 for row, i in enumerate(idx):
@@ -297,6 +309,7 @@ class HashEncoder:
         self.model_id = model_id
         self.revision = "hash"
         self.max_length = 512
+        self.fingerprint = f"{model_id}@hash|{dim}"
         self.calls = 0
 
     def _token_id(self, token: str) -> int:

@@ -78,24 +78,38 @@ def _front_matter(text: str) -> tuple[dict, str]:
     return (meta if isinstance(meta, dict) else {}), rest.lstrip("\n")
 
 
+def _tags(value: object) -> list[str]:
+    if value is None:
+        return []
+    return [str(t) for t in value] if isinstance(value, list) else [str(value)]
+
+
+def _kind(value: object) -> str:
+    kind = str(value or "other").lower()
+    return kind if kind in KINDS else "other"
+
+
+def read_file(path: Path, root: Path) -> SourceDocument:
+    """One Markdown/text file; its front matter (doc_id, title, kind, tags, lang, source) wins."""
+    meta, body = _front_matter(path.read_text(encoding="utf-8", errors="replace"))
+    rel = path.relative_to(root).as_posix()
+    lang = meta.get("lang")
+    return SourceDocument(
+        doc_id=str(meta.get("doc_id") or rel),
+        text=body,
+        fmt=TEXT_SUFFIXES[path.suffix.lower()],
+        title=str(meta.get("title") or path.stem),
+        lang=str(lang) if lang in ("ja", "en") else None,
+        kind=_kind(meta.get("kind")),
+        source=str(meta.get("source") or rel),
+        tags=_tags(meta.get("tags")),
+    )
+
+
 def read_folder(root: Path) -> Iterator[SourceDocument]:
-    """Markdown/text files below ``root``; front matter (doc_id, title, kind, tags, lang) wins."""
+    """Markdown/text files below ``root``, in path order."""
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
-        raw = path.read_text(encoding="utf-8", errors="replace")
-        meta, body = _front_matter(raw)
-        rel = path.relative_to(root).as_posix()
-        kind = str(meta.get("kind", "other")).lower()
-        tags = meta.get("tags") or []
-        yield SourceDocument(
-            doc_id=str(meta.get("doc_id") or rel),
-            text=body,
-            fmt=TEXT_SUFFIXES[path.suffix.lower()],
-            title=str(meta.get("title") or path.stem),
-            lang=meta.get("lang"),
-            kind=kind if kind in KINDS else "other",
-            source=str(meta.get("source") or rel),
-            tags=[str(t) for t in (tags if isinstance(tags, list) else [tags])],
-        )
+        yield read_file(path, root)
 
 
 def read_beir_corpus(path: Path) -> Iterator[SourceDocument]:
@@ -114,10 +128,10 @@ def read_beir_corpus(path: Path) -> Iterator[SourceDocument]:
                 text=str(row.get("text") or ""),
                 fmt="text",
                 title=str(row.get("title") or ""),
-                lang=row.get("lang"),
-                kind=str(row.get("kind") or "other"),
+                lang=row.get("lang") if row.get("lang") in ("ja", "en") else None,
+                kind=_kind(row.get("kind")),
                 source=str(row.get("source") or path.name),
-                tags=[str(t) for t in row.get("tags") or []],
+                tags=_tags(row.get("tags")),
             )
 
 
@@ -130,16 +144,10 @@ def iter_documents(path: Path) -> Iterator[SourceDocument]:
     if path.is_dir():
         return read_folder(path)
     if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
-        return read_folder_file(path)
+        return iter([read_file(path, path.parent)])
     raise ValueError(
         f"{path}: expected a folder of .md/.txt files, a BEIR corpus.jsonl, or a folder holding one"
     )
-
-
-def read_folder_file(path: Path) -> Iterator[SourceDocument]:
-    for doc in read_folder(path.parent):
-        if doc.source == path.name or doc.doc_id == path.name:
-            yield doc
 
 
 def chunk_id(doc_id: str, version: int, ordinal: int) -> str:
@@ -154,9 +162,17 @@ class Ingestor:
     """Chunks, embeds in batches and writes; ``embed`` is any function texts -> (dense, sparse)."""
 
     def __init__(
-        self, embed: EmbedFn, store: MilvusStore, chunking: ChunkSettings, *, batch_size: int = 32
+        self,
+        embed: EmbedFn,
+        store: MilvusStore,
+        chunking: ChunkSettings,
+        *,
+        batch_size: int = 32,
+        fingerprint: str = "",
     ) -> None:
         self.embed = embed
+        # Part of every chunk hash: re-ingesting with another model or its settings re-embeds.
+        self.fingerprint = fingerprint
         self.store = store
         self.chunking = chunking
         self.batch_size = batch_size
@@ -192,7 +208,12 @@ class Ingestor:
         started = time.perf_counter()
         self.store.ensure_collection()
         pending: list[tuple[SourceDocument, list[Chunk]]] = []
+        seen: set[str] = set()
         for doc in docs:
+            if doc.doc_id in seen:  # a second document under one id would mix their chunks
+                report.failed.append({"doc_id": doc.doc_id, "error": "duplicate doc_id in this run; skipped"})
+                continue
+            seen.add(doc.doc_id)
             report.documents += 1
             pending.append((doc, self._chunks(doc)))
             if sum(len(c) for _, c in pending) >= self.batch_size * 4:
@@ -217,7 +238,9 @@ class Ingestor:
         for doc, chunks in pending:
             fields = [{"title_path": list(c.title_path), "text": c.text} for c in chunks]
             embedded = [passage_text(f) for f in fields]
-            hashes = [_hash(t) for t in embedded]
+            # Metadata is in the hash too: a changed tag, kind or title reaches the index.
+            meta = f"{self.fingerprint}|{doc.title}|{doc.kind}|{doc.source}|{','.join(doc.tags)}|{doc.lang}"
+            hashes = [_hash(f"{meta}\n{t}") for t in embedded]
             old = current.get(doc.doc_id)
             if old is not None and old[1] == hashes:
                 report.unchanged += 1
@@ -235,7 +258,7 @@ class Ingestor:
                         text=chunk.text,
                         title=doc.title,
                         title_path=list(chunk.title_path),
-                        lang=chunk.lang,
+                        lang=doc.lang or chunk.lang,
                         kind=doc.kind,
                         source=doc.source,
                         tags=doc.tags,

@@ -116,11 +116,11 @@ class BodyLimit:
 api.add_middleware(BodyLimit)
 
 
-def _store_error(exc: BaseException) -> StoreUnavailable | None:
-    """Ray wraps a replica's exception; find the StoreUnavailable inside, if that is what it was."""
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """Ray wraps a replica's exception; find one of ``kind`` inside, if that is what it was."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, StoreUnavailable):
+        if isinstance(seen, kind):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return None
@@ -144,7 +144,10 @@ class Ingress:
 
     async def _info(self) -> dict[str, Any]:
         if self.model_info is None:
-            self.model_info = await self.embedder.info.remote()
+            try:
+                self.model_info = await self.embedder.info.remote()
+            except Exception as exc:
+                raise ClientError(503, "embedder unavailable", str(exc).splitlines()[0][:300]) from exc
         return self.model_info
 
     async def _model(self) -> str:
@@ -157,6 +160,7 @@ class Ingress:
     @api.post("/v1/search", response_model=SearchResponse, summary="Hybrid search with rerank.")
     async def search(self, body: SearchRequest) -> SearchResponse:
         s = self.settings
+        top_k = body.top_k or s.search.top_k
         if len(body.query) > s.limits.max_query_chars:
             raise ClientError(413, f"query longer than {s.limits.max_query_chars} characters")
         rerank = s.search.rerank if body.rerank is None else body.rerank
@@ -169,24 +173,26 @@ class Ingress:
             variants = [{"text": body.query, "lang": detect_lang(body.query), "origin": "original"}]
             degraded.append("expander")
         t1 = time.perf_counter()
-        try:
-            vectors = await self.embedder.embed.remote([v["text"] for v in variants], "query")
-        except Exception as exc:
-            log.exception("embedder failed")
-            raise ClientError(503, "embedder unavailable", str(exc).splitlines()[0][:300]) from exc
+        vectors = await self._embed([v["text"] for v in variants], "query")
+        if vectors[0]["error"]:
+            raise ClientError(503, "the embedder failed on the query", vectors[0]["error"])
+        kept = [i for i, v in enumerate(vectors) if not v["error"]]  # a failed variant is dropped
+        variants, vectors = [variants[i] for i in kept], [vectors[i] for i in kept]
         t2 = time.perf_counter()
-        pool = max(body.top_k, s.search.rerank_candidates) if rerank else body.top_k
+        pool = max(top_k, s.search.rerank_candidates) if rerank else top_k
         try:
             found = await self.searcher.search.remote(
                 [{"dense": v["dense"], "sparse": v["sparse"]} for v in vectors],
-                top_k=body.top_k,
+                top_k=top_k,
                 channels=body.channels,
                 filters=body.filters.model_dump(exclude_none=True) if body.filters else None,
                 limit=pool,
             )
         except Exception as exc:
-            if (unavailable := _store_error(exc)) is not None:
+            if (unavailable := _find(exc, StoreUnavailable)) is not None:
                 raise ClientError(503, "vector store unavailable", str(unavailable)) from exc
+            if (rejected := _find(exc, ValueError)) is not None:
+                raise ClientError(400, "the vector store rejected the search", str(rejected)) from exc
             raise
         t3 = time.perf_counter()
         candidates = found["candidates"]
@@ -208,7 +214,7 @@ class Ingress:
             "total": (t4 - t0) * 1000,
         }
         results = []
-        for rank, cand in enumerate(candidates[: body.top_k], start=1):
+        for rank, cand in enumerate(candidates[:top_k], start=1):
             f = cand.fields
             scores = {"rrf": cand.rrf, **cand.channel_scores}
             results.append(
@@ -275,7 +281,11 @@ class Ingress:
         token_names: dict[int, str] = {}
         if body.return_tokens:
             ids = sorted({t for o in outputs.values() for t in o["sparse"]})
-            token_names = dict(zip(ids, await self.embedder.token_strings.remote(ids), strict=True))
+            try:
+                names = await self.embedder.token_strings.remote(ids)
+            except Exception as exc:
+                raise ClientError(503, "embedder unavailable", str(exc).splitlines()[0][:300]) from exc
+            token_names = dict(zip(ids, names, strict=True))
         data = []
         for i in range(len(items)):
             o = outputs.get(i)
@@ -313,7 +323,10 @@ class Ingress:
         summary="OpenAI-compatible embeddings (dense vectors).",
     )
     async def openai_embeddings(self, body: OpenAIEmbeddingRequest) -> OpenAIEmbeddingResponse:
-        info = await self._info()
+        try:
+            info = await self._info()
+        except ClientError as exc:
+            raise OpenAIError(503, f"{exc.reason}: {exc.detail}", code="service_unavailable") from exc
         accepted = {
             info["model"],
             self.settings.model.name_or_path,
@@ -339,7 +352,10 @@ class Ingress:
                 raise OpenAIError(422, f"input[{i}] is empty or whitespace-only", "input")
             if len(text) > lim.max_item_chars:
                 raise OpenAIError(413, f"input[{i}] is longer than {lim.max_item_chars} characters", "input")
-        outputs = await self._embed(texts, "passage")
+        try:
+            outputs = await self._embed(texts, "passage")
+        except ClientError as exc:
+            raise OpenAIError(503, f"{exc.reason}: {exc.detail}", code="service_unavailable") from exc
         failed = [i for i, o in enumerate(outputs) if o["error"]]
         if failed:
             raise OpenAIError(500, f"input[{failed[0]}] failed: {outputs[failed[0]]['error']}", "input")

@@ -1,7 +1,7 @@
 """The embedded default on loopback: a Milvus Lite server, a local Ray, the Serve app.
 
 Milvus Lite runs as a *server* process (not a ``.db`` file) because the Searcher replicas,
-the ingest driver and Ray Data actors are separate processes, and a Lite ``.db`` file opens
+the ingest driver and Ray job workers are separate processes, and a Lite ``.db`` file opens
 in one process only.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# What Ray needs to stay local, quiet and unauthenticated on a developer machine (ENVIRONMENT.md).
+# What Ray 2.60 needs to stay local, quiet and unauthenticated on a developer machine: usage stats
+# off, token auth off (else the dashboard API answers 401), no binding beyond loopback, no hub calls.
 LOCAL_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
-
-NonBlank = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1)]
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -26,7 +24,7 @@ class SearchRequest(_Strict):
     query: str = Field(
         description="The question, in Japanese, English or both.", examples=["認証トークンの有効期限は？"]
     )
-    top_k: int = Field(default=10, ge=1, le=100)
+    top_k: int | None = Field(default=None, ge=1, le=100, description="Default: search.top_k (10).")
     filters: SearchFilters | None = None
     channels: list[Literal["dense", "sparse"]] = Field(default=["dense", "sparse"], min_length=1)
     rerank: bool | None = Field(default=None, description="ColBERT rerank; default from settings.")
@@ -133,8 +131,3 @@ class OpenAIEmbeddingResponse(BaseModel):
     data: list[OpenAIEmbedding]
     model: str
     usage: dict[str, int]
-
-
-class ErrorResponse(BaseModel):
-    error: str
-    detail: Any = None

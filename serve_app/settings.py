@@ -63,7 +63,7 @@ class RedisSettings(_Section):
 
 
 class BatchSettings(_Section):
-    """Dynamic batching of the Embedder (see ENVIRONMENT: max_ongoing_requests caps batches)."""
+    """Dynamic batching of the Embedder (Ray caps a @serve.batch batch at max_ongoing_requests)."""
 
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=5)

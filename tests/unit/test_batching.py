@@ -64,6 +64,8 @@ def test_one_bad_item_fails_alone() -> None:
         ("Version 1.2.3 is out. More", 20, "Version 1.2.3 is out"),
         ("句読点のない長い文章" * 5, 20, ("句読点のない長い文章" * 5)[:20]),
         ("short", 100, "short"),
+        # the dot of "1.2" right at the cut is not a sentence end
+        ("First sentence. Version 1.2 is out", 26, "First sentence."),
         ("本当？　はい！そうです", 8, "本当？　はい！"),
     ],
 )

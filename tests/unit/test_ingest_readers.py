@@ -21,10 +21,19 @@ def test_folder_reader_uses_front_matter(tmp_path: Path) -> None:
     assert docs["auth"].text.startswith("# 認証") and docs["sub/b.txt"].fmt == "text"
 
 
+def test_front_matter_lang_and_single_file(tmp_path: Path) -> None:
+    (tmp_path / "g.md").write_text("---\ndoc_id: g\nlang: ja\ntags: one\nkind: Weird\n---\nbody\n")
+    (doc,) = iter_documents(tmp_path / "g.md")
+    assert (doc.doc_id, doc.lang, doc.tags, doc.kind) == ("g", "ja", ["one"], "other")
+
+
 def test_beir_reader_and_errors(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text(json.dumps({"_id": "d1", "title": "T", "text": "x", "lang": "ja"}) + "\n\n")
-    assert [d.doc_id for d in iter_documents(tmp_path)] == ["d1"]
+    corpus.write_text(
+        json.dumps({"_id": "d1", "title": "T", "text": "x", "lang": "ja", "tags": "t"}) + "\n\n"
+    )
+    (doc,) = iter_documents(tmp_path)
+    assert (doc.doc_id, doc.tags, doc.lang) == ("d1", ["t"], "ja")
     corpus.write_text('{"title": "no id"}\n')
     with pytest.raises(ValueError, match=r"corpus.jsonl:1"):
         list(iter_documents(corpus))
