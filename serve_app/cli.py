@@ -210,7 +210,6 @@ def evaluate_cmd(
             qrels,
             configs=wanted,
             rerank_queries=rerank_queries,
-            search_settings=settings.search,
         )
     report.update(
         dataset=dataset.name,

@@ -21,7 +21,6 @@ from typing import Any
 from serve_app.embedding import EmbeddingService, EmbedItem
 from serve_app.fusion import Candidate
 from serve_app.retrieval import Retriever, passage_text, rerank
-from serve_app.settings import SearchSettings
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,6 @@ def evaluate(
     *,
     configs: Sequence[str] = tuple(CONFIGS),
     rerank_queries: int = 100,
-    search_settings: SearchSettings,
 ) -> dict[str, Any]:
     """Per configuration: overall means plus breakdowns by query lang and type."""
     report: dict[str, Any] = {"configs": {}}
@@ -129,7 +127,7 @@ def evaluate(
         t0 = time.perf_counter()
         ranked = asyncio.run(run_all(cfg["channels"], subset))
         if cfg["rerank"]:
-            n = search_settings.rerank_candidates
+            n = retriever.settings.rerank_candidates
             for pos, i in enumerate(subset):
                 if pos and pos % 25 == 0:
                     log.info("rerank: %d/%d queries", pos, len(subset))
@@ -138,7 +136,7 @@ def evaluate(
                 p_out = service.embed_items(
                     [EmbedItem(passage_text(c.fields), "passage", colbert=True) for c in head]
                 )
-                ranked[pos] = rerank(q_out, p_out, head, search_settings) + ranked[pos][n:]
+                ranked[pos] = rerank(q_out, p_out, head, retriever.settings) + ranked[pos][n:]
         elapsed = time.perf_counter() - t0
         rows, by_lang, by_type = [], defaultdict(list), defaultdict(list)
         for pos, i in enumerate(subset):

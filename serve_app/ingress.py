@@ -43,6 +43,11 @@ class ClientError(Exception):
         self.status, self.reason, self.detail = status, reason, detail
 
 
+def _embedder_unavailable(exc: BaseException) -> ClientError:
+    log.exception("embedder call failed")
+    return ClientError(503, "embedder unavailable", str(exc).splitlines()[0][:300] if str(exc) else None)
+
+
 class OpenAIError(Exception):
     """An error in OpenAI's shape, so OpenAI client libraries show its message."""
 
@@ -147,7 +152,7 @@ class Ingress:
             try:
                 self.model_info = await self.embedder.info.remote()
             except Exception as exc:
-                raise ClientError(503, "embedder unavailable", str(exc).splitlines()[0][:300]) from exc
+                raise _embedder_unavailable(exc) from exc
         return self.model_info
 
     async def _model(self) -> str:
@@ -249,8 +254,7 @@ class Ingress:
         try:
             return await self.embedder.embed.remote(texts, input_type, colbert)
         except Exception as exc:
-            log.exception("embedder failed")
-            raise ClientError(503, "embedder unavailable", str(exc).splitlines()[0][:300]) from exc
+            raise _embedder_unavailable(exc) from exc
 
     @api.post("/v1/embed", response_model=EmbedResponse, summary="Dense, sparse and ColBERT outputs.")
     async def embed(self, body: EmbedRequest) -> EmbedResponse:
@@ -284,7 +288,7 @@ class Ingress:
             try:
                 names = await self.embedder.token_strings.remote(ids)
             except Exception as exc:
-                raise ClientError(503, "embedder unavailable", str(exc).splitlines()[0][:300]) from exc
+                raise _embedder_unavailable(exc) from exc
             token_names = dict(zip(ids, names, strict=True))
         data = []
         for i in range(len(items)):

@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from serve_app.settings import RAY_WORKER_PORTS
+
 log = logging.getLogger(__name__)
 
 # What Ray 2.60 needs to stay local, quiet and unauthenticated on a developer machine: usage stats
@@ -37,9 +39,6 @@ LOCAL_RAY_ENV = {
 def apply_local_env() -> None:
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
-
-
-RAY_WORKER_PORTS = range(10002, 20000)  # never hand these out: Ray's workers bind them
 
 
 def port_open(host: str, port: int) -> bool:

@@ -100,6 +100,9 @@ class ChunkSettings(_Section):
     overlap_sentences: int = Field(default=1, ge=0, le=10)
 
 
+RAY_WORKER_PORTS = range(10002, 20000)  # Ray's workers bind these: no app, Milvus or Redis port here
+
+
 class ServeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -113,7 +116,7 @@ class ServeSettings(_Section):
     @field_validator("port")
     @classmethod
     def _outside_ray_worker_ports(cls, port: int) -> int:
-        if 10002 <= port <= 19999:
+        if port in RAY_WORKER_PORTS:
             raise ValueError("ports 10002-19999 are Ray's worker range; pick another")
         return port
 
