@@ -124,6 +124,7 @@ class Embedder:
             "dim": self.service.dim,
             "max_length": encoder.max_length,
             "fingerprint": encoder.fingerprint,
+            "model_key": encoder.model_key,
         }
 
     def stats(self) -> dict[str, Any]:

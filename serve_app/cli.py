@@ -82,10 +82,41 @@ def _host_port(uri: str, default_port: int = 19530) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or default_port
 
 
-def _progress(r) -> None:
-    typer.echo(
-        f"  {r.documents} documents, {r.chunks_written} chunks written, {r.unchanged} unchanged", err=True
-    )
+class _Progress:
+    """A bar on a terminal, a log line every ``every_s`` otherwise (jobs, CI, ``ray job logs``)."""
+
+    def __init__(self, total: int | None, every_s: float = 10.0) -> None:
+        import sys
+
+        self.bar = None
+        self.every_s = every_s
+        self.last = 0.0
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="doc", desc="ingest", file=sys.stderr)
+
+    def __call__(self, r) -> None:
+        if self.bar is not None:
+            self.bar.update(r.documents - self.bar.n)
+            self.bar.set_postfix(embedded=r.chunks_embedded, unchanged=r.unchanged, failed=len(r.failed))
+            return
+        if time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            total = f"/{r.total}" if r.total else ""
+            log.info(
+                "ingest: %d%s documents, %d chunks embedded, %d reused, %d unchanged documents, %d failed",
+                r.documents,
+                total,
+                r.chunks_embedded,
+                r.chunks_reused,
+                r.unchanged,
+                len(r.failed),
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _store(settings: Settings, dim: int, collection: str | None = None):
@@ -98,51 +129,151 @@ def _store(settings: Settings, dim: int, collection: str | None = None):
     return make_store(settings, dim)
 
 
+def _milvus_down(exc: Exception) -> typer.Exit:
+    typer.echo(
+        f"{exc}\nStart the local stack (specrag up) or point SPECRAG_MILVUS_URI at your Milvus.", err=True
+    )
+    return typer.Exit(3)
+
+
+CollectionOpt = Annotated[str | None, typer.Option(help="Collection (alias); default from settings.")]
+
+
 @app.command()
 def ingest(
     path: Annotated[
-        Path, typer.Argument(exists=True, help="Folder of .md/.txt, a BEIR corpus.jsonl, or its folder.")
-    ],
-    collection: Annotated[
-        str | None, typer.Option(help="Collection (alias) to write; default from settings.")
+        Path | None,
+        typer.Argument(
+            exists=True, help="Folder or git checkout of .md/.txt, a BEIR corpus.jsonl, or its folder."
+        ),
     ] = None,
+    collection: CollectionOpt = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N documents.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, max=1024)] = 32,
+    doc_id: Annotated[
+        list[str] | None, typer.Option("--doc-id", help="Only these documents (repeatable).")
+    ] = None,
+    retry_only: Annotated[
+        bool, typer.Option("--retry-only", help="Only the documents recorded as failed (from PATH).")
+    ] = False,
+    status: Annotated[
+        bool, typer.Option("--status", help="Show recent runs and failed documents; ingest nothing.")
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, max=1024, help="Chunks per embedding call.")
+    ] = None,
     verbose: bool = False,
 ) -> None:
-    """Chunk, embed (in this process) and write documents to Milvus at SPECRAG_MILVUS_URI."""
+    """Chunk, embed (in this process) and write documents; unchanged ones are skipped.
+
+    A failed chunk is retried with backoff, then isolated; its document keeps its stored version
+    and is recorded, so ``--retry-only`` redoes just the failures. ``--status`` shows pending /
+    done / failed counts of the running and recent runs.
+    """
     import itertools
 
-    from serve_app.embedding import EmbeddingService
-    from serve_app.ingest import Ingestor, iter_documents
+    from serve_app.ingest import Ingestor, git_revision, iter_documents
     from serve_app.local_stack import apply_local_env
+    from serve_app.meta import MetaStore
     from serve_app.store import StoreUnavailable
 
     _logging(verbose)
     apply_local_env()
     settings = _settings()
+    if status:
+        try:
+            _print_status(MetaStore(_store(settings, 1, collection)))
+        except StoreUnavailable as exc:
+            raise _milvus_down(exc) from None
+        return
+    if path is None:
+        raise typer.BadParameter("PATH is required unless --status is given", param_hint="PATH")
+
+    from serve_app.embedding import EmbeddingService
+
     _ensure_model(settings)
     service = EmbeddingService.from_settings(settings)
     store = _store(settings, service.dim, collection)
-    docs = iter_documents(path)
-    if limit:
-        docs = itertools.islice(docs, limit)
-
-    ingestor = Ingestor(
-        service.embed_texts,
-        store,
-        settings.chunk,
-        batch_size=batch_size,
-        fingerprint=service.encoder.fingerprint,
-    )
+    meta = MetaStore(store)
     try:
-        report = ingestor.ingest(docs, progress=_progress)
-    except StoreUnavailable as exc:
-        typer.echo(
-            f"{exc}\nStart the local stack (specrag up) or point SPECRAG_MILVUS_URI at your Milvus.", err=True
+        docs = iter_documents(path)
+        wanted = set(doc_id or ())
+        if retry_only:
+            failed = set(meta.list("failed"))
+            wanted = wanted & failed if wanted else failed
+            typer.echo(f"retrying {len(wanted)} failed documents", err=True)
+        if wanted or retry_only:
+            docs = (d for d in docs if d.doc_id in wanted)
+        docs = list(itertools.islice(docs, limit) if limit else docs)
+        revision = git_revision(path) if path.is_dir() else None
+        ingestor = Ingestor(
+            service.embed_texts,
+            store,
+            settings.chunk,
+            settings=settings.ingest,
+            batch_size=batch_size,
+            model_key=service.encoder.model_key,
+            meta=meta,
+            origin=f"{path.resolve()}" + (f"@{revision}" if revision else ""),
         )
-        raise typer.Exit(3) from None
+        bar = _Progress(len(docs))
+        try:
+            report = ingestor.ingest(docs, total=len(docs), progress=bar)
+        finally:
+            bar.close()
+    except StoreUnavailable as exc:
+        raise _milvus_down(exc) from None
     typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+    if report.failed:
+        typer.echo(
+            f"{len(report.failed)} documents failed and kept their stored version; "
+            "see `specrag ingest --status`, retry with `specrag ingest PATH --retry-only`",
+            err=True,
+        )
+        raise typer.Exit(4)
+
+
+def _print_status(meta) -> None:
+    runs = sorted(meta.list("run").values(), key=lambda r: r.get("started_at", 0), reverse=True)[:5]
+    failed = meta.list("failed")
+    for r in runs:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("started_at", 0)))
+        typer.echo(
+            f"run {r['run_id']} {r['state']} (started {started}, {r['seconds']} s): "
+            f"{r['done']} done, {r['pending']} pending, {r['failed_documents']} failed, "
+            f"success rate {r['success_rate']:.1%}; {r['chunks_embedded']} chunks embedded, "
+            f"{r['chunks_reused']} reused, {r['unchanged']} documents unchanged  [{r.get('origin', '')}]"
+        )
+    if not runs:
+        typer.echo("no ingest runs recorded")
+    typer.echo(f"{len(failed)} documents recorded as failed")
+    for doc, f in list(failed.items())[:20]:
+        first = (f.get("errors") or [{}])[0]
+        typer.echo(f"  {doc}: chunk {first.get('ordinal')}: {first.get('error')}")
+
+
+@app.command()
+def delete(
+    doc_ids: Annotated[list[str], typer.Argument(help="Documents to remove (every version).")],
+    collection: CollectionOpt = None,
+    verbose: bool = False,
+) -> None:
+    """Remove documents from the index (idempotent: unknown ids are not an error)."""
+    from serve_app.ingest import Ingestor
+    from serve_app.local_stack import apply_local_env
+    from serve_app.meta import MetaStore
+    from serve_app.store import StoreUnavailable
+
+    _logging(verbose)
+    apply_local_env()
+    settings = _settings()
+    store = _store(settings, 1, collection)
+    try:
+        report = Ingestor(lambda t: ([], []), store, settings.chunk, meta=MetaStore(store)).delete_documents(
+            doc_ids
+        )
+    except StoreUnavailable as exc:
+        raise _milvus_down(exc) from None
+    typer.echo(json.dumps({"deleted": report.deleted, "chunks_deleted": report.chunks_deleted}))
 
 
 @app.command("eval")
@@ -198,9 +329,12 @@ def evaluate_cmd(
         if reingest or store.count() == 0:
             typer.echo(f"ingesting {dataset / 'corpus.jsonl'} ...", err=True)
             ingestor = Ingestor(
-                service.embed_texts, store, settings.chunk, fingerprint=service.encoder.fingerprint
+                service.embed_texts, store, settings.chunk, model_key=service.encoder.model_key
             )
-            ingest_report = ingestor.ingest(iter_documents(dataset), progress=_progress).as_dict()
+            docs = list(iter_documents(dataset))
+            bar = _Progress(len(docs))
+            ingest_report = ingestor.ingest(docs, total=len(docs), progress=bar).as_dict()
+            bar.close()
             typer.echo(json.dumps(ingest_report), err=True)
         retriever = Retriever(store, settings.search)
         report = evaluate(
@@ -289,7 +423,7 @@ def up(
 
                 info = embedder.info.remote().result()
                 store = _store(settings, int(info["dim"]))
-                ingestor = Ingestor(embed, store, settings.chunk, fingerprint=info["fingerprint"])
+                ingestor = Ingestor(embed, store, settings.chunk, model_key=info["model_key"])
                 report = ingestor.ingest(iter_documents(SAMPLE_DOCS))
                 typer.echo(f"sample documents: {json.dumps(report.as_dict())}")
             base = f"http://{settings.serve.host}:{settings.serve.port}"

@@ -46,6 +46,8 @@ class TextEncoder(Protocol):
 
     model_id: str
     dim: int
+    fingerprint: str  # every setting that changes a vector bit for bit (cache keys)
+    model_key: str  # the vector space (ingest hashes, the model a collection was built with)
 
     def encode(
         self,
@@ -118,11 +120,14 @@ class M3Encoder:
         self.max_tokens_per_batch = max_tokens_per_batch
         self.model_id = meta.get("model_id") or Path(name_or_path).name or name_or_path
         self.revision = self._revision(name_or_path, meta)
-        # Everything that changes a vector: cache keys and ingest hashes carry it.
-        self.fingerprint = (
+        # What decides the vector space: ingest hashes and collections carry it (fp16 and fp32
+        # vectors of one model are interchangeable, so dtype is not part of it).
+        self.model_key = (
             f"{self.model_id}@{self.revision}|{self.pooling}|{self.query_prefix}|{self.passage_prefix}"
-            f"|{self.max_length}|{dtype}"
+            f"|{self.max_length}"
         )
+        # Everything that changes a vector bit for bit: cache keys carry it.
+        self.fingerprint = f"{self.model_key}|{dtype}"
 
         flag = BGEM3FlagModel(
             name_or_path,
@@ -309,7 +314,7 @@ class HashEncoder:
         self.model_id = model_id
         self.revision = "hash"
         self.max_length = 512
-        self.fingerprint = f"{model_id}@hash|{dim}"
+        self.fingerprint = self.model_key = f"{model_id}@hash|{dim}"
         self.calls = 0
 
     def _token_id(self, token: str) -> int:

@@ -214,6 +214,7 @@ class Ingress:
             "expand": (t1 - t0) * 1000,
             "embed": (t2 - t1) * 1000,
             "search": found["timings_ms"]["search"],
+            "versions": found["timings_ms"]["versions"],
             "fuse": found["timings_ms"]["fuse"],
             "rerank": (t4 - t3) * 1000 if rerank else 0.0,
             "total": (t4 - t0) * 1000,

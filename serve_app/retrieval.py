@@ -7,14 +7,23 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from serve_app.encoder import colbert_maxsim, lexical_score
 from serve_app.fusion import Candidate, RankedList, rrf_fuse
 from serve_app.settings import SearchSettings
-from serve_app.store import MilvusStore, build_filter
+from serve_app.store import MAX_WINDOW, SCALAR_FIELDS, Hit, MilvusStore, build_filter, quote
 
 
 class Retriever:
-    """Fan-out over every query variant x channel, concurrently, then weighted RRF."""
+    """Fan-out over every query variant x channel, concurrently, then weighted RRF.
+
+    Stage 2 keeps only each document's newest stored version. An update inserts the complete
+    new version before deleting the old one, so for a moment both are stored: this check makes
+    the switch exact for readers. If the ANN ran just before the new version landed and the
+    check just after, the document's stale hits in that channel are replaced by its current
+    version's best chunk, so the document is neither doubled, missing nor stale.
+    """
 
     def __init__(self, store: MilvusStore, settings: SearchSettings) -> None:
         self.store = store
@@ -44,14 +53,96 @@ class Retriever:
                 )
                 meta.append((v, "sparse", s.sparse_weight))
         started = time.perf_counter()
-        results = await asyncio.gather(*jobs)
+        results = list(await asyncio.gather(*jobs))
         searched = time.perf_counter()
+        results = await self._current_only(results, meta, vectors, expr)
+        checked = time.perf_counter()
         lists = [RankedList(v, ch, w, hits) for (v, ch, w), hits in zip(meta, results, strict=True)]
         if len(lists) == 1:  # one list: its own order, whatever its weight
             lists[0].weight = 1.0
         fused = rrf_fuse(lists, k=s.rrf_k, limit=limit or top_k)
-        timings = {"search": (searched - started) * 1000, "fuse": (time.perf_counter() - searched) * 1000}
+        timings = {
+            "search": (searched - started) * 1000,
+            "versions": (checked - searched) * 1000,
+            "fuse": (time.perf_counter() - checked) * 1000,
+        }
         return fused, timings
+
+    async def _current_only(
+        self,
+        results: list[list[Hit]],
+        meta: list[tuple[int, str, float]],
+        vectors: Sequence[dict[str, Any]],
+        expr: str | None,
+    ) -> list[list[Hit]]:
+        doc_ids = {h.fields["doc_id"] for hits in results for h in hits}
+        if not doc_ids:
+            return results
+        current = await asyncio.to_thread(self.store.doc_versions, sorted(doc_ids))
+        out: list[list[Hit]] = []
+        for hits, (v, channel, _) in zip(results, meta, strict=True):
+            fresh = {
+                h.fields["doc_id"]
+                for h in hits
+                if h.fields["doc_id"] in current
+                and int(h.fields["version"]) == current[h.fields["doc_id"]][0]
+            }
+            kept: list[Hit] = []
+            replaced: set[str] = set()
+            for hit in hits:
+                doc_id = hit.fields["doc_id"]
+                newest = current.get(doc_id)
+                if newest is None:  # deleted since the ANN ran
+                    continue
+                if int(hit.fields["version"]) == newest[0]:
+                    kept.append(hit)
+                elif doc_id not in fresh and doc_id not in replaced:
+                    # This channel saw only the old version: rank the new one in its place.
+                    replaced.add(doc_id)
+                    kept.extend(
+                        await asyncio.to_thread(
+                            self._best_chunk, vectors[v], channel, doc_id, newest[0], expr
+                        )
+                    )
+            unique: dict[str, Hit] = {}
+            for hit in kept:
+                unique.setdefault(hit.chunk_id, hit)
+            out.append(list(unique.values()))
+        return out
+
+    def _best_chunk(
+        self, vector: dict[str, Any], channel: str, doc_id: str, version: int, expr: str | None
+    ) -> list[Hit]:
+        """The version's best chunk for this channel, scored here from its stored vectors.
+
+        Not an ANN call: a just-inserted version may not be searchable yet on every Milvus, but
+        it is readable, and one document has few chunks.
+        """
+        rows: list[dict[str, Any]] = []
+        for attempt in range(5):  # an even newer version may replace this one meanwhile: follow it
+            if attempt:
+                time.sleep(0.01 * attempt)  # let that write finish
+            pinned = f"doc_id == {quote(doc_id)} and version == {version}"
+            rows = self.store.query(
+                f"({expr}) and {pinned}" if expr else pinned,
+                limit=MAX_WINDOW,
+                fields=[*SCALAR_FIELDS, channel],
+            )
+            newest = None if rows else self.store.doc_versions([doc_id]).get(doc_id)
+            if rows or newest is None or newest[0] == version:
+                break
+            version = newest[0]
+        if not rows:
+            return []
+        if channel == "dense":
+            q = np.asarray(vector["dense"], dtype=np.float32)
+            q = q / (np.linalg.norm(q) or 1.0)
+            scores = [float(np.dot(q, np.asarray(r["dense"], dtype=np.float32))) for r in rows]
+        else:
+            scores = [lexical_score(vector["sparse"], dict(r["sparse"])) for r in rows]
+        best = max(range(len(rows)), key=scores.__getitem__)
+        fields = {k: v for k, v in rows[best].items() if k != channel}
+        return [Hit(chunk_id=fields["chunk_id"], score=scores[best], fields=fields)]
 
 
 def rerank(

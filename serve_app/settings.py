@@ -100,6 +100,27 @@ class ChunkSettings(_Section):
     overlap_sentences: int = Field(default=1, ge=0, le=10)
 
 
+class IngestSettings(_Section):
+    """Batch embedding for ingestion and re-embeds (retries, then splitting to isolate bad chunks)."""
+
+    batch_size: int = Field(default=32, ge=1, le=1024, description="chunks per embedding call")
+    attempts: int = Field(default=3, ge=1, le=10, description="tries of a batch before it is split")
+    backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles each time")
+    backoff_max_s: float = Field(default=8.0, ge=0)
+    status_every_s: float = Field(default=5.0, gt=0, description="how often a run records its progress")
+
+
+class ReindexSettings(_Section):
+    """Full re-embed jobs: validation thresholds that must hold before the alias switches."""
+
+    actors: int = Field(default=1, ge=1, description="embedding actors in the Ray Data pool")
+    num_gpus_per_actor: float = Field(default=0.0, ge=0, description="0 = CPU actors")
+    sample_queries: int = Field(default=20, ge=0, le=1000, description="same-model check: sampled queries")
+    min_top1_agreement: float = Field(default=0.9, ge=0, le=1, description="same model: live vs new top-1")
+    min_ndcg_ratio: float = Field(default=1.0, ge=0, description="new model: nDCG@10 new / live, at least")
+    keep_previous: int = Field(default=1, ge=0, le=10, description="older collections kept for rollback")
+
+
 RAY_WORKER_PORTS = range(10002, 20000)  # Ray's workers bind these: no app, Milvus or Redis port here
 
 
@@ -147,6 +168,8 @@ class Settings(BaseSettings):
     search: SearchSettings = Field(default_factory=SearchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     chunk: ChunkSettings = Field(default_factory=ChunkSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    reindex: ReindexSettings = Field(default_factory=ReindexSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @model_validator(mode="before")

@@ -43,6 +43,7 @@ logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 # the channel then refuses calls. Ping only while calls are in flight, at the policy's pace.
 GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
 _NOT_LOADED = 101  # Milvus: collection released (Milvus Lite forgets load state across restarts)
+MODEL_PROPERTY = "specrag.model"
 
 T = TypeVar("T")
 
@@ -438,7 +439,7 @@ class MilvusStore:
         except Exception:  # pragma: no cover - best effort
             logger.debug("closing a failed Milvus client raised", exc_info=True)
 
-    def _call(self, op: str, fn: Callable[[Any], T]) -> T:
+    def _call(self, op: str, fn: Callable[[Any], T], *, target: str | None = None) -> T:
         client = self._get_client()
         try:
             try:
@@ -447,7 +448,8 @@ class MilvusStore:
                 if getattr(exc, "code", None) != _NOT_LOADED:
                     raise
                 logger.warning("Milvus %s: collection not loaded (server restarted?); loading it", op)
-                physical = self._describe(client, self.collection).get("collection_name") or self.collection
+                name = target or self.collection
+                physical = self._describe(client, name).get("collection_name") or name
                 client.load_collection(physical, timeout=self.timeout_s)
                 return fn(client)
         except Exception as exc:
@@ -583,7 +585,7 @@ class MilvusStore:
 
         return self._call("ensure_collection", run)
 
-    def _create_physical(self, client: Any, suffix: str | None) -> str:
+    def _create_physical(self, client: Any, suffix: str | None, model: str | None = None) -> str:
         if suffix is not None:
             if not _SUFFIX_RE.match(suffix):
                 raise ValueError(f"invalid collection suffix {suffix!r}")
@@ -603,12 +605,62 @@ class MilvusStore:
             consistency_level="Strong",
             timeout=self.timeout_s,
         )
+        if model:
+            client.alter_collection_properties(
+                name, properties={MODEL_PROPERTY: model}, timeout=self.timeout_s
+            )
         self._ensure_loaded(client, name)
         return name
 
-    def create_physical(self, suffix: str | None = None) -> str:
-        """A new, loaded, empty physical collection ``{collection}_{suffix or UTC timestamp}``."""
-        return self._call("create_physical", lambda c: self._create_physical(c, suffix))
+    def create_physical(self, suffix: str | None = None, *, model: str | None = None) -> str:
+        """A new, loaded, empty physical collection ``{collection}_{suffix or UTC timestamp}``.
+
+        ``model`` (the embedding model's key) is stored as a collection property: writers and
+        searchers refuse a collection whose vectors another model made.
+        """
+        return self._call("create_physical", lambda c: self._create_physical(c, suffix, model))
+
+    def resolve(self) -> str:
+        """The physical collection the alias points at now (writers pin it for one batch)."""
+
+        def run(client: Any) -> str:
+            if not client.has_collection(self.collection, timeout=self.timeout_s):
+                raise StoreUnavailable(f"collection {self.collection!r} does not exist (yet)")
+            return self._describe(client, self.collection).get("collection_name") or self.collection
+
+        return self._call("resolve", run)
+
+    def model_of(self, name: str | None = None) -> str | None:
+        """The model key stored on a collection (None for one created without it)."""
+
+        def run(client: Any) -> str | None:
+            props = self._describe(client, name or self.collection).get("properties") or {}
+            return props.get(MODEL_PROPERTY)
+
+        return self._call("describe", run)
+
+    def set_model(self, model: str, name: str | None = None) -> None:
+        target = name or self.resolve()
+        self._call(
+            "alter_properties",
+            lambda c: c.alter_collection_properties(
+                target, properties={MODEL_PROPERTY: model}, timeout=self.timeout_s
+            ),
+        )
+
+    def physical_collections(self) -> list[str]:
+        """Physical collections that belong to this alias (``{collection}_...``), oldest first."""
+        prefix = f"{self.collection}_"
+        names = self._call("list_collections", lambda c: c.list_collections(timeout=self.timeout_s))
+        return sorted(n for n in names if n.startswith(prefix) and n != meta_collection(self.collection))
+
+    def drop_physical(self, name: str) -> None:
+        """Drop a physical collection of this alias; the live one is refused."""
+        if name not in self.physical_collections():
+            raise ValueError(f"{name!r} is not a physical collection of {self.collection!r}")
+        if name == self.resolve():
+            raise ValueError(f"{name!r} is live behind {self.collection!r}; switch the alias first")
+        self._call("drop_collection", lambda c: c.drop_collection(name, timeout=self.timeout_s))
 
     def switch_alias(self, physical: str) -> str | None:
         """Point the alias at ``physical`` (loaded first); return the previous target or None.
@@ -649,13 +701,17 @@ class MilvusStore:
         written = 0
         for start in range(0, len(rows), UPSERT_BATCH):
             batch = rows[start : start + UPSERT_BATCH]
-            result = self._call("upsert", lambda c, b=batch: c.upsert(target, b, timeout=self.timeout_s))
+            result = self._call(
+                "upsert", lambda c, b=batch: c.upsert(target, b, timeout=self.timeout_s), target=target
+            )
             written += int(_result_count(result, "upsert_count", len(batch)))
         if rows:
             self._dirty.add(target)
         return written
 
-    def delete(self, *, chunk_ids: Sequence[str] | None = None, expr: str | None = None) -> int:
+    def delete(
+        self, *, chunk_ids: Sequence[str] | None = None, expr: str | None = None, on: str | None = None
+    ) -> int:
         """Delete by ids or by filter (exactly one). Returns the number of rows that matched.
 
         The count is taken right before deleting: Milvus Lite's delete result lists the requested
@@ -663,6 +719,7 @@ class MilvusStore:
         """
         if (chunk_ids is None) == (expr is None):
             raise ValueError("pass exactly one of chunk_ids or expr")
+        target = on or self.collection
         if expr is not None:
             if not expr.strip():
                 raise ValueError("an empty expr would delete everything; refusing")
@@ -672,13 +729,15 @@ class MilvusStore:
             filters = [_ids_filter(ids[i : i + _ID_BATCH]) for i in range(0, len(ids), _ID_BATCH)]
         deleted = 0
         for flt in filters:
-            matched = self.count(flt)
+            matched = self.count(flt, on=target)
             if matched:
                 self._call(
-                    "delete", lambda c, f=flt: c.delete(self.collection, filter=f, timeout=self.timeout_s)
+                    "delete",
+                    lambda c, f=flt: c.delete(target, filter=f, timeout=self.timeout_s),
+                    target=target,
                 )
                 deleted += matched
-                self._dirty.add(self.collection)
+                self._dirty.add(target)
         return deleted
 
     def flush(self) -> None:
@@ -688,22 +747,24 @@ class MilvusStore:
         """
         targets = set(self._dirty) or {self.collection}
         for name in sorted(targets):
-            self._call("flush", lambda c, n=name: c.flush(n, timeout=self.timeout_s))
+            self._call("flush", lambda c, n=name: c.flush(n, timeout=self.timeout_s), target=name)
         self._dirty -= targets
 
     # --------------------------------------------------------------------------------------- reads
+    # ``on`` reads a given physical collection instead of the alias (re-index, validation).
 
-    def count(self, expr: str | None = None) -> int:
+    def count(self, expr: str | None = None, *, on: str | None = None) -> int:
+        target = on or self.collection
         result = self._call(
             "count",
-            lambda c: c.query(
-                self.collection, filter=expr or "", output_fields=["count(*)"], timeout=self.timeout_s
-            ),
+            lambda c: c.query(target, filter=expr or "", output_fields=["count(*)"], timeout=self.timeout_s),
+            target=target,
         )
         return int(result[0]["count(*)"]) if result else 0
 
-    def get(self, chunk_ids: Sequence[str]) -> list[dict[str, Any]]:
+    def get(self, chunk_ids: Sequence[str], *, on: str | None = None) -> list[dict[str, Any]]:
         """Rows (scalar fields) for the ids that exist, in the order asked."""
+        target = on or self.collection
         ids = list(dict.fromkeys(str(i) for i in chunk_ids))
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), _ID_BATCH):
@@ -711,33 +772,101 @@ class MilvusStore:
             rows = self._call(
                 "get",
                 lambda c, b=batch: c.get(
-                    self.collection, ids=b, output_fields=list(SCALAR_FIELDS), timeout=self.timeout_s
+                    target, ids=b, output_fields=list(SCALAR_FIELDS), timeout=self.timeout_s
                 ),
+                target=target,
             )
             for row in rows:
                 found[str(row["chunk_id"])] = _plain(dict(row))
         return [found[i] for i in ids if i in found]
 
     def query(
-        self, expr: str, *, limit: int = 1000, fields: Sequence[str] | None = None
+        self,
+        expr: str,
+        *,
+        limit: int = 1000,
+        fields: Sequence[str] | None = None,
+        on: str | None = None,
     ) -> list[dict[str, Any]]:
         _check_limit(limit)
+        target = on or self.collection
         output = list(fields) if fields else list(SCALAR_FIELDS)
         rows = self._call(
             "query",
             lambda c: c.query(
-                self.collection, filter=expr or "", output_fields=output, limit=limit, timeout=self.timeout_s
+                target, filter=expr or "", output_fields=output, limit=limit, timeout=self.timeout_s
             ),
+            target=target,
         )
         return [_plain(dict(r)) for r in rows]
 
+    def iter_rows(
+        self,
+        expr: str = "",
+        *,
+        fields: Sequence[str] | None = None,
+        batch_size: int = 1000,
+        on: str | None = None,
+    ) -> Iterable[list[dict[str, Any]]]:
+        """Every row matching ``expr``, in pages (a plain query stops at 16384 rows)."""
+        target = on or self.collection
+        output = list(dict.fromkeys(["chunk_id", *(fields or SCALAR_FIELDS)]))
+        iterator = self._call(
+            "query_iterator",
+            lambda c: c.query_iterator(
+                target, batch_size=batch_size, filter=expr, output_fields=output, timeout=self.timeout_s
+            ),
+            target=target,
+        )
+        try:
+            while True:
+                page = self._call("query_iterator", lambda _c: iterator.next(), target=target)
+                if not page:
+                    return
+                yield [_plain(dict(r)) for r in page]
+        finally:
+            iterator.close()
+
+    def doc_versions(
+        self, doc_ids: Sequence[str] | None = None, *, on: str | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """doc_id -> (newest version, its updated_at) as stored now (all documents when ``doc_ids`` is None).
+
+        Every version has an ordinal-0 chunk, so this reads one or two rows per document.
+        """
+        expr = "ordinal == 0"
+        fields = ["doc_id", "version", "updated_at"]
+        if doc_ids is None:
+            rows = [r for page in self.iter_rows(expr, fields=fields, batch_size=5000, on=on) for r in page]
+        else:
+            ids = list(dict.fromkeys(doc_ids))
+            if not ids:
+                return {}
+            # One plain query (the search path calls this): a few rows per document at most.
+            expr += f" and doc_id in [{', '.join(quote(d) for d in ids)}]"
+            rows = self.query(expr, limit=MAX_WINDOW, fields=fields, on=on)
+        out: dict[str, tuple[int, int]] = {}
+        for r in rows:
+            entry = (int(r["version"]), int(r["updated_at"]))
+            if r["doc_id"] not in out or entry > out[r["doc_id"]]:
+                out[r["doc_id"]] = entry
+        return out
+
     def _search(
-        self, op: str, data: Any, field_name: str, params: dict[str, Any], limit: int, expr: str | None
+        self,
+        op: str,
+        data: Any,
+        field_name: str,
+        params: dict[str, Any],
+        limit: int,
+        expr: str | None,
+        on: str | None = None,
     ) -> list[Hit]:
+        target = on or self.collection
         result = self._call(
             op,
             lambda c: c.search(
-                self.collection,
+                target,
                 data=[data],
                 anns_field=field_name,
                 filter=expr or "",
@@ -746,23 +875,28 @@ class MilvusStore:
                 search_params=params,
                 timeout=self.timeout_s,
             ),
+            target=target,
         )
         return _hits(result)
 
     def _dense_params(self, limit: int) -> dict[str, Any]:
         return {"metric_type": "IP", "params": {"ef": max(self.search_ef, limit)}}
 
-    def search_dense(self, vector: Sequence[float], *, limit: int, expr: str | None = None) -> list[Hit]:
+    def search_dense(
+        self, vector: Sequence[float], *, limit: int, expr: str | None = None, on: str | None = None
+    ) -> list[Hit]:
         _check_limit(limit)
         query = _normalize(vector, self.dim)
-        return self._search("search_dense", query, DENSE_FIELD, self._dense_params(limit), limit, expr)
+        return self._search("search_dense", query, DENSE_FIELD, self._dense_params(limit), limit, expr, on)
 
-    def search_sparse(self, weights: dict[int, float], *, limit: int, expr: str | None = None) -> list[Hit]:
+    def search_sparse(
+        self, weights: dict[int, float], *, limit: int, expr: str | None = None, on: str | None = None
+    ) -> list[Hit]:
         _check_limit(limit)
         query = _clean_sparse(weights, for_query=True)
         if not query:
             return []
-        return self._search("search_sparse", query, SPARSE_FIELD, {"metric_type": "IP"}, limit, expr)
+        return self._search("search_sparse", query, SPARSE_FIELD, {"metric_type": "IP"}, limit, expr, on)
 
     def hybrid_search(
         self,
@@ -817,6 +951,11 @@ class MilvusStore:
             ),
         )
         return _hits(result)
+
+
+def meta_collection(alias: str) -> str:
+    """Where job state and failure records of ``alias`` live (outside the alias, so they survive a switch)."""
+    return f"{alias}_meta"
 
 
 def _check_limit(limit: int) -> None:
