@@ -251,6 +251,52 @@ class _Plan:
 Vectors = tuple[np.ndarray, dict[int, float]]
 
 
+def embed_resilient(
+    embed: EmbedFn, texts: list[str], *, batch_size: int, settings: IngestSettings
+) -> list[Vectors | str]:
+    """Vectors per text, or the error of a text that fails even alone.
+
+    A batch is tried ``settings.attempts`` times with exponential backoff (transient faults: a
+    replica restarting, a GPU out of memory), then split in halves until the failing texts are
+    isolated; only those are lost, each with its error.
+    """
+    retrying = Retrying(
+        stop=stop_after_attempt(settings.attempts),
+        wait=wait_exponential(multiplier=settings.backoff_s, max=settings.backoff_max_s),
+        # Bad input fails the same way every time: split at once instead of waiting.
+        retry=retry_if_exception(lambda e: not isinstance(e, ValueError | TypeError)),
+        before_sleep=lambda st: log.warning(
+            "embedding a batch failed (attempt %d): %s; retrying",
+            st.attempt_number,
+            st.outcome.exception() if st.outcome else "?",
+        ),
+        reraise=True,
+    )
+    out: list[Vectors | str | None] = [None] * len(texts)
+
+    def solve(idx: list[int], *, retry: bool) -> None:
+        try:
+            call = lambda: embed([texts[i] for i in idx])  # noqa: E731
+            dense, sparse = retrying(call) if retry else call()
+        except Exception as exc:
+            if len(idx) == 1:
+                if not retry:  # a blip during the split deserves its own retries
+                    solve(idx, retry=True)
+                    return
+                out[idx[0]] = f"{type(exc).__name__}: {exc}"[:2000]
+                return
+            mid = len(idx) // 2
+            solve(idx[:mid], retry=False)
+            solve(idx[mid:], retry=False)
+            return
+        for i, d, s in zip(idx, dense, sparse, strict=True):
+            out[i] = (np.asarray(d, dtype=np.float32), dict(s))
+
+    for start in range(0, len(texts), batch_size):
+        solve(list(range(start, min(start + batch_size, len(texts)))), retry=True)
+    return out  # type: ignore[return-value]
+
+
 class Ingestor:
     """Chunks, embeds in batches and writes; ``embed`` is any function texts -> (dense, sparse).
 
@@ -285,47 +331,8 @@ class Ingestor:
 
     # ------------------------------------------------------------------------------ embedding
 
-    def _retrying(self) -> Retrying:
-        s = self.settings
-        return Retrying(
-            stop=stop_after_attempt(s.attempts),
-            wait=wait_exponential(multiplier=s.backoff_s, max=s.backoff_max_s),
-            # Bad input fails the same way every time: split at once instead of waiting.
-            retry=retry_if_exception(lambda e: not isinstance(e, ValueError | TypeError)),
-            before_sleep=lambda st: log.warning(
-                "embedding %s failed (attempt %d): %s; retrying",
-                "batch",
-                st.attempt_number,
-                st.outcome.exception() if st.outcome else "?",
-            ),
-            reraise=True,
-        )
-
     def _embed_resilient(self, texts: list[str]) -> list[Vectors | str]:
-        """Vectors per text, or the error message of a text that fails even alone."""
-        out: list[Vectors | str | None] = [None] * len(texts)
-
-        def solve(idx: list[int], *, retry: bool) -> None:
-            try:
-                call = lambda: self.embed([texts[i] for i in idx])  # noqa: E731
-                dense, sparse = self._retrying()(call) if retry else call()
-            except Exception as exc:
-                if len(idx) == 1:
-                    if not retry:  # a blip during the split deserves its own retries
-                        solve(idx, retry=True)
-                        return
-                    out[idx[0]] = f"{type(exc).__name__}: {exc}"[:2000]
-                    return
-                mid = len(idx) // 2
-                solve(idx[:mid], retry=False)
-                solve(idx[mid:], retry=False)
-                return
-            for i, d, s in zip(idx, dense, sparse, strict=True):
-                out[i] = (np.asarray(d, dtype=np.float32), dict(s))
-
-        for start in range(0, len(texts), self.batch_size):
-            solve(list(range(start, min(start + self.batch_size, len(texts)))), retry=True)
-        return out  # type: ignore[return-value]
+        return embed_resilient(self.embed, texts, batch_size=self.batch_size, settings=self.settings)
 
     # ------------------------------------------------------------------------------- planning
 

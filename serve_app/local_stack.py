@@ -150,10 +150,12 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int | None = None, dashboard: bool = False) -> Iterator[None]:
+    """A private Ray instance on loopback (``address="local"``: never joins another driver's)."""
     import ray
 
     apply_local_env()
     ray.init(
+        address="local",
         num_cpus=num_cpus or max(os.cpu_count() or 2, 2),
         include_dashboard=dashboard,
         object_store_memory=256 * 1024 * 1024,
