@@ -34,6 +34,7 @@ def model_dim(settings: Settings) -> int:
 def build_app(args: dict[str, Any] | None = None) -> Application:
     from deployments.embedder import Embedder
     from deployments.expander import QueryExpander
+    from deployments.indexer import Indexer
     from deployments.reranker import Reranker
     from deployments.searcher import Searcher
     from serve_app.ingress import Ingress
@@ -52,6 +53,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     reranker = Reranker.options(num_replicas=sv.reranker_replicas, ray_actor_options={"num_cpus": 0}).bind(
         settings, embedder
     )
+    # One replica: it serialises writes so two updates of one document cannot collide.
+    indexer = Indexer.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(
+        settings, embedder, model_dim(settings)
+    )
     return Ingress.options(ray_actor_options={"num_cpus": 0}).bind(
-        settings, expander, embedder, searcher, reranker
+        settings, expander, embedder, searcher, reranker, indexer
     )

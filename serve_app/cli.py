@@ -664,6 +664,37 @@ def bench_embed(
     bench.run_embed_bench(settings, options, echo=typer.echo)
 
 
+@bench_app.command("reembed")
+def bench_reembed(
+    data: Annotated[Path, typer.Argument(exists=True, help="BEIR corpus folder (e.g. eval/jaquad-ret).")],
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N passages.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 64,
+    actors: Annotated[int, typer.Option(min=1)] = 1,
+    out: Annotated[Path, typer.Option(help="Raw figures (JSON).")] = Path("docs/benchmarks/reembed.json"),
+    markdown: Annotated[Path, typer.Option(help="Markdown whose bench:reembed section is replaced.")] = Path(
+        "docs/BENCHMARKS.md"
+    ),
+    verbose: bool = False,
+) -> None:
+    """Re-embed throughput: Ray Data actor pool vs the same model in-process, same machine, same run."""
+    import shlex
+    import sys
+
+    from serve_app.bench_reembed import ReembedBenchOptions, run_reembed_bench
+    from serve_app.local_stack import apply_local_env
+
+    _logging(verbose)
+    apply_local_env()
+    settings = _settings()
+    _ensure_model(settings)
+    options = ReembedBenchOptions(
+        data=data, limit=limit, batch_size=batch_size, actors=actors, out=out, markdown=markdown
+    )
+    if Path(sys.argv[0]).name == "specrag":
+        options.command = shlex.join(["specrag", *sys.argv[1:]])
+    run_reembed_bench(settings, options, echo=typer.echo)
+
+
 def main() -> None:
     app()
 

@@ -191,6 +191,9 @@ def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+KEEP_RUNS = 50  # run records kept for --status
+
+
 class ModelMismatch(RuntimeError):
     """The target collection holds vectors of another model; writing ours would corrupt it."""
 
@@ -315,6 +318,7 @@ class Ingestor:
         model_key: str | None = None,
         meta: MetaStore | None = None,
         origin: str = "",
+        record_runs: bool = True,
     ) -> None:
         self.embed = embed
         # Part of every chunk hash (re-ingesting with another model re-embeds) and checked against
@@ -326,7 +330,8 @@ class Ingestor:
         self.batch_size = batch_size or self.settings.batch_size
         self.meta = meta
         self.origin = origin  # where the documents came from (path, git revision, "http")
-        self._vectors: dict[str, Vectors] = {}  # content hash -> vectors computed in this run
+        self.record_runs = record_runs  # run records for --status (the HTTP API keeps only failures)
+        self._vectors: dict[str, Vectors] = {}  # content hash -> vectors computed in this batch
         self._checked_models: set[str] = set()
 
     # ------------------------------------------------------------------------------ embedding
@@ -454,9 +459,10 @@ class Ingestor:
             report.chunks_embedded += 1
 
     def _write(self, pending: list[tuple[SourceDocument, list[Chunk]]], report: IngestReport) -> None:
+        self._vectors.clear()  # kept for this batch only: a re-write after a switch reuses them
         target = self.store.resolve()
-        for _ in range(5):
-            self._write_into(target, pending, report, count=target is not None)
+        for attempt in range(5):
+            self._write_into(target, pending, report, redo=attempt > 0)
             now_live = self.store.resolve()
             if now_live == target:
                 return
@@ -472,17 +478,17 @@ class Ingestor:
         pending: list[tuple[SourceDocument, list[Chunk]]],
         report: IngestReport,
         *,
-        count: bool,
+        redo: bool,
     ) -> None:
+        """Write the batch into ``target``; ``redo``: again, after the alias moved (counted once)."""
         self._check_model(target)
         stored = self._stored(target, [d.doc_id for d, _ in pending])
         now = int(time.time())
-        first_pass = report.rewritten_after_switch == 0 or not count
         plans: list[_Plan] = []
         for doc, chunks in pending:
             plan = self._plan(doc, chunks, stored.get(doc.doc_id), now)
             if plan is None:
-                report.unchanged += first_pass
+                report.unchanged += not redo
                 continue
             plans.append(plan)
         self._fill_vectors(plans, target, report)
@@ -506,6 +512,8 @@ class Ingestor:
                     expr=f"doc_id == {quote(p.doc.doc_id)} and version < {p.version}", on=target
                 )
             written_docs.append(p.doc.doc_id)
+            if redo:
+                continue
             if p.version == 1:
                 report.added += 1
             else:
@@ -624,9 +632,13 @@ class Ingestor:
         return report
 
     def _record(self, report: IngestReport, state: str, started_at: int, *, quiet: bool = False) -> None:
-        if self.meta is None:
+        if self.meta is None or not self.record_runs:
             return
         try:
+            if state == "running" and not report.documents:  # a new run: keep the newest KEEP_RUNS
+                runs = self.meta.list("run")
+                old = sorted(runs, key=lambda k: runs[k].get("started_at", 0), reverse=True)[KEEP_RUNS:]
+                self.meta.delete("run", old)
             self.meta.put(
                 "run",
                 report.run_id,

@@ -14,7 +14,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.chunking import detect_lang
+from serve_app.ingest import ModelMismatch
 from serve_app.schemas import (
+    DeleteResponse,
+    DocumentInfo,
+    DocumentsRequest,
+    DocumentsResponse,
     Embedding,
     EmbedRequest,
     EmbedResponse,
@@ -141,9 +146,11 @@ class Ingress:
         embedder: DeploymentHandle,
         searcher: DeploymentHandle,
         reranker: DeploymentHandle,
+        indexer: DeploymentHandle,
     ) -> None:
         self.settings = settings
         self.expander, self.embedder, self.searcher, self.reranker = expander, embedder, searcher, reranker
+        self.indexer = indexer
         self.model_info: dict[str, Any] | None = None
         BodyLimit.limit = settings.limits.max_body_bytes
 
@@ -250,6 +257,64 @@ class Ingress:
             model=await self._model(),
             degraded=degraded,
         )
+
+    # ---------------------------------------------------------------------------------- documents
+
+    async def _indexer_call(self, call: Any) -> Any:
+        try:
+            return await call
+        except Exception as exc:
+            if (unavailable := _find(exc, StoreUnavailable)) is not None:
+                raise ClientError(503, "vector store unavailable", str(unavailable)) from exc
+            if (mismatch := _find(exc, ModelMismatch)) is not None:
+                raise ClientError(409, "the index was built with another model", str(mismatch)) from exc
+            log.exception("indexer call failed")
+            raise ClientError(503, "indexer unavailable", str(exc).splitlines()[0][:300] or None) from exc
+
+    @api.post(
+        "/v1/documents",
+        response_model=DocumentsResponse,
+        summary="Add or update documents (idempotent: unchanged documents are not re-embedded).",
+    )
+    async def put_documents(self, body: DocumentsRequest) -> DocumentsResponse:
+        """A known ``doc_id`` gets a new version; only chunks whose content changed are embedded.
+
+        Searches see the old version until the new one is completely written, then only the new
+        one. A document whose chunks fail to embed is listed in ``failed`` and keeps its stored
+        version; the others are written.
+        """
+        lim = self.settings.limits
+        if len(body.documents) > lim.max_documents:
+            raise ClientError(413, f"at most {lim.max_documents} documents per request")
+        ids = [d.doc_id for d in body.documents]
+        if len(set(ids)) != len(ids):
+            raise ClientError(422, "a doc_id appears twice in this request")
+        if too_long := [d.doc_id for d in body.documents if len(d.text) > lim.max_document_chars]:
+            raise ClientError(
+                413, f"documents longer than {lim.max_document_chars} characters", too_long[:10]
+            )
+        docs = [{**d.model_dump(exclude={"format"}), "fmt": d.format} for d in body.documents]
+        report = await self._indexer_call(self.indexer.upsert.remote(docs))
+        if report["failed"] and len(report["failed"]) == len(docs) and not report["unchanged"]:
+            raise ClientError(503, "no document could be embedded", report["failed"][:10])
+        return DocumentsResponse(**{k: v for k, v in report.items() if k in DocumentsResponse.model_fields})
+
+    @api.get(
+        "/v1/documents/{doc_id:path}", response_model=DocumentInfo, summary="A document's current version."
+    )
+    async def get_document(self, doc_id: str) -> DocumentInfo:
+        info = await self._indexer_call(self.indexer.get.remote(doc_id))
+        if info is None:
+            raise ClientError(404, f"no document {doc_id!r}")
+        return DocumentInfo(**info)
+
+    @api.delete(
+        "/v1/documents/{doc_id:path}",
+        response_model=DeleteResponse,
+        summary="Remove a document (idempotent).",
+    )
+    async def delete_document(self, doc_id: str) -> DeleteResponse:
+        return DeleteResponse(**await self._indexer_call(self.indexer.delete.remote([doc_id])))
 
     async def _embed(self, texts: list[str], input_type: str, colbert: bool = False) -> list[dict[str, Any]]:
         try:

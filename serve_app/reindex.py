@@ -168,6 +168,63 @@ def _record(row: dict[str, Any], dense: Any, sparse: dict[int, float]) -> ChunkR
     )
 
 
+def embed_local(
+    settings: Settings, rows: list[dict[str, Any]], target: str, *, batch_size: int
+) -> Iterator[dict[str, Any]]:
+    """Embed and write ``rows`` in this process, one ``EmbedWriter`` call per batch."""
+    if not rows:
+        return
+    writer = EmbedWriter(settings, target)
+    for start in range(0, len(rows), batch_size):
+        yield writer(rows[start : start + batch_size])
+
+
+def embed_ray(
+    settings: Settings,
+    rows: list[dict[str, Any]],
+    target: str,
+    *,
+    batch_size: int,
+    actors: int,
+    num_gpus: float,
+) -> Iterator[dict[str, Any]]:
+    """Embed and write ``rows`` with a Ray Data actor pool (one model per actor), streaming results.
+
+    On GPU nodes each actor takes ``num_gpus``; on CPU each takes an equal share of the cores
+    (torch threads set to match, since Ray starts workers with one thread).
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    if not rows:
+        return
+    ray.data.DataContext.get_current().enable_progress_bars = os.isatty(2)
+    if num_gpus:
+        cpus, threads = 1.0, 0
+    elif len([n for n in ray.nodes() if n.get("Alive")]) == 1:  # one machine: share its cores
+        total = float(ray.cluster_resources().get("CPU", 1))
+        cpus = max(1.0, (total - 1) // actors)  # one CPU left for reading and the driver
+        threads = settings.model.num_threads or max(1, int(os.cpu_count() or 1) // actors)
+    else:  # a CPU cluster: one logical CPU per actor, torch threads as configured
+        cpus, threads = 1.0, settings.model.num_threads
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+    out = ds.map_batches(
+        EmbedWriter,
+        fn_constructor_kwargs={"settings": settings, "target": target, "num_threads": threads},
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(size=actors),
+        num_gpus=num_gpus,
+        num_cpus=cpus,
+        batch_format="numpy",
+    )
+    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+        yield {
+            "written": [int(x) for x in batch["written"]],
+            "failed": [list(x) for x in batch["failed"]],
+            "errors": [list(x) for x in batch["errors"]],
+        }
+
+
 # ---------------------------------------------------------------------------------------- syncing
 
 
@@ -449,43 +506,18 @@ class Reindexer:
         self._save(done=done, failed=len(failures), rate=round(result.chunks_per_s, 2), eta_s=0)
 
     def _embed_local(self, rows: list[dict[str, Any]], target: str) -> Iterator[dict[str, Any]]:
-        if not rows:
-            return
-        writer = EmbedWriter(self.new_settings, target)
-        for start in range(0, len(rows), self.options.batch_size):
-            yield writer(rows[start : start + self.options.batch_size])
+        return embed_local(self.new_settings, rows, target, batch_size=self.options.batch_size)
 
     def _embed_ray(self, rows: list[dict[str, Any]], target: str) -> Iterator[dict[str, Any]]:
-        import ray
-        from ray.data import ActorPoolStrategy
-
-        if not rows:
-            return
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = os.isatty(2)
         rs = self.settings.reindex
-        actors = self.options.actors or rs.actors
-        gpus = rs.num_gpus_per_actor if self.options.num_gpus is None else self.options.num_gpus
-        cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)) // (actors + 1)) if not gpus else 1.0
-        threads = 0 if gpus else max(1, int(os.cpu_count() or 1) // actors)
-        ds = ray.data.from_items(
-            rows, override_num_blocks=max(1, math.ceil(len(rows) / self.options.batch_size))
-        )
-        out = ds.map_batches(
-            EmbedWriter,
-            fn_constructor_kwargs={"settings": self.new_settings, "target": target, "num_threads": threads},
+        return embed_ray(
+            self.new_settings,
+            rows,
+            target,
             batch_size=self.options.batch_size,
-            compute=ActorPoolStrategy(size=actors),
-            num_gpus=gpus,
-            num_cpus=cpus,
-            batch_format="numpy",
+            actors=self.options.actors or rs.actors,
+            num_gpus=rs.num_gpus_per_actor if self.options.num_gpus is None else self.options.num_gpus,
         )
-        for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-            yield {
-                "written": [int(x) for x in batch["written"]],
-                "failed": [list(x) for x in batch["failed"]],
-                "errors": [list(x) for x in batch["errors"]],
-            }
 
     # ----------------------------------------------------------------------------- validation
 

@@ -131,3 +131,68 @@ class OpenAIEmbeddingResponse(BaseModel):
     data: list[OpenAIEmbedding]
     model: str
     usage: dict[str, int]
+
+
+# ------------------------------------------------------------------------------------ documents
+
+
+class DocumentIn(_Strict):
+    doc_id: str = Field(
+        min_length=1, max_length=512, description="Stable id; a repeat creates a new version."
+    )
+    text: str = Field(description="The whole document (Markdown or plain text).")
+    format: Literal["markdown", "text"] = "markdown"
+    title: str = Field(default="", max_length=2048)
+    lang: Literal["ja", "en"] | None = Field(default=None, description="None = detected per chunk.")
+    kind: Literal["spec", "glossary", "api", "design", "faq", "other"] = "other"
+    source: str = Field(default="", max_length=2048, description="Path or URL shown with results.")
+    tags: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must contain non-whitespace text")
+        return value
+
+
+class DocumentsRequest(_Strict):
+    documents: list[DocumentIn] = Field(min_length=1)
+
+
+class DocumentFailure(BaseModel):
+    doc_id: str
+    error: str
+
+
+class DocumentsResponse(BaseModel):
+    """What the write did; repeating the same request changes nothing (``unchanged``)."""
+
+    documents: int
+    added: int
+    updated: int
+    unchanged: int
+    chunks_embedded: int = Field(description="Chunks the model computed.")
+    chunks_reused: int = Field(description="Chunks whose vectors were kept from the stored version.")
+    chunks_written: int
+    chunks_deleted: int
+    failed: list[DocumentFailure] = Field(description="Documents not written; their stored version stays.")
+    seconds: float
+
+
+class DocumentInfo(BaseModel):
+    doc_id: str
+    version: int
+    updated_at: int
+    chunks: int
+    title: str
+    kind: str
+    source: str
+    tags: list[str]
+    langs: list[str]
+    failed: dict[str, Any] | None = Field(default=None, description="The last failed write, if any.")
+
+
+class DeleteResponse(BaseModel):
+    deleted: int = Field(description="1 if the document existed, 0 if not (deleting is idempotent).")
+    chunks_deleted: int

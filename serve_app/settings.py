@@ -93,6 +93,8 @@ class LimitSettings(_Section):
     max_embed_items: int = Field(default=256, ge=1)
     max_item_chars: int = Field(default=50_000, ge=1)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_documents: int = Field(default=100, ge=1, description="documents per POST /v1/documents")
+    max_document_chars: int = Field(default=2_000_000, ge=1)
 
 
 class ChunkSettings(_Section):

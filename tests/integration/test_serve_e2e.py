@@ -49,10 +49,17 @@ def service(ray_local, model_dir: Path, milvus: dict, redis_url: str):
         return np.stack([o["dense"] for o in out]), [o["sparse"] for o in out]
 
     store = make_store(settings, 384)
-    report = Ingestor(embed, store, settings.chunk).ingest(iter_documents(SAMPLE_DOCS))
+    model_key = embedder.info.remote().result()["model_key"]
+    report = Ingestor(embed, store, settings.chunk, model_key=model_key).ingest(iter_documents(SAMPLE_DOCS))
     assert report.chunks_written > 20
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-        yield {"client": client, "settings": settings, "store": store, "report": report}
+        yield {
+            "client": client,
+            "settings": settings,
+            "store": store,
+            "report": report,
+            "model_key": model_key,
+        }
     serve.delete("e2e")
 
 
@@ -150,7 +157,9 @@ def test_reingesting_unchanged_documents_embeds_nothing(service) -> None:
         calls.append(len(texts))
         raise AssertionError("nothing should be embedded")
 
-    report = Ingestor(embed, service["store"], service["settings"].chunk).ingest(iter_documents(SAMPLE_DOCS))
+    report = Ingestor(
+        embed, service["store"], service["settings"].chunk, model_key=service["model_key"]
+    ).ingest(iter_documents(SAMPLE_DOCS))
     assert report.unchanged == report.documents == 6
     assert report.chunks_written == 0 and not calls
 
@@ -171,6 +180,11 @@ def test_reingesting_unchanged_documents_embeds_nothing(service) -> None:
         ("/v1/embed", {"input": [" ", ""]}, 422),
         ("/v1/embed", {"input": ["x" * 50_001]}, 413),
         ("/v1/embed", {"input": ["a"] * 9}, 413),
+        ("/v1/documents", {"documents": []}, 422),
+        ("/v1/documents", {"documents": [{"doc_id": "x", "text": " \n"}]}, 422),
+        ("/v1/documents", {"documents": [{"doc_id": "", "text": "a"}]}, 422),
+        ("/v1/documents", {"documents": [{"doc_id": "x", "text": "a", "kind": "novel"}]}, 422),
+        ("/v1/documents", {"documents": [{"doc_id": "x", "text": "a"}, {"doc_id": "x", "text": "b"}]}, 422),
     ],
 )
 def test_bad_input_gets_4xx_with_reason(service, path: str, payload: dict, status: int) -> None:
@@ -317,3 +331,40 @@ def test_killing_redis_under_load_fails_no_request(service, redis_server: dict) 
     finally:
         redis_server["start"]()
     assert len(statuses) == 60 and set(statuses) == {200}, statuses
+
+
+def test_documents_api_versions_and_deletes(service) -> None:
+    """POST twice (idempotent), update (only the new version is found), GET, DELETE twice."""
+    c = service["client"]
+    doc = {
+        "doc_id": "http/webhooks.md",
+        "title": "Webhook signing",
+        "kind": "spec",
+        "lang": "en",
+        "text": "# Webhook signing\n\nEvery webhook is signed with HMAC-SHA256 using signing key version 7.",
+    }
+    first = c.post("/v1/documents", json={"documents": [doc]})
+    assert first.status_code == 200, first.text
+    assert first.json()["added"] == 1 and first.json()["chunks_embedded"] >= 1
+    again = c.post("/v1/documents", json={"documents": [doc]}).json()
+    assert again["unchanged"] == 1 and again["chunks_embedded"] == 0 and again["chunks_written"] == 0
+
+    question = {"query": "Which signing key version is used for webhooks?", "rerank": False}
+    only = {"filters": {"doc_ids": [doc["doc_id"]]}}
+    hits = c.post("/v1/search", json={**question, **only}).json()["results"]
+    assert hits and all("version 7" in h["text"] for h in hits)
+
+    updated = {**doc, "text": doc["text"].replace("version 7", "version 8")}
+    assert c.post("/v1/documents", json={"documents": [updated]}).json()["updated"] == 1
+    hits = c.post("/v1/search", json={**question, **only}).json()["results"]
+    assert hits and all(h["version"] == 2 and "version 8" in h["text"] for h in hits)
+    anywhere = c.post("/v1/search", json={**question, "top_k": 20}).json()["results"]
+    assert not [h for h in anywhere if "version 7" in h["text"]], "the old version is never returned"
+
+    info = c.get(f"/v1/documents/{doc['doc_id']}").json()
+    assert info["version"] == 2 and info["chunks"] >= 1 and info["kind"] == "spec"
+    assert c.delete(f"/v1/documents/{doc['doc_id']}").json()["deleted"] == 1
+    assert c.delete(f"/v1/documents/{doc['doc_id']}").json() == {"deleted": 0, "chunks_deleted": 0}
+    missing = c.get(f"/v1/documents/{doc['doc_id']}")
+    assert missing.status_code == 404 and "no document" in missing.json()["error"]
+    assert c.post("/v1/search", json={**question, **only}).json()["results"] == []

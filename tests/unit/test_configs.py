@@ -24,7 +24,7 @@ def test_serve_config_validates(name: str) -> None:
     assert app.import_path == "serve_app.app:build_app"
     settings = load_settings(app.args)  # our tree rejects unknown or invalid args by name
     names = {d["name"] for d in config["applications"][0]["deployments"]}
-    assert names <= {"Ingress", "QueryExpander", "Embedder", "Searcher", "Reranker"}
+    assert names <= {"Ingress", "QueryExpander", "Embedder", "Searcher", "Reranker", "Indexer"}
     embedder = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Embedder")
     batch = embedder.get("user_config", {}).get("max_batch_size", settings.batch.max_batch_size)
     assert embedder["max_ongoing_requests"] >= batch, "max_ongoing_requests caps @serve.batch batches"

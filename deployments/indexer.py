@@ -1,0 +1,98 @@
+"""Indexer: a thin Serve shell around ``Ingestor`` for ``POST/DELETE /v1/documents``.
+
+Embeds through the Embedder's handle (its GPU replicas and dynamic batches), writes to Milvus.
+Writes are serialised in the replica: two requests updating one document at once would
+otherwise both compute the same next version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.searcher import make_store
+from serve_app.ingest import Ingestor, SourceDocument
+from serve_app.meta import MetaStore
+from serve_app.settings import Settings
+from serve_app.store import quote
+
+
+@serve.deployment(name="Indexer", max_ongoing_requests=16)
+class Indexer:
+    def __init__(self, settings: Settings, embedder: DeploymentHandle, dim: int) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.store = make_store(settings, dim)
+        self.meta = MetaStore(self.store)
+        self._lock = threading.Lock()
+        self._model_key: str | None = None
+
+    def _embed(self, texts: list[str]) -> tuple[np.ndarray, list[dict[int, float]]]:
+        # A worker thread (not the replica's event loop), so a blocking .result() is allowed.
+        out = self.embedder.embed.remote(texts, "passage").result()
+        failed = [o["error"] for o in out if o["error"]]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(texts)} texts failed to embed: {failed[0]}")
+        return np.stack([o["dense"] for o in out]), [o["sparse"] for o in out]
+
+    def _ingestor(self) -> Ingestor:
+        if self._model_key is None:
+            self._model_key = self.embedder.info.remote().result()["model_key"]
+        return Ingestor(
+            self._embed,
+            self.store,
+            self.settings.chunk,
+            settings=self.settings.ingest,
+            model_key=self._model_key,
+            meta=self.meta,
+            origin="http",
+            record_runs=False,
+        )
+
+    def _upsert(self, docs: list[dict[str, Any]]) -> dict[str, Any]:
+        with self._lock:
+            report = self._ingestor().ingest([SourceDocument(**d) for d in docs], total=len(docs))
+        return report.as_dict()
+
+    def _delete(self, doc_ids: list[str]) -> dict[str, Any]:
+        with self._lock:
+            report = self._ingestor().delete_documents(doc_ids)
+        return {"deleted": report.deleted, "chunks_deleted": report.chunks_deleted}
+
+    async def upsert(self, docs: list[dict[str, Any]]) -> dict[str, Any]:
+        return await asyncio.to_thread(self._upsert, docs)
+
+    async def delete(self, doc_ids: list[str]) -> dict[str, Any]:
+        return await asyncio.to_thread(self._delete, doc_ids)
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self._get, doc_id)
+
+    def _get(self, doc_id: str) -> dict[str, Any] | None:
+        versions = self.store.doc_versions([doc_id])
+        if doc_id not in versions:
+            return None
+        version, updated_at = versions[doc_id]
+        rows = self.store.query(
+            f"doc_id == {quote(doc_id)} and version == {version}",
+            limit=16_384,
+            fields=["ordinal", "title", "lang", "kind", "source", "tags"],
+        )
+        first = min(rows, key=lambda r: r["ordinal"]) if rows else {}
+        return {
+            "doc_id": doc_id,
+            "version": version,
+            "updated_at": updated_at,
+            "chunks": len(rows),
+            "title": first.get("title", ""),
+            "kind": first.get("kind", ""),
+            "source": first.get("source", ""),
+            "tags": first.get("tags", []),
+            "langs": sorted({r["lang"] for r in rows}),
+            "failed": self.meta.get("failed", doc_id),
+        }
