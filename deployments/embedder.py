@@ -20,6 +20,7 @@ from ray.serve import metrics
 
 from serve_app.batching import ContinuousBatcher
 from serve_app.embedding import EmbeddingService, EmbedItem
+from serve_app.observability import BREAKER_STATES, metric
 from serve_app.settings import Settings
 
 _BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -99,6 +100,7 @@ class Embedder:
             self.m_item_errors.inc(errors)
         cache = self.service.cache
         if cache is not None:
+            metric("breaker").set(BREAKER_STATES.get(cache.redis_state, -1))
             now = cache.stats.as_dict()
             for outcome, value in now.items():
                 if value > self._cache_seen[outcome]:
@@ -135,6 +137,34 @@ class Embedder:
             "forward_batches": dict(sorted(self.forward_sizes.items())),
             "cache": None if cache is None else {**cache.stats.as_dict(), "redis": cache.redis_state},
         }
+
+    async def ready(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Readiness detail: a probe text embeds to the expected dimension within ``timeout_s``
+        (the model itself, not the cache), and whether Redis answers."""
+        out: dict[str, Any] = {}
+        started = time.perf_counter()
+        try:
+            enc = await asyncio.wait_for(
+                asyncio.to_thread(
+                    self.service.encoder.encode, ["readiness probe 準備確認"], input_type="query"
+                ),
+                timeout_s,
+            )
+            ms = round((time.perf_counter() - started) * 1000, 2)
+            good = enc.dense is not None and enc.dense.shape == (1, self.service.dim) and not enc.errors[0]
+            out["model"] = {"status": "ok" if good else "down", "ms": ms, "dim": self.service.dim}
+            if not good:
+                out["model"]["detail"] = "no vector of the expected dimension"
+        except TimeoutError:
+            out["model"] = {"status": "down", "detail": f"probe took over {timeout_s} s"}
+        cache = self.service.cache
+        state = await asyncio.to_thread(cache.ping) if cache is not None else "disabled"
+        out["redis"] = (
+            {"status": state.split(":")[0], "detail": state}
+            if state.startswith("down")
+            else {"status": state}
+        )
+        return out
 
     async def check_health(self) -> None:
         """A recent successful batch proves the model works; otherwise embed a probe text.

@@ -18,8 +18,9 @@ from ray.serve.handle import DeploymentHandle
 from deployments.searcher import make_store
 from serve_app.ingest import Ingestor, SourceDocument
 from serve_app.meta import MetaStore
+from serve_app.observability import metric
 from serve_app.settings import Settings
-from serve_app.store import quote
+from serve_app.store import StoreUnavailable, quote
 
 
 @serve.deployment(name="Indexer", max_ongoing_requests=16)
@@ -55,8 +56,24 @@ class Indexer:
         )
 
     def _upsert(self, docs: list[dict[str, Any]]) -> dict[str, Any]:
-        with self._lock:
-            report = self._ingestor().ingest([SourceDocument(**d) for d in docs], total=len(docs))
+        try:
+            with self._lock:
+                report = self._ingestor().ingest([SourceDocument(**d) for d in docs], total=len(docs))
+        except StoreUnavailable:
+            metric("milvus_errors").inc(tags={"where": "indexer", "kind": "unavailable"})
+            raise
+        counts = {
+            ("documents", "added"): report.added,
+            ("documents", "updated"): report.updated,
+            ("documents", "unchanged"): report.unchanged,
+            ("documents", "failed"): len(report.failed),
+            ("chunks", "embedded"): report.chunks_embedded,
+            ("chunks", "reused"): report.chunks_reused,
+            ("chunks", "deleted"): report.chunks_deleted,
+        }
+        for (name, kind), value in counts.items():
+            if value:
+                metric(name).inc(value, tags={"outcome" if name == "documents" else "kind": kind})
         return report.as_dict()
 
     def _delete(self, doc_ids: list[str]) -> dict[str, Any]:
@@ -69,6 +86,9 @@ class Indexer:
 
     async def delete(self, doc_ids: list[str]) -> dict[str, Any]:
         return await asyncio.to_thread(self._delete, doc_ids)
+
+    def check_health(self) -> None:
+        """Stateless between requests: alive is healthy (a Milvus outage is a 503, not a restart)."""
 
     async def get(self, doc_id: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self._get, doc_id)

@@ -30,3 +30,6 @@ class Reranker:
             self.embedder.embed.remote([passage_text(c.fields) for c in candidates], "passage", True),
         )
         return rerank(query_out[0], passages_out, candidates, self.settings.search)
+
+    def check_health(self) -> None:
+        """Holds no model (the Embedder computes ColBERT vectors): alive is healthy."""

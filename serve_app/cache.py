@@ -102,6 +102,17 @@ class EmbeddingCache:
         """``disabled``, or the breaker's ``closed`` (healthy) / ``open`` (skipped) / ``half-open``."""
         return "disabled" if self._redis is None else str(self.breaker.current_state)
 
+    def ping(self) -> str:
+        """``disabled``, ``ok`` or ``down: <reason>``; asks Redis directly (the breaker aside), so
+        readiness sees a returned Redis before the breaker's next probe does."""
+        if self._redis is None:
+            return "disabled"
+        try:
+            self._redis.ping()
+        except Exception as exc:
+            return f"down: {type(exc).__name__}"
+        return "ok"
+
     def _redis_call(self, fn, default):
         try:
             return self.breaker.call(fn)

@@ -19,6 +19,8 @@ from serve_app.settings import ModelSettings, Settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 model_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
 app.add_typer(model_app, name="model")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys for external systems.")
+app.add_typer(keys_app, name="keys")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks whose figures go to docs/BENCHMARKS.md.")
 app.add_typer(bench_app, name="bench")
 log = logging.getLogger("specrag")
@@ -578,7 +580,10 @@ def up(
                 signal.signal(sig, lambda *_: stop.set())
             serve.start(http_options={"host": settings.serve.host, "port": settings.serve.port})
             serve.run(
-                build_app(settings), name=settings.serve.app_name, route_prefix=settings.serve.route_prefix
+                build_app(settings),
+                name=settings.serve.app_name,
+                route_prefix=settings.serve.route_prefix,
+                logging_config={"encoding": settings.serve.log_encoding},
             )
             if sample:
                 embedder = serve.get_deployment_handle("Embedder", app_name=settings.serve.app_name)
@@ -608,6 +613,33 @@ def up(
             typer.echo("shutting down ...")
             serve.shutdown()
     typer.echo("stopped")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who uses the key (e.g. crm-search); letters, digits, . _ -")],
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", help="search, ingest or admin (repeatable).")
+    ] = None,
+    rate_per_minute: Annotated[int | None, typer.Option(min=1, help="Default: auth.rate_per_minute.")] = None,
+) -> None:
+    """Print a new random key once, and the settings entry (its SHA-256; the key is stored nowhere)."""
+    from pydantic import ValidationError
+
+    from serve_app.security import hash_key, new_key
+    from serve_app.settings import ApiKey
+
+    key = new_key()
+    try:
+        entry = ApiKey(
+            name=name, sha256=hash_key(key), scopes=scope or ["search"], rate_per_minute=rate_per_minute
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    line = json.dumps(entry.model_dump(exclude_none=True))
+    typer.echo(f"key (shown once, give it to {name}): {key}")
+    typer.echo(f"settings entry for auth.keys: {line}")
+    typer.echo(f"e.g. SPECRAG_AUTH__KEYS='[{line}]'  or under args.auth.keys in serve_config.yaml")
 
 
 @bench_app.command("embed")

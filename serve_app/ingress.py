@@ -1,5 +1,6 @@
 """HTTP ingress: validation, errors, timings; it orchestrates the graph and holds no model."""
 
+import asyncio
 import base64
 import logging
 import time
@@ -15,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.chunking import detect_lang
 from serve_app.ingest import ModelMismatch
+from serve_app.observability import RequestMetrics, metric, observe_stages
 from serve_app.schemas import (
     DeleteResponse,
     DocumentInfo,
@@ -30,10 +32,13 @@ from serve_app.schemas import (
     SearchResponse,
     SearchResult,
 )
+from serve_app.security import AuthMiddleware, Guard
 from serve_app.settings import Settings
 from serve_app.store import StoreUnavailable
 
-log = logging.getLogger("specrag.ingress")
+# A child of Serve's logger: with ``logging_config: {encoding: JSON}`` every line is JSON with the
+# request id, route and our ``extra`` fields (durations, stage timings).
+log = logging.getLogger("ray.serve.specrag.ingress")
 
 api = FastAPI(
     title="specrag",
@@ -123,7 +128,10 @@ class BodyLimit:
         return await self.app(scope, counted, send)
 
 
+# Starlette runs the last added outermost: count every response, then authenticate, then size.
 api.add_middleware(BodyLimit)
+api.add_middleware(AuthMiddleware)
+api.add_middleware(RequestMetrics)
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -153,6 +161,11 @@ class Ingress:
         self.indexer = indexer
         self.model_info: dict[str, Any] | None = None
         BodyLimit.limit = settings.limits.max_body_bytes
+        AuthMiddleware.guard = Guard(settings.auth)
+        RequestMetrics.enabled = True
+
+    def check_health(self) -> None:
+        """Holds no model or connection of its own; /readyz reports the dependencies."""
 
     async def _info(self) -> dict[str, Any]:
         if self.model_info is None:
@@ -169,6 +182,49 @@ class Ingress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    @api.get(
+        "/readyz",
+        summary="Readiness with per-dependency detail: healthy, degraded, unhealthy or not_initialized.",
+        responses={503: {"description": "unhealthy or not_initialized"}},
+    )
+    async def readyz(self) -> JSONResponse:
+        """``healthy``: everything works. ``degraded`` (200): Redis or the expander is down; searches
+        still succeed, slower or with fewer variants. ``unhealthy`` (503): the model or Milvus is
+        unusable. ``not_initialized`` (503): nothing is indexed yet."""
+        timeout = self.settings.serve.ready_timeout_s
+        started = time.perf_counter()
+
+        async def ask(response: Any) -> dict[str, Any]:
+            try:
+                return await asyncio.wait_for(response, timeout + 1)
+            except TimeoutError:
+                return {"status": "down", "detail": f"no answer in {timeout + 1} s"}
+            except Exception as exc:
+                return {"status": "down", "detail": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+        embedder, milvus, expander = await asyncio.gather(
+            ask(self.embedder.ready.remote(timeout)),
+            ask(self.searcher.ready.remote()),
+            ask(self.expander.ready.remote()),
+        )
+        checks = {
+            "model": embedder.get("model", embedder),
+            "redis": embedder.get("redis", {"status": "unknown"}),
+            "milvus": milvus,
+            "expander": expander,
+        }
+        state = {name: c.get("status") for name, c in checks.items()}
+        if state["model"] != "ok" or state["milvus"] == "down":
+            overall = "unhealthy"
+        elif state["milvus"] == "not_initialized":
+            overall = "not_initialized"
+        elif state["redis"] not in ("ok", "disabled") or state["expander"] != "ok":
+            overall = "degraded"
+        else:
+            overall = "healthy"
+        body = {"status": overall, "checks": checks, "ms": round((time.perf_counter() - started) * 1000, 2)}
+        return JSONResponse(body, status_code=200 if overall in ("healthy", "degraded") else 503)
+
     @api.post("/v1/search", response_model=SearchResponse, summary="Hybrid search with rerank.")
     async def search(self, body: SearchRequest) -> SearchResponse:
         s = self.settings
@@ -180,11 +236,20 @@ class Ingress:
         t0 = time.perf_counter()
         try:
             variants = await self.expander.expand.remote(body.query, body.expand)
-        except Exception:
+        except Exception as exc:
             log.exception("expander failed; searching the original query only")
             variants = [{"text": body.query, "lang": detect_lang(body.query), "origin": "original"}]
             degraded.append("expander")
+            metric("expander_fallbacks").inc(tags={"reason": type(exc).__name__})
         t1 = time.perf_counter()
+        log.info(
+            "query_expansion_completed",
+            extra={
+                "duration_ms": round((t1 - t0) * 1000, 2),
+                "variants": len(variants),
+                "fallback": bool(degraded),
+            },
+        )
         vectors = await self._embed([v["text"] for v in variants], "query")
         if vectors[0]["error"]:
             raise ClientError(503, "the embedder failed on the query", vectors[0]["error"])
@@ -207,6 +272,14 @@ class Ingress:
                 raise ClientError(400, "the vector store rejected the search", str(rejected)) from exc
             raise
         t3 = time.perf_counter()
+        log.info(
+            "parallel_vector_search_completed",
+            extra={
+                "duration_ms": round(found["timings_ms"]["search"], 2),
+                "searches": found["searches"],
+                "candidates": len(found["candidates"]),
+            },
+        )
         candidates = found["candidates"]
         reranked = False
         if rerank and candidates:
@@ -216,6 +289,7 @@ class Ingress:
             except Exception:
                 log.exception("reranker failed; returning the fused order")
                 degraded.append("rerank")
+                metric("degraded").inc(tags={"stage": "rerank"})
         t4 = time.perf_counter()
         timings = {
             "expand": (t1 - t0) * 1000,
@@ -248,7 +322,16 @@ class Ingress:
                     found_by=cand.found_by,
                 )
             )
-        log.info("search done in %.1f ms (%d results)", timings["total"], len(results))
+        observe_stages(timings)
+        log.info(
+            "retrieval_completed",
+            extra={
+                "duration_ms": round(timings["total"], 2),
+                "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+                "results": len(results),
+                "degraded": degraded,
+            },
+        )
         return SearchResponse(
             query=body.query,
             results=results,

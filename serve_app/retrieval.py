@@ -42,15 +42,22 @@ class Retriever:
         fetch = max(top_k * s.overfetch, limit or 0)
         expr = build_filter(current_only=True, **(filters or {}))
         jobs, meta = [], []
+        channel_ms: dict[str, float] = {}
+
+        async def timed(channel: str, fn: Any, query: Any) -> list[Hit]:
+            # pymilvus blocks: threads let the searches overlap on the server.
+            t0 = time.perf_counter()
+            hits = await asyncio.to_thread(fn, query, limit=fetch, expr=expr)
+            ms = (time.perf_counter() - t0) * 1000
+            channel_ms[channel] = max(channel_ms.get(channel, 0.0), ms)
+            return hits
+
         for v, vec in enumerate(vectors):
             if "dense" in channels:
-                # pymilvus blocks: threads let the searches overlap on the server.
-                jobs.append(asyncio.to_thread(self.store.search_dense, vec["dense"], limit=fetch, expr=expr))
+                jobs.append(timed("dense", self.store.search_dense, vec["dense"]))
                 meta.append((v, "dense", s.dense_weight))
             if "sparse" in channels and vec["sparse"]:
-                jobs.append(
-                    asyncio.to_thread(self.store.search_sparse, vec["sparse"], limit=fetch, expr=expr)
-                )
+                jobs.append(timed("sparse", self.store.search_sparse, vec["sparse"]))
                 meta.append((v, "sparse", s.sparse_weight))
         started = time.perf_counter()
         results = list(await asyncio.gather(*jobs))
@@ -65,6 +72,9 @@ class Retriever:
             "search": (searched - started) * 1000,
             "versions": (checked - searched) * 1000,
             "fuse": (time.perf_counter() - checked) * 1000,
+            "searches": float(len(jobs)),
+            # the slowest search of each channel (the fan-out waits for it)
+            **{f"search_{channel}": ms for channel, ms in channel_ms.items()},
         }
         return fused, timings
 

@@ -123,6 +123,29 @@ class ReindexSettings(_Section):
     keep_previous: int = Field(default=1, ge=0, le=10, description="older collections kept for rollback")
 
 
+class ApiKey(_Section):
+    """One caller's key, stored as its SHA-256 (``specrag keys create NAME`` prints both)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="hex SHA-256 of the key; never the key")
+    scopes: list[Literal["search", "ingest", "admin"]] = Field(default=["search"], min_length=1)
+    rate_per_minute: int | None = Field(default=None, ge=1, description="None = auth.rate_per_minute")
+
+
+class AuthSettings(_Section):
+    """API keys; none configured = an open API (the embedded default on loopback)."""
+
+    keys: list[ApiKey] = Field(default_factory=list)
+    rate_per_minute: int = Field(default=600, ge=1, description="per key and ingress replica")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AuthSettings:
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("API key names must be unique")
+        return self
+
+
 RAY_WORKER_PORTS = range(10002, 20000)  # Ray's workers bind these: no app, Milvus or Redis port here
 
 
@@ -135,6 +158,10 @@ class ServeSettings(_Section):
     embedder_num_gpus: float = Field(default=0.0, ge=0)
     embedder_num_cpus: float = Field(default=1.0, ge=0)
     reranker_replicas: int = Field(default=1, ge=1)
+    log_encoding: Literal["TEXT", "JSON"] = Field(
+        default="JSON", description="Serve's log files: JSON lines with request ids and stage timings"
+    )
+    ready_timeout_s: float = Field(default=5.0, gt=0, le=60, description="/readyz: bound on the model probe")
 
     @field_validator("port")
     @classmethod
@@ -171,6 +198,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     chunk: ChunkSettings = Field(default_factory=ChunkSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     reindex: ReindexSettings = Field(default_factory=ReindexSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 

@@ -98,17 +98,20 @@ def redis_url(redis_server: dict) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
+def ray_local() -> Iterator[dict]:
+    """Local Ray; the dict names its Prometheus export port (custom metrics appear there)."""
     import ray
 
+    metrics_port = free_port()
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=256 * 1024 * 1024,
         _node_ip_address="127.0.0.1",
+        _metrics_export_port=metrics_port,
         logging_level="WARNING",
     )
-    yield
+    yield {"metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"}
     from ray import serve
 
     serve.shutdown()

@@ -8,6 +8,7 @@ the chunk holding the answer first.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -17,15 +18,18 @@ import pytest
 from serve_app.cli import SAMPLE_DOCS
 from serve_app.ingest import Ingestor, iter_documents
 from serve_app.local_stack import free_port
+from serve_app.security import hash_key, new_key
 from serve_app.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 QUERIES = json.loads((Path(__file__).parents[1] / "sample_queries.json").read_text())
+ADMIN_KEY, SEARCH_KEY, LIMITED_KEY = new_key(), new_key(), new_key()
 
 
 @pytest.fixture(scope="module")
 def service(ray_local, model_dir: Path, milvus: dict, redis_url: str):
+    """The app with three API keys; the client sends the admin key unless a test says otherwise."""
     from ray import serve
 
     from deployments.searcher import make_store
@@ -39,6 +43,13 @@ def service(ray_local, model_dir: Path, milvus: dict, redis_url: str):
         serve={"port": port},
         search={"rerank_candidates": 20},
         limits={"max_body_bytes": 256 * 1024, "max_embed_items": 8},
+        auth={
+            "keys": [
+                {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
+                {"name": "crm", "sha256": hash_key(SEARCH_KEY), "scopes": ["search"]},
+                {"name": "tiny", "sha256": hash_key(LIMITED_KEY), "scopes": ["search"], "rate_per_minute": 2},
+            ]
+        },
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(settings), name="e2e", route_prefix="/")
@@ -52,7 +63,8 @@ def service(ray_local, model_dir: Path, milvus: dict, redis_url: str):
     model_key = embedder.info.remote().result()["model_key"]
     report = Ingestor(embed, store, settings.chunk, model_key=model_key).ingest(iter_documents(SAMPLE_DOCS))
     assert report.chunks_written > 20
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, headers=auth) as client:
         yield {
             "client": client,
             "settings": settings,
@@ -368,3 +380,70 @@ def test_documents_api_versions_and_deletes(service) -> None:
     missing = c.get(f"/v1/documents/{doc['doc_id']}")
     assert missing.status_code == 404 and "no document" in missing.json()["error"]
     assert c.post("/v1/search", json={**question, **only}).json()["results"] == []
+
+
+def test_api_keys_scopes_and_rate_limit(service) -> None:
+    c = service["client"]
+    url = "/v1/search"
+    body = {"query": "冪等キーの保持期間は？", "rerank": False}
+    missing = c.post(url, json=body, headers={"Authorization": ""})
+    assert missing.status_code == 401 and "missing API key" in missing.json()["error"]
+    wrong = c.post(url, json=body, headers={"Authorization": "Bearer sk-specrag-wrong"})
+    assert wrong.status_code == 401
+    assert c.post(url, json=body, headers={"Authorization": f"Bearer {SEARCH_KEY}"}).status_code == 200
+    doc = {"documents": [{"doc_id": "x", "text": "never written"}]}
+    denied = c.post("/v1/documents", json=doc, headers={"Authorization": f"Bearer {SEARCH_KEY}"})
+    assert denied.status_code == 403 and "ingest" in denied.json()["error"]
+    tiny = {"Authorization": f"Bearer {LIMITED_KEY}"}
+    codes = [c.post(url, json=body, headers=tiny).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    limited = c.post(url, json=body, headers=tiny)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    open_routes = [c.get(p, headers={"Authorization": ""}).status_code for p in ("/healthz", "/openapi.json")]
+    assert open_routes == [200, 200]
+
+
+def test_readyz_degrades_without_redis_and_recovers(service, redis_server: dict) -> None:
+    c = service["client"]
+    ready = c.get("/readyz", headers={"Authorization": ""})
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["status"] == "healthy", body
+    assert body["checks"]["model"]["dim"] == 384 and body["checks"]["milvus"]["status"] == "ok"
+    redis_server["kill"]()
+    try:
+        degraded = c.get("/readyz").json()
+        assert degraded["status"] == "degraded" and degraded["checks"]["redis"]["status"] == "down"
+        search = c.post("/v1/search", json={"query": "Redis is down: still answered?", "rerank": False})
+        assert search.status_code == 200, "search is served without the cache"
+    finally:
+        redis_server["start"]()
+    deadline = time.monotonic() + 20
+    while (state := c.get("/readyz").json()["status"]) != "healthy" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state == "healthy"
+
+
+def test_metrics_expose_stage_histograms_and_request_counts(service, ray_local: dict) -> None:
+    c = service["client"]
+    for q in ("注文のキャンセル期限は？", "How long are idempotency keys kept?"):
+        assert c.post("/v1/search", json={"query": q, "rerank": False}).status_code == 200
+    c.post("/v1/search", json={"query": "x"}, headers={"Authorization": ""})  # a 401 is counted too
+    wanted = (
+        "ray_specrag_stage_ms_bucket{",
+        'stage="search"',
+        'stage="embed"',
+        'stage="total"',
+        "ray_specrag_search_channel_ms_bucket",
+        "ray_specrag_http_requests_total",
+        'status="401"',
+        "ray_specrag_embed_batch_size_bucket",
+    )
+    deadline = time.monotonic() + 60  # Ray exports metrics every few seconds
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(ray_local["metrics_url"], timeout=10).text
+        if all(w in text for w in wanted):
+            break
+        time.sleep(2)
+    assert [w for w in wanted if w not in text] == []
