@@ -26,6 +26,10 @@ from serve_app.settings import Settings
 _BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
+def _redis_check(state: str) -> dict[str, str]:
+    return {"status": "down", "detail": state} if state.startswith("down") else {"status": state}
+
+
 @serve.deployment(
     name="Embedder", max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=60
 )
@@ -143,6 +147,13 @@ class Embedder:
         (the model itself, not the cache), and whether Redis answers."""
         out: dict[str, Any] = {}
         started = time.perf_counter()
+        if time.monotonic() - self._last_ok < 10 or self.service.encoder._lock.locked():
+            # Just worked, or working now: a probe would only queue behind real requests.
+            out["model"] = {"status": "ok", "dim": self.service.dim, "detail": "recent or running batch"}
+            cache = self.service.cache
+            state = await asyncio.to_thread(cache.ping) if cache is not None else "disabled"
+            out["redis"] = _redis_check(state)
+            return out
         try:
             enc = await asyncio.wait_for(
                 asyncio.to_thread(
@@ -159,11 +170,7 @@ class Embedder:
             out["model"] = {"status": "down", "detail": f"probe took over {timeout_s} s"}
         cache = self.service.cache
         state = await asyncio.to_thread(cache.ping) if cache is not None else "disabled"
-        out["redis"] = (
-            {"status": state.split(":")[0], "detail": state}
-            if state.startswith("down")
-            else {"status": state}
-        )
+        out["redis"] = _redis_check(state)
         return out
 
     async def check_health(self) -> None:

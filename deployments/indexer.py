@@ -22,6 +22,8 @@ from serve_app.observability import metric
 from serve_app.settings import Settings
 from serve_app.store import StoreUnavailable, quote
 
+EMBED_TIMEOUT_S = 300.0  # one embedding call of a write batch; a hung Embedder must not block writes forever
+
 
 @serve.deployment(name="Indexer", max_ongoing_requests=16)
 class Indexer:
@@ -35,7 +37,7 @@ class Indexer:
 
     def _embed(self, texts: list[str]) -> tuple[np.ndarray, list[dict[int, float]]]:
         # A worker thread (not the replica's event loop), so a blocking .result() is allowed.
-        out = self.embedder.embed.remote(texts, "passage").result()
+        out = self.embedder.embed.remote(texts, "passage").result(timeout_s=EMBED_TIMEOUT_S)
         failed = [o["error"] for o in out if o["error"]]
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(texts)} texts failed to embed: {failed[0]}")
@@ -43,7 +45,7 @@ class Indexer:
 
     def _ingestor(self) -> Ingestor:
         if self._model_key is None:
-            self._model_key = self.embedder.info.remote().result()["model_key"]
+            self._model_key = self.embedder.info.remote().result(timeout_s=EMBED_TIMEOUT_S)["model_key"]
         return Ingestor(
             self._embed,
             self.store,

@@ -174,7 +174,7 @@ def ingest(
     """
     import itertools
 
-    from serve_app.ingest import Ingestor, git_revision, iter_documents
+    from serve_app.ingest import EmbedderUnavailable, Ingestor, git_revision, iter_documents
     from serve_app.local_stack import apply_local_env
     from serve_app.meta import MetaStore
     from serve_app.store import StoreUnavailable
@@ -225,6 +225,9 @@ def ingest(
             bar.close()
     except StoreUnavailable as exc:
         raise _milvus_down(exc) from None
+    except EmbedderUnavailable as exc:
+        typer.echo(f"stopped: {exc}\nDocuments not yet written keep their stored version.", err=True)
+        raise typer.Exit(3) from None
     typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
     if report.failed:
         typer.echo(
@@ -335,7 +338,7 @@ def reindex(
     """
     from serve_app.local_stack import apply_local_env
     from serve_app.meta import MetaStore
-    from serve_app.reindex import Reindexer, ReindexError, ReindexOptions
+    from serve_app.reindex import ACTIVE, Reindexer, ReindexError, ReindexOptions
     from serve_app.store import StoreUnavailable
 
     _logging(verbose)
@@ -358,11 +361,7 @@ def reindex(
             while True:
                 state = meta.get("reindex", settings.milvus.collection)
                 typer.echo(_format_reindex(state))
-                if (
-                    not watch
-                    or not state
-                    or state.get("phase") not in ("building", "catching_up", "validating")
-                ):
+                if not watch or not state or state.get("phase") not in ACTIVE:
                     return
                 time.sleep(2)
         if model_path is None:
@@ -702,6 +701,7 @@ def bench_reembed(
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N passages.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 64,
     actors: Annotated[int, typer.Option(min=1)] = 1,
+    segments: Annotated[int, typer.Option(min=1, help="Interleaved in-process / Ray segments.")] = 4,
     out: Annotated[Path, typer.Option(help="Raw figures (JSON).")] = Path("docs/benchmarks/reembed.json"),
     markdown: Annotated[Path, typer.Option(help="Markdown whose bench:reembed section is replaced.")] = Path(
         "docs/BENCHMARKS.md"
@@ -720,7 +720,13 @@ def bench_reembed(
     settings = _settings()
     _ensure_model(settings)
     options = ReembedBenchOptions(
-        data=data, limit=limit, batch_size=batch_size, actors=actors, out=out, markdown=markdown
+        data=data,
+        limit=limit,
+        batch_size=batch_size,
+        actors=actors,
+        segments=segments,
+        out=out,
+        markdown=markdown,
     )
     if Path(sys.argv[0]).name == "specrag":
         options.command = shlex.join(["specrag", *sys.argv[1:]])

@@ -192,6 +192,11 @@ def _hash(text: str) -> str:
 
 
 KEEP_RUNS = 50  # run records kept for --status
+TOMBSTONE_S = 7 * 86_400  # deletions remembered this long (a re-embed must not resurrect them)
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The embedder fails on everything (down, not bad input): the run stops, nothing is lost."""
 
 
 class ModelMismatch(RuntimeError):
@@ -276,8 +281,10 @@ def embed_resilient(
         reraise=True,
     )
     out: list[Vectors | str | None] = [None] * len(texts)
+    failures_in_a_row = 0
 
     def solve(idx: list[int], *, retry: bool) -> None:
+        nonlocal failures_in_a_row
         try:
             call = lambda: embed([texts[i] for i in idx])  # noqa: E731
             dense, sparse = retrying(call) if retry else call()
@@ -287,11 +294,19 @@ def embed_resilient(
                     solve(idx, retry=True)
                     return
                 out[idx[0]] = f"{type(exc).__name__}: {exc}"[:2000]
+                if not isinstance(exc, ValueError | TypeError):
+                    failures_in_a_row += 1
+                    if failures_in_a_row >= settings.abort_after_failures:
+                        # Not bad chunks but a dead embedder: stop instead of isolating every text.
+                        raise EmbedderUnavailable(
+                            f"{failures_in_a_row} texts in a row failed even alone after retries; last: {exc}"
+                        ) from exc
                 return
             mid = len(idx) // 2
             solve(idx[:mid], retry=False)
             solve(idx[mid:], retry=False)
             return
+        failures_in_a_row = 0
         for i, d, s in zip(idx, dense, sparse, strict=True):
             out[i] = (np.asarray(d, dtype=np.float32), dict(s))
 
@@ -333,6 +348,7 @@ class Ingestor:
         self.record_runs = record_runs  # run records for --status (the HTTP API keeps only failures)
         self._vectors: dict[str, Vectors] = {}  # content hash -> vectors computed in this batch
         self._checked_models: set[str] = set()
+        self._stale: dict[str, int] = {}  # doc_id -> newest version, for documents with older ones left
 
     # ------------------------------------------------------------------------------ embedding
 
@@ -368,6 +384,8 @@ class Ingestor:
         for doc_id, versions in found.items():
             newest = max(versions)
             out[doc_id] = (newest, [(h, c) for _, h, c in sorted(versions[newest])])
+            if len(versions) > 1:
+                self._stale[doc_id] = newest
         return out
 
     def _plan(
@@ -460,9 +478,16 @@ class Ingestor:
 
     def _write(self, pending: list[tuple[SourceDocument, list[Chunk]]], report: IngestReport) -> None:
         self._vectors.clear()  # kept for this batch only: a re-write after a switch reuses them
+        self._stale.clear()
         target = self.store.resolve()
         for attempt in range(5):
-            self._write_into(target, pending, report, redo=attempt > 0)
+            if attempt == 0:
+                self._write_into(target, pending, report, redo=False)
+            else:  # the documents were counted (and failures recorded) on the first pass
+                scratch = IngestReport(run_id=report.run_id)
+                self._write_into(target, pending, scratch, redo=True)
+                report.chunks_written += scratch.chunks_written
+                report.chunks_deleted += scratch.chunks_deleted
             now_live = self.store.resolve()
             if now_live == target:
                 return
@@ -489,6 +514,11 @@ class Ingestor:
             plan = self._plan(doc, chunks, stored.get(doc.doc_id), now)
             if plan is None:
                 report.unchanged += not redo
+                if doc.doc_id in self._stale:  # an earlier write left an older version: finish it
+                    report.chunks_deleted += self.store.delete(
+                        expr=f"doc_id == {quote(doc.doc_id)} and version < {self._stale.pop(doc.doc_id)}",
+                        on=target,
+                    )
                 continue
             plans.append(plan)
         self._fill_vectors(plans, target, report)
@@ -536,6 +566,7 @@ class Ingestor:
         if self.meta is not None:
             self.meta.put_many("failed", failures)
             self.meta.delete("failed", written_docs)
+            self.meta.delete("deleted", written_docs)  # written again after a delete: alive
 
     def _searchable(self, target: str, plan: _Plan, timeout_s: float = 5.0) -> bool:
         pinned = f"doc_id == {quote(plan.doc.doc_id)} and version == {plan.version}"
@@ -628,6 +659,12 @@ class Ingestor:
         report.documents = len(ids)
         if self.meta is not None:
             self.meta.delete("failed", ids)
+            # A re-embed running now must not copy these back from the collection it replaces.
+            now = time.time()
+            tombstones = self.meta.list("deleted")
+            expired = [d for d, t in tombstones.items() if now - t.get("at", 0) > TOMBSTONE_S]
+            self.meta.delete("deleted", expired)
+            self.meta.put_many("deleted", {d: {"at": now} for d in ids})
         report.seconds = time.perf_counter() - started
         return report
 

@@ -21,6 +21,28 @@ _VALUE_MAX = 65_535
 _PLACEHOLDER = [1.0, 0.0]
 
 
+def _fit(value: dict[str, Any]) -> str:
+    """JSON of ``value`` within the field's byte limit: long strings and lists are shortened
+    (never the serialised text, which would no longer parse)."""
+    limit = 2000
+    while True:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        if len(text.encode()) <= _VALUE_MAX or limit < 16:
+            return text if len(text.encode()) <= _VALUE_MAX else json.dumps({"truncated": True})
+        value = {k: _shorten(v, limit) for k, v in value.items()}
+        limit //= 2
+
+
+def _shorten(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return value[:limit]
+    if isinstance(value, list):
+        return [_shorten(v, limit) for v in value[: max(limit // 100, 1)]]
+    if isinstance(value, dict):
+        return {k: _shorten(v, limit) for k, v in value.items()}
+    return value
+
+
 class MetaStore:
     """Records ``(kind, key) -> JSON``; ``kind`` groups them (``failed``, ``run``, ``reindex``)."""
 
@@ -75,10 +97,7 @@ class MetaStore:
         now = int(time.time())
         rows = []
         for key, value in items.items():
-            text = json.dumps(value, ensure_ascii=False, default=str)
-            if len(text.encode()) > _VALUE_MAX:  # keep the record, shorten its longest strings
-                value = {k: (v[:2000] if isinstance(v, str) else v) for k, v in value.items()}
-                text = json.dumps(value, ensure_ascii=False, default=str)[: _VALUE_MAX // 4]
+            text = _fit(value)
             rows.append(
                 {
                     "key": self._key(kind, key),

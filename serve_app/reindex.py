@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -41,7 +42,8 @@ from serve_app.store import SCALAR_FIELDS, ChunkRecord, MilvusStore, quote
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("building", "catching_up", "validating")
+ACTIVE = ("building", "catching_up", "validating", "switching")
+RESUMABLE = (*ACTIVE, "interrupted", "not_switched", "validated")  # a re-run continues these targets
 
 
 class ReindexError(RuntimeError):
@@ -249,50 +251,58 @@ def sync_documents(
     same_model: bool,
     embed: Callable[[list[str]], tuple[np.ndarray, list]] | None,
     delete_before: int | None = None,
+    tombstones: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, int]:
-    """Make ``dst`` hold every document version ``src`` has that is newer than ``dst``'s.
+    """Make ``dst`` hold each document as ``src`` has it.
 
-    Documents only ``dst`` has are deleted from it when they were last written before
-    ``delete_before`` (unix s; None = always): after a switch, a document only the new collection
-    has is either deleted in the old one after the build read it (older) or written by a writer
-    after the switch (newer, kept).
+    Before a switch (``delete_before`` None) ``dst`` is written by nobody else: every difference
+    is copied and documents only ``dst`` has are deleted. After a switch writers use ``dst`` too,
+    so only versions newer than ``dst``'s are copied, documents deleted since (``tombstones``:
+    doc_id -> {"at": unix s}) are not copied back, and documents only ``dst`` has are deleted only
+    when last written before ``delete_before`` (unix s): those were deleted in the old collection
+    after the build read them, while newer ones were written after the switch.
     """
     src_docs = src_store.doc_versions(on=src)
     dst_docs = dst_store.doc_versions(on=dst)
-    changed = sorted(d for d, v in src_docs.items() if d not in dst_docs or v > dst_docs[d])
-    removed = sorted(
+    exact = delete_before is None
+    dead = {d: float(t.get("at", 0)) for d, t in (tombstones or {}).items()}
+    changed = sorted(
         d
-        for d, v in dst_docs.items()
-        if d not in src_docs and (delete_before is None or v[1] < delete_before)
+        for d, v in src_docs.items()
+        if (d not in dst_docs or (v != dst_docs[d] if exact else v > dst_docs[d]))
+        and dead.get(d, -1.0) < v[1]
     )
+    removed = sorted(d for d, v in dst_docs.items() if d not in src_docs and (exact or v[1] < delete_before))
     copied = 0
     for start in range(0, len(changed), 200):
         ids = changed[start : start + 200]
         rows = list(newest_rows(src_store, src, ids))
         if same_model:
-            vectors = (
-                {
-                    r["chunk_id"]: (r["dense"], dict(r["sparse"]))
-                    for r in src_store.query(
-                        f"chunk_id in [{', '.join(quote(r['chunk_id']) for r in rows)}]",
-                        limit=max(len(rows), 1),
-                        fields=["chunk_id", "dense", "sparse"],
-                        on=src,
-                    )
-                }
-                if rows
-                else {}
-            )
+            vectors: dict[str, tuple[Any, dict[int, float]]] = {}
+            for i in range(0, len(rows), 1000):
+                part = rows[i : i + 1000]
+                for r in src_store.query(
+                    f"chunk_id in [{', '.join(quote(r['chunk_id']) for r in part)}]",
+                    limit=len(part),
+                    fields=["chunk_id", "dense", "sparse"],
+                    on=src,
+                ):
+                    vectors[r["chunk_id"]] = (r["dense"], dict(r["sparse"]))
             records = [_record(r, *vectors[r["chunk_id"]]) for r in rows if r["chunk_id"] in vectors]
         else:
             assert embed is not None, "a model change needs an embed function to catch up"
-            dense, sparse = embed([passage_text(r) for r in rows]) if rows else ([], [])
-            records = [_record(r, d, s) for r, d, s in zip(rows, dense, sparse, strict=True)]
+            records = []
+            for i in range(0, len(rows), 64):
+                part = rows[i : i + 64]
+                dense, sparse = embed([passage_text(r) for r in part])
+                records += [_record(r, d, s) for r, d, s in zip(part, dense, sparse, strict=True)]
         dst_store.upsert(records, into=dst)
         copied += len(records)
         for doc_id in ids:
             version = src_docs[doc_id][0]
-            dst_store.delete(expr=f"doc_id == {quote(doc_id)} and version < {version}", on=dst)
+            # Before a switch also a stale newer version goes (a document deleted and re-added).
+            others = f"version != {version}" if exact else f"version < {version}"
+            dst_store.delete(expr=f"doc_id == {quote(doc_id)} and {others}", on=dst)
     deleted = 0
     for start in range(0, len(removed), 500):
         ids = removed[start : start + 500]
@@ -331,13 +341,23 @@ class Reindexer:
         self.meta = MetaStore(self.live)
         self.state: dict[str, Any] = {}
         self._driver_service: Any = None
+        self._lock = threading.Lock()
         self._live_service: Any = None
 
     # ---------------------------------------------------------------------------- bookkeeping
 
     def _save(self, **changes: Any) -> None:
-        self.state.update(changes, updated_at=int(time.time()))
-        self.meta.put("reindex", self.live.collection, self.state)
+        with self._lock:
+            self.state.update(changes, updated_at=int(time.time()))
+            self.meta.put("reindex", self.live.collection, dict(self.state))
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        """Keeps ``updated_at`` fresh through long phases, so a second job sees this one alive."""
+        while not stop.wait(self.settings.reindex.lease_s / 3):
+            try:
+                self._save()
+            except Exception:
+                log.warning("reindex heartbeat failed", exc_info=True)
 
     def _new_service(self) -> Any:
         """The new model in this process (validation queries, catch-up embedding)."""
@@ -376,10 +396,34 @@ class Reindexer:
         service = self._new_service()
         model_key = service.encoder.model_key
         target_store = self._store_for(service.dim)
-        same_model = self.live.model_of(source) in (None, model_key) and self._dim_of(source) == service.dim
+        live_model = self.live.model_of(source)
+        same_model = (
+            live_model == model_key or (live_model is None and opts.model_path is None)
+        ) and self._dim_of(source) == service.dim
         previous_state = self.meta.get("reindex", self.live.collection) or {}
+        quiet_s = time.time() - previous_state.get("updated_at", 0)
+        if (
+            previous_state.get("phase") in ACTIVE
+            and quiet_s < self.settings.reindex.lease_s
+            and not opts.restart
+        ):
+            raise ReindexError(
+                f"job {previous_state.get('job_id')} is running ({previous_state.get('phase')}, last"
+                f" heartbeat {quiet_s:.0f} s ago); wait for it, or pass --restart if it is dead"
+            )
+        if previous_state.get("phase") == "switching" and source == previous_state.get("target"):
+            # Killed between the switch and its bookkeeping: finish the copy of late writes.
+            self.state = previous_state
+            return self._after_switch(
+                ReindexResult(job_id=previous_state["job_id"], phase="switched", target=source),
+                previous_state["source"],
+                target_store,
+                same_model=previous_state.get("same_model", True),
+                switched_at=int(previous_state.get("switched_at", time.time())),
+                started=started,
+            )
         target = None
-        if previous_state.get("phase") in ACTIVE and previous_state.get("target") != source:
+        if previous_state.get("phase") in RESUMABLE and previous_state.get("target") != source:
             old_target = previous_state["target"]
             if old_target in self.live.physical_collections():
                 if opts.restart or previous_state.get("model_key") != model_key:
@@ -407,6 +451,8 @@ class Reindexer:
         }
         self._save()
         result = ReindexResult(job_id=self.state["job_id"], phase="building", target=target)
+        stop = threading.Event()
+        threading.Thread(target=self._heartbeat, args=(stop,), daemon=True, name="reindex-heartbeat").start()
         try:
             self._build(source, target, target_store, result)
             if result.failed:
@@ -438,30 +484,51 @@ class Reindexer:
             if not opts.switch:
                 return self._finish(result, "validated", "validated; not switched (--no-switch)", started)
             switched_at = int(time.time())
-            previous = target_store.switch_alias(target)
-            result.previous = previous
-            self._save(phase="switched", previous=previous, switched_at=switched_at)
-            # Writes that landed in the old collection between the last catch-up and the switch.
-            synced = sync_documents(
-                self.live,
-                previous,
-                target_store,
-                target,
-                same_model=same_model,
-                embed=None if same_model else service.embed_texts,
-                delete_before=switched_at,
-            )
-            self.echo(f"after the switch: {synced}")
-            self._retire(target, previous)
-            return self._finish(
-                result, "done", f"live: {target} (previous {previous} kept for rollback)", started
-            )
-        except BaseException as exc:
             self._save(
-                phase=self.state.get("phase", "building"),
-                message=f"interrupted: {type(exc).__name__}: {exc}"[:500],
+                phase="switching", switched_at=switched_at
+            )  # a kill from here on is finished by a re-run
+            result.previous = target_store.switch_alias(target)
+            return self._after_switch(result, source, target_store, same_model, switched_at, started)
+        except BaseException as exc:
+            phase = self.state.get("phase")
+            self._save(
+                # not running any more (a re-run resumes it); a half-done switch is kept as such
+                phase=phase if phase == "switching" else "interrupted",
+                message=f"interrupted in {phase}: {type(exc).__name__}: {exc}"[:500],
             )
             raise
+        finally:
+            stop.set()
+
+    def _after_switch(
+        self,
+        result: ReindexResult,
+        previous: str,
+        target_store: MilvusStore,
+        same_model: bool,
+        switched_at: int,
+        started: float,
+    ) -> ReindexResult:
+        target = result.target
+        result.previous = previous
+        self._save(phase="switched", previous=previous, switched_at=switched_at)
+        # Writes that landed in the old collection between the last catch-up and the switch.
+        synced = sync_documents(
+            self.live,
+            previous,
+            target_store,
+            target,
+            same_model=same_model,
+            embed=None if same_model else self._new_service().embed_texts,
+            delete_before=switched_at,
+            tombstones=self.meta.list("deleted"),
+        )
+        self.echo(f"after the switch: {synced}")
+        self.meta.delete("reindex_failed", list(self.meta.list("reindex_failed", prefix=f"{target}/")))
+        self._retire(target, previous)
+        return self._finish(
+            result, "done", f"live: {target} (previous {previous} kept for rollback)", started
+        )
 
     def _finish(self, result: ReindexResult, phase: str, message: str, started: float) -> ReindexResult:
         result.phase, result.message = phase, message
@@ -616,7 +683,12 @@ class Reindexer:
                 service, Retriever(store, self.settings.search), queries, qrels, configs=["dense+sparse"]
             )
             scores[name] = report["configs"]["dense+sparse"]["ndcg@10"]
-        ratio = scores["new"] / scores["live"] if scores["live"] else math.inf
+        if not scores["live"]:
+            v.update(
+                ok=False, reason=f"nDCG@10 of the live collection is 0 on {self.options.eval_dir}: wrong set?"
+            )
+            return False, v
+        ratio = scores["new"] / scores["live"]
         threshold = self.settings.reindex.min_ndcg_ratio
         v.update(
             eval_dir=str(self.options.eval_dir),

@@ -110,6 +110,9 @@ class IngestSettings(_Section):
     backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles each time")
     backoff_max_s: float = Field(default=8.0, ge=0)
     status_every_s: float = Field(default=5.0, gt=0, description="how often a run records its progress")
+    abort_after_failures: int = Field(
+        default=8, ge=1, description="texts in a row failing alone (not bad input) that stop the run"
+    )
 
 
 class ReindexSettings(_Section):
@@ -121,6 +124,7 @@ class ReindexSettings(_Section):
     min_top1_agreement: float = Field(default=0.9, ge=0, le=1, description="same model: live vs new top-1")
     min_ndcg_ratio: float = Field(default=1.0, ge=0, description="new model: nDCG@10 new / live, at least")
     keep_previous: int = Field(default=1, ge=0, le=10, description="older collections kept for rollback")
+    lease_s: float = Field(default=60.0, gt=0, description="a job silent this long counts as dead")
 
 
 class ApiKey(_Section):

@@ -650,9 +650,10 @@ class MilvusStore:
 
     def physical_collections(self) -> list[str]:
         """Physical collections that belong to this alias (``{collection}_...``), oldest first."""
-        prefix = f"{self.collection}_"
+        # Exactly the names _create_physical makes: another alias may share the prefix (specrag_ja).
+        own = re.compile(rf"^{re.escape(self.collection)}_\d{{14}}(_\d+)?$")
         names = self._call("list_collections", lambda c: c.list_collections(timeout=self.timeout_s))
-        return sorted(n for n in names if n.startswith(prefix) and n != meta_collection(self.collection))
+        return sorted(n for n in names if own.match(n))
 
     def drop_physical(self, name: str) -> None:
         """Drop a physical collection of this alias; the live one is refused."""

@@ -51,6 +51,7 @@ def _env(milvus: dict, model_dir: Path, collection: str, **extra: str) -> dict[s
         SPECRAG_MODEL_PATH=str(model_dir),
         SPECRAG_MILVUS__COLLECTION=collection,
         SPECRAG_INGEST__STATUS_EVERY_S="0.2",
+        SPECRAG_REINDEX__LEASE_S="2",  # the killed job's lease runs out quickly
         PYTHONPATH=str(ROOT),
         **extra,
     )
@@ -115,7 +116,9 @@ def test_killed_job_leaves_alias_then_rerun_resumes_and_keeps_concurrent_upserts
     partial = store.count(on=target)
     assert 0 < partial < store.count(), "the kill came mid-build"
 
-    # 2. re-run on Ray Data; it resumes the same target. Meanwhile: update, add, delete.
+    # 2. re-run on Ray Data once the dead job's lease ran out; it resumes the same target.
+    # Meanwhile: update, add, delete.
+    time.sleep(2.5)
     second = _job(env, "--ray", "--batch-size", "4")
     _wait_state(meta, alias, lambda s: s.get("target") == target and s.get("phase") == "building", second)
     updated = _docs(1)[0]
@@ -199,11 +202,20 @@ def test_post_switch_sync_keeps_newer_writes_and_applies_late_deletes(milvus: di
     Ingestor(embed, old, chunks, model_key="h").ingest([SourceDocument("late", "v2 written late to old")])
     Ingestor(embed, old, chunks, model_key="h").delete_documents(["gone"])
     Ingestor(embed, new, chunks, model_key="h").ingest([SourceDocument("fresh", "written after the switch")])
-    # "gone" still in new, written before the switch: deleted; "fresh" only in new, newer: kept.
+    Ingestor(embed, new, chunks, model_key="h").delete_documents(["same"])  # deleted after the switch
+    # "gone" still in new, written before the switch: deleted; "fresh" only in new, newer: kept;
+    # "same" is in old only because it was deleted from new after the switch: not copied back.
     synced = sync_documents(
-        old, old.resolve(), new, new.resolve(), same_model=True, embed=None, delete_before=switched_at
+        old,
+        old.resolve(),
+        new,
+        new.resolve(),
+        same_model=True,
+        embed=None,
+        delete_before=switched_at,
+        tombstones={"same": {"at": time.time()}},
     )
     assert synced == {"documents_copied": 1, "chunks_copied": 1, "documents_deleted": 1}
     versions = new.doc_versions()
-    assert set(versions) == {"same", "late", "fresh"} and versions["late"][0] == 2
+    assert set(versions) == {"late", "fresh"} and versions["late"][0] == 2
     assert "late to old" in new.query('doc_id == "late"', fields=["text"])[0]["text"]
