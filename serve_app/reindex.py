@@ -452,7 +452,8 @@ class Reindexer:
         self._save()
         result = ReindexResult(job_id=self.state["job_id"], phase="building", target=target)
         stop = threading.Event()
-        threading.Thread(target=self._heartbeat, args=(stop,), daemon=True, name="reindex-heartbeat").start()
+        beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True, name="reindex-heartbeat")
+        beat.start()
         try:
             self._build(source, target, target_store, result)
             if result.failed:
@@ -499,6 +500,7 @@ class Reindexer:
             raise
         finally:
             stop.set()
+            beat.join(timeout=30)  # never exit while it is inside a gRPC call (aborts the process)
 
     def _after_switch(
         self,

@@ -305,7 +305,9 @@ def test_concurrent_requests_share_dynamic_batches(service) -> None:
     from ray import serve
 
     async def load() -> list[int]:
-        async with httpx.AsyncClient(base_url=service["client"].base_url, timeout=120) as client:
+        async with httpx.AsyncClient(
+            base_url=service["client"].base_url, timeout=120, headers=service["client"].headers
+        ) as client:
             responses = await asyncio.gather(
                 *(client.post("/v1/embed", json={"input": f"batch probe {i} 在庫"}) for i in range(24))
             )
@@ -324,7 +326,9 @@ def test_killing_redis_under_load_fails_no_request(service, redis_server: dict) 
     async def load() -> list[int]:
         statuses: list[int] = []
         sem = asyncio.Semaphore(8)
-        async with httpx.AsyncClient(base_url=service["client"].base_url, timeout=120) as client:
+        async with httpx.AsyncClient(
+            base_url=service["client"].base_url, timeout=120, headers=service["client"].headers
+        ) as client:
 
             async def one(i: int) -> None:
                 if i == 20:
