@@ -125,11 +125,16 @@ class _Progress:
 def _store(settings: Settings, dim: int, collection: str | None = None):
     from deployments.searcher import make_store
 
-    if collection:
-        settings = settings.model_copy(
-            update={"milvus": settings.milvus.model_copy(update={"collection": collection})}
-        )
-    return make_store(settings, dim)
+    return make_store(_with_collection(settings, collection), dim)
+
+
+def _with_collection(settings: Settings, collection: str | None) -> Settings:
+    """The settings with another collection (alias) when ``--collection`` names one."""
+    if not collection:
+        return settings
+    return settings.model_copy(
+        update={"milvus": settings.milvus.model_copy(update={"collection": collection})}
+    )
 
 
 def _milvus_down(exc: Exception) -> typer.Exit:
@@ -343,11 +348,7 @@ def reindex(
 
     _logging(verbose)
     apply_local_env()
-    settings = _settings()
-    if collection:
-        settings = settings.model_copy(
-            update={"milvus": settings.milvus.model_copy(update={"collection": collection})}
-        )
+    settings = _with_collection(_settings(), collection)
     try:
         if status or failed:
             meta = MetaStore(_store(settings, 1))
@@ -433,11 +434,7 @@ def rollback(collection: CollectionOpt = None, verbose: bool = False) -> None:
 
     _logging(verbose)
     apply_local_env()
-    settings = _settings()
-    if collection:
-        settings = settings.model_copy(
-            update={"milvus": settings.milvus.model_copy(update={"collection": collection})}
-        )
+    settings = _with_collection(_settings(), collection)
     try:
         do_rollback(settings, echo=typer.echo)
     except StoreUnavailable as exc:
