@@ -465,14 +465,7 @@ class Reindexer:
                 )
             self._save(phase="catching_up")
             for _ in range(3):
-                synced = sync_documents(
-                    self.live,
-                    source,
-                    target_store,
-                    target,
-                    same_model=same_model,
-                    embed=None if same_model else service.embed_texts,
-                )
+                synced = self._sync(source, target_store, target, same_model)
                 if not synced["documents_copied"] and not synced["documents_deleted"]:
                     break
                 self.echo(f"caught up: {synced}")
@@ -515,13 +508,11 @@ class Reindexer:
         result.previous = previous
         self._save(phase="switched", previous=previous, switched_at=switched_at)
         # Writes that landed in the old collection between the last catch-up and the switch.
-        synced = sync_documents(
-            self.live,
+        synced = self._sync(
             previous,
             target_store,
             target,
-            same_model=same_model,
-            embed=None if same_model else self._new_service().embed_texts,
+            same_model,
             delete_before=switched_at,
             tombstones=self.meta.list("deleted"),
         )
@@ -530,6 +521,16 @@ class Reindexer:
         self._retire(target, previous)
         return self._finish(
             result, "done", f"live: {target} (previous {previous} kept for rollback)", started
+        )
+
+    def _sync(
+        self, source: str, target_store: MilvusStore, target: str, same_model: bool, **kwargs: Any
+    ) -> dict[str, int]:
+        """``sync_documents`` from a collection of this alias into the target; the new model embeds
+        what cannot be copied (a model change)."""
+        embed = None if same_model else self._new_service().embed_texts
+        return sync_documents(
+            self.live, source, target_store, target, same_model=same_model, embed=embed, **kwargs
         )
 
     def _finish(self, result: ReindexResult, phase: str, message: str, started: float) -> ReindexResult:
@@ -612,14 +613,7 @@ class Reindexer:
                 v["reason"] = f"counts differ for {len(differ)} documents (first: {differ[:5]})"
                 return False, v
             # Writers are busy: catch up once more and compare again.
-            sync_documents(
-                self.live,
-                source,
-                target_store,
-                target,
-                same_model=same_model,
-                embed=None if same_model else self._new_service().embed_texts,
-            )
+            self._sync(source, target_store, target, same_model)
         if same_model:
             return self._sampled_queries(source, target, target_store, v)
         return self._labelled(source, target, target_store, v)
