@@ -1,28 +1,76 @@
-"""QueryExpander: turns a query into the variants that are searched (pass-through for now).
+"""QueryExpander: a thin Serve shell around ``QueryExpansion`` (LLM variants + learned glossary).
 
-The LLM rewrite (1 ja + 3 en variants) and glossary expansion arrive with the retrieval-quality
-issue; the contract — a list of variants, the original first, each saying where it came from —
-is already the one the ingress and searcher use.
+The glossary is re-learned from the live collection every ``expander.glossary_refresh_s`` in a
+thread, so documents ingested meanwhile teach it new terms without a redeploy; a Milvus outage
+only keeps the previous glossary.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from typing import Any
+
 from ray import serve
 
-from serve_app.chunking import detect_lang
+from serve_app.expansion import QueryExpansion, learn_glossary
+from serve_app.observability import metric
 from serve_app.settings import Settings
+
+log = logging.getLogger("ray.serve.specrag.expander")
 
 
 @serve.deployment(name="QueryExpander", max_ongoing_requests=256)
 class QueryExpander:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, dim: int) -> None:
+        from deployments.searcher import make_store
+
         self.settings = settings
+        self.engine = QueryExpansion(settings.expander, max_chars=settings.limits.max_query_chars)
+        self.store = make_store(settings, dim)
+        self._learning: asyncio.Task[None] | None = None
+        self._learn_error: str | None = None
 
-    async def expand(self, query: str, enabled: bool = True) -> list[dict[str, str]]:
-        return [{"text": query, "lang": detect_lang(query), "origin": "original"}]
+    def _maybe_learn(self) -> None:
+        s = self.settings.expander
+        due = time.time() - self.engine.glossary.learned_at > s.glossary_refresh_s
+        if s.glossary and due and (self._learning is None or self._learning.done()):
+            self._learning = asyncio.get_running_loop().create_task(self._learn())
 
-    async def ready(self) -> dict[str, str]:
-        return {"status": "ok", "mode": "pass-through"}
+    async def _learn(self) -> None:
+        try:
+            glossary = await asyncio.to_thread(learn_glossary, self.store, self.settings.expander)
+            self.engine.glossary = glossary
+            self._learn_error = None
+            log.info("glossary learned: %d term pairs", len(glossary))
+        except Exception as exc:  # keep the previous glossary; try again next period
+            self.engine.glossary.learned_at = time.time()
+            self._learn_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("glossary refresh failed: %s", self._learn_error)
+
+    async def expand(self, query: str, enabled: bool = True) -> dict[str, Any]:
+        self._maybe_learn()
+        out = await self.engine.expand(query, enabled)
+        if out.get("llm") == "fallback":
+            metric("expander_fallbacks").inc(tags={"reason": "llm"})
+        return out
+
+    async def ready(self) -> dict[str, Any]:
+        """``ok`` unless an LLM is configured and its breaker is open (then searches use the glossary)."""
+        self._maybe_learn()
+        llm = self.engine.llm
+        out: dict[str, Any] = {
+            "status": "ok",
+            "llm": "off" if llm is None else llm.state,
+            "glossary_pairs": len(self.engine.glossary),
+        }
+        if self._learn_error:
+            out["glossary_error"] = self._learn_error
+        if llm is not None and llm.state == "open":
+            out["status"] = "down"
+            out["detail"] = "LLM endpoint failing: circuit open, searching with glossary variants only"
+        return out
 
     def check_health(self) -> None:
-        """Pure Python with no state to lose: alive is healthy."""
+        """A failing LLM is degraded service, not a dead replica: restarting would not fix it."""

@@ -1,13 +1,19 @@
-"""Searcher: a thin Serve shell around ``Retriever`` (parallel fan-out over Milvus + RRF)."""
+"""Searcher: a thin Serve shell around ``Retriever`` (parallel two-stage fan-out over Milvus + RRF).
+
+With the offline model (placeholder sparse head) it keeps the collection's IDF table and rebuilds
+it every ``search.idf_refresh_s`` in a thread; until the first build, queries are unweighted.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 from ray import serve
 
+from serve_app.lexical import IdfTable, placeholder_sparse_head
 from serve_app.observability import metric
 from serve_app.retrieval import Retriever
 from serve_app.settings import Settings
@@ -31,10 +37,37 @@ def make_store(settings: Settings, dim: int) -> MilvusStore:
 @serve.deployment(name="Searcher", max_ongoing_requests=128)
 class Searcher:
     def __init__(self, settings: Settings, dim: int) -> None:
+        self.settings = settings
         self.store = make_store(settings, dim)
         self.retriever = Retriever(self.store, settings.search)
+        mode = settings.search.sparse_idf
+        self.use_idf = mode == "on" or (
+            mode == "auto" and placeholder_sparse_head(settings.model.name_or_path)
+        )
+        self._idf_task: asyncio.Task[None] | None = None
+        self._idf_checked = 0.0
+
+    def _maybe_refresh_idf(self) -> None:
+        if not self.use_idf or (self._idf_task is not None and not self._idf_task.done()):
+            return
+        if time.time() - self._idf_checked > self.settings.search.idf_refresh_s:
+            self._idf_checked = time.time()
+            self._idf_task = asyncio.get_running_loop().create_task(self._refresh_idf())
+
+    async def _refresh_idf(self) -> None:
+        try:
+            table = await asyncio.to_thread(IdfTable.build, self.store)
+        except Exception as exc:  # keep the previous table (or none): searches still work
+            self._idf_checked = time.time() - self.settings.search.idf_refresh_s + 30  # retry soon
+            logging.getLogger("ray.serve.specrag.searcher").warning("IDF rebuild failed: %s", exc)
+            return
+        if table.chunks:
+            self.retriever.idf = table
+        else:  # nothing ingested yet: look again soon rather than after a whole period
+            self._idf_checked = time.time() - self.settings.search.idf_refresh_s + 30
 
     async def search(self, vectors: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        self._maybe_refresh_idf()
         try:
             candidates, timings = await self.retriever.search(vectors, **kwargs)
         except StoreUnavailable:
@@ -47,6 +80,10 @@ class Searcher:
             if f"search_{channel}" in timings:
                 metric("channel_ms").observe(timings[f"search_{channel}"], tags={"channel": channel})
         return {"candidates": candidates, "timings_ms": timings, "searches": int(timings["searches"])}
+
+    def idf_status(self) -> dict[str, Any]:
+        idf = self.retriever.idf
+        return {"enabled": self.use_idf, "chunks": idf.chunks if idf else 0}
 
     async def ready(self) -> dict[str, Any]:
         """Milvus answers and the collection exists (``not_initialized`` before the first ingest)."""

@@ -451,23 +451,47 @@ def evaluate_cmd(
     ],
     split: str = "dev",
     configs: Annotated[
-        str, typer.Option(help="Comma-separated: dense,sparse,dense+sparse,dense+sparse+colbert")
-    ] = ("dense,sparse,dense+sparse,dense+sparse+colbert"),
+        str,
+        typer.Option(
+            help="Comma-separated, from: dense, sparse, sparse-no-idf, dense+sparse, dense+sparse+balance, "
+            "dense+sparse+expansion, dense+sparse+colbert, full"
+        ),
+    ] = "dense,sparse,dense+sparse,dense+sparse+expansion,dense+sparse+colbert,full",
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries.")] = None,
     rerank_queries: Annotated[
-        int, typer.Option(min=1, help="Queries for the (slow on CPU) rerank config.")
+        int, typer.Option(min=1, help="Queries (spread over the set) for the rerank configs: slow on CPU.")
     ] = 100,
     reingest: bool = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    markdown: Annotated[
+        Path | None,
+        typer.Option(
+            help="Replace this collection's section and the summary (from every eval-*.json next to --out)"
+            " in this Markdown file, e.g. docs/BENCHMARKS.md."
+        ),
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Ingest a BEIR corpus into its own collection (once) and report retrieval metrics per configuration."""
     import contextlib
     import platform
+    import shlex
+    import sys
 
     from serve_app.embedding import EmbeddingService
-    from serve_app.evaluation import CONFIGS, collection_name, evaluate, format_table, load_queries
+    from serve_app.evaluation import (
+        CONFIGS,
+        baseline_from_readme,
+        collection_name,
+        evaluate,
+        format_table,
+        load_queries,
+        markdown_section,
+        summary_section,
+    )
+    from serve_app.expansion import QueryExpansion, learn_glossary
     from serve_app.ingest import Ingestor, iter_documents
+    from serve_app.lexical import IdfTable, placeholder_sparse_head
     from serve_app.local_stack import apply_local_env, milvus_lite_server, port_open
     from serve_app.retrieval import Retriever
 
@@ -504,7 +528,14 @@ def evaluate_cmd(
             ingest_report = ingestor.ingest(docs, total=len(docs), progress=bar).as_dict()
             bar.close()
             typer.echo(json.dumps(ingest_report), err=True)
-        retriever = Retriever(store, settings.search)
+        mode = settings.search.sparse_idf
+        use_idf = mode == "on" or (mode == "auto" and placeholder_sparse_head(settings.model.name_or_path))
+        retriever = Retriever(store, settings.search, idf=IdfTable.build(store) if use_idf else None)
+        expansion = None
+        if any(CONFIGS[c].get("expand") for c in wanted):
+            expansion = QueryExpansion(settings.expander, max_chars=settings.limits.max_query_chars)
+            if settings.expander.glossary:
+                expansion.glossary = learn_glossary(store, settings.expander)
         report = evaluate(
             service,
             retriever,
@@ -512,9 +543,24 @@ def evaluate_cmd(
             qrels,
             configs=wanted,
             rerank_queries=rerank_queries,
+            expansion=expansion,
+            doc_langs=_corpus_langs(dataset),
         )
+        report["settings"] = {
+            "search": settings.search.model_dump(mode="json"),
+            "expander": {
+                "llm": bool(settings.expander.llm_url),
+                "glossary": settings.expander.glossary,
+                "glossary_variants": settings.expander.glossary_variants,
+            },
+            "sparse_idf": use_idf,
+        }
     report.update(
         dataset=dataset.name,
+        bm25=baseline_from_readme(dataset),
+        command=shlex.join(["specrag", *sys.argv[1:]])
+        if Path(sys.argv[0]).name == "specrag"
+        else "specrag eval",
         split=split,
         model=service.model_id,
         ingest=ingest_report,
@@ -526,6 +572,28 @@ def evaluate_cmd(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         typer.echo(f"report written to {out}")
+    if markdown:
+        from serve_app.bench import replace_section
+
+        if not out:
+            raise typer.BadParameter("--markdown needs --out (the summary reads the JSON reports)")
+        reports = [json.loads(f.read_text()) for f in sorted(out.parent.glob("eval-*.json"))]
+        text = markdown.read_text() if markdown.exists() else ""
+        text = replace_section(text, markdown_section(report, out))
+        markdown.write_text(replace_section(text, summary_section(reports)))
+        typer.echo(f"{markdown} updated")
+
+
+def _corpus_langs(dataset: Path) -> dict[str, str]:
+    """Passage id -> lang from a BEIR corpus (for recall by answer language)."""
+    langs: dict[str, str] = {}
+    with (dataset / "corpus.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                if row.get("lang"):
+                    langs[str(row["_id"])] = str(row["lang"])
+    return langs
 
 
 @app.command()
@@ -728,6 +796,65 @@ def bench_reembed(
     if Path(sys.argv[0]).name == "specrag":
         options.command = shlex.join(["specrag", *sys.argv[1:]])
     run_reembed_bench(settings, options, echo=typer.echo)
+
+
+@bench_app.command("search")
+def bench_search(
+    data: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, help="BEIR collection already ingested by eval.")
+    ],
+    requests: Annotated[int, typer.Option(min=1, help="Requests per mode.")] = 100,
+    variants: Annotated[int, typer.Option(min=1, max=20, help="Query variants per request.")] = 5,
+    out: Annotated[Path, typer.Option(help="Raw figures (JSON).")] = Path("docs/benchmarks/search.json"),
+    markdown: Annotated[Path, typer.Option(help="Markdown whose bench:search section is replaced.")] = Path(
+        "docs/BENCHMARKS.md"
+    ),
+    verbose: bool = False,
+) -> None:
+    """Fan-out latency: sequential vs concurrent (asyncio.gather) vs Milvus hybrid_search, same searches."""
+    import shlex
+    import sys
+
+    from serve_app.bench_search import format_table, run_search_bench, write_markdown
+    from serve_app.embedding import EmbeddingService, EmbedItem
+    from serve_app.evaluation import collection_name, load_queries
+    from serve_app.lexical import IdfTable, placeholder_sparse_head
+    from serve_app.local_stack import apply_local_env
+    from serve_app.retrieval import Retriever
+
+    _logging(verbose)
+    apply_local_env()
+    settings = _settings()
+    _ensure_model(settings)
+    queries, _ = load_queries(data, "dev")
+    service = EmbeddingService.from_settings(settings)
+    store = _store(settings, service.dim, collection_name(data))
+    if store.count() == 0:
+        raise typer.BadParameter(f"{collection_name(data)} is empty: run `specrag eval {data}` first")
+    texts = [q.text for q in queries[: max(variants * 4, 40)]]
+    vectors = [
+        {"dense": o["dense"], "sparse": o["sparse"]}
+        for o in service.embed_items([EmbedItem(t, "query") for t in texts])
+    ]
+    idf = IdfTable.build(store) if placeholder_sparse_head(settings.model.name_or_path) else None
+    report = run_search_bench(
+        Retriever(store, settings.search, idf=idf),
+        vectors,
+        requests=requests,
+        variants=variants,
+        echo=typer.echo,
+    )
+    report.update(
+        dataset=data.name, milvus="Milvus Lite server" if "127.0.0.1" in settings.milvus.uri else "Milvus"
+    )
+    report["command"] = (
+        shlex.join(["specrag", *sys.argv[1:]])
+        if Path(sys.argv[0]).name == "specrag"
+        else "specrag bench search"
+    )
+    typer.echo(format_table(report))
+    write_markdown(report, markdown, out)
+    typer.echo(f"written: {out}, {markdown}")
 
 
 def main() -> None:

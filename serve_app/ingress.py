@@ -234,13 +234,18 @@ class Ingress:
         rerank = s.search.rerank if body.rerank is None else body.rerank
         degraded: list[str] = []
         t0 = time.perf_counter()
+        expansion: dict[str, Any] = {}
         try:
-            variants = await self.expander.expand.remote(body.query, body.expand)
+            expansion = await self.expander.expand.remote(body.query, body.expand)
+            variants = expansion["variants"]
         except Exception as exc:
             log.exception("expander failed; searching the original query only")
             variants = [{"text": body.query, "lang": detect_lang(body.query), "origin": "original"}]
+            expansion = {"llm": "error", "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
             degraded.append("expander")
             metric("expander_fallbacks").inc(tags={"reason": type(exc).__name__})
+        if expansion.get("llm") == "fallback":
+            degraded.append("expander")
         t1 = time.perf_counter()
         log.info(
             "query_expansion_completed",
@@ -259,11 +264,15 @@ class Ingress:
         pool = max(top_k, s.search.rerank_candidates) if rerank else top_k
         try:
             found = await self.searcher.search.remote(
-                [{"dense": v["dense"], "sparse": v["sparse"]} for v in vectors],
+                [
+                    {"dense": v["dense"], "sparse": v["sparse"], "origin": var["origin"], "lang": var["lang"]}
+                    for v, var in zip(vectors, variants, strict=True)
+                ],
                 top_k=top_k,
                 channels=body.channels,
                 filters=body.filters.model_dump(exclude_none=True) if body.filters else None,
                 limit=pool,
+                explain=body.explain,
             )
         except Exception as exc:
             if (unavailable := _find(exc, StoreUnavailable)) is not None:
@@ -319,7 +328,8 @@ class Ingress:
                     tags=list(f.get("tags") or []),
                     score=scores["rerank"] if reranked else cand.rrf,
                     scores=scores,
-                    found_by=cand.found_by,
+                    found_by=cand.found_by if body.explain else [],
+                    updated_at=int(f.get("doc_updated_at") or f.get("updated_at") or 0),
                 )
             )
         observe_stages(timings)
@@ -339,6 +349,20 @@ class Ingress:
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             model=await self._model(),
             degraded=degraded,
+            explain=(
+                {
+                    "expansion": {k: v for k, v in expansion.items() if k != "variants"},
+                    "searches": found["timings_ms"].get("plan", []),
+                    "slowest_search_ms": {
+                        ch: round(found["timings_ms"][f"search_{ch}"], 2)
+                        for ch in ("dense", "sparse")
+                        if f"search_{ch}" in found["timings_ms"]
+                    },
+                    "rerank": "on" if reranked else ("failed" if "rerank" in degraded else "off"),
+                }
+                if body.explain
+                else None
+            ),
         )
 
     # ---------------------------------------------------------------------------------- documents

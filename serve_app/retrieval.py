@@ -5,29 +5,64 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from serve_app.encoder import colbert_maxsim, lexical_score
 from serve_app.fusion import Candidate, RankedList, rrf_fuse
+from serve_app.lexical import IdfTable
 from serve_app.settings import SearchSettings
 from serve_app.store import MAX_WINDOW, SCALAR_FIELDS, Hit, MilvusStore, build_filter, quote
 
+_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="specrag-search")
+
+
+def _matches(fields: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """Stage-2 metadata filter on one hit (the same meaning as ``build_filter``)."""
+    for key, name in (("kinds", "kind"), ("langs", "lang"), ("doc_ids", "doc_id"), ("sources", "source")):
+        wanted = filters.get(key)
+        if wanted and fields.get(name) not in wanted:
+            return False
+    tags = filters.get("tags")
+    return not tags or bool(set(tags) & set(fields.get("tags") or []))
+
+
+@dataclass(slots=True)
+class _Search:
+    variant: int
+    channel: str
+    weight: float
+    lang: str | None  # stage 1 restricted to this language (language balance), else None
+    hits: list[Hit] = field(default_factory=list)
+    fetched: int = 0
+    top: float = 0.0  # best raw score of stage 1
+    ms: float = 0.0
+    refetched: bool = False
+
 
 class Retriever:
-    """Fan-out over every query variant x channel, concurrently, then weighted RRF.
+    """Two-stage fan-out over every query variant x channel, concurrently, then weighted RRF.
 
-    Stage 2 keeps only each document's newest stored version. An update inserts the complete
-    new version before deleting the old one, so for a moment both are stored: this check makes
-    the switch exact for readers. If the ANN ran just before the new version landed and the
-    check just after, the document's stale hits in that channel are replaced by its current
-    version's best chunk, so the document is neither doubled, missing nor stale.
+    Stage 1 is a pure ANN search per variant and channel (no metadata filter: Milvus' fastest
+    path), over-fetching ``limit x overfetch``. Stage 2 keeps each document's newest stored
+    version, applies the metadata filters and adds the document's current ``updated_at``; a
+    list that a selective filter left short is searched again with the filter pushed into
+    Milvus, so a rare kind or tag still fills the page.
+
+    Versions: an update inserts the complete new version before deleting the old one, so for a
+    moment both are stored and stage 2 makes the switch exact for readers. If the ANN ran just
+    before the new version landed and the check just after, the document's stale hits in that
+    channel are replaced by its current version's best chunk, so the document is neither
+    doubled, missing nor stale.
     """
 
-    def __init__(self, store: MilvusStore, settings: SearchSettings) -> None:
+    def __init__(self, store: MilvusStore, settings: SearchSettings, *, idf: IdfTable | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.idf = idf
 
     async def search(
         self,
@@ -37,69 +72,147 @@ class Retriever:
         channels: Sequence[str] = ("dense", "sparse"),
         filters: dict[str, Any] | None = None,
         limit: int | None = None,
-    ) -> tuple[list[Candidate], dict[str, float]]:
+        parallel: bool = True,
+        explain: bool = False,
+    ) -> tuple[list[Candidate], dict[str, Any]]:
+        """``vectors``: per variant ``dense``, ``sparse`` and optionally ``origin`` / ``lang``."""
         s = self.settings
-        fetch = max(top_k * s.overfetch, limit or 0)
-        expr = build_filter(current_only=True, **(filters or {}))
-        jobs, meta = [], []
-        channel_ms: dict[str, float] = {}
-
-        async def timed(channel: str, fn: Any, query: Any) -> list[Hit]:
-            # pymilvus blocks: threads let the searches overlap on the server.
-            t0 = time.perf_counter()
-            hits = await asyncio.to_thread(fn, query, limit=fetch, expr=expr)
-            ms = (time.perf_counter() - t0) * 1000
-            channel_ms[channel] = max(channel_ms.get(channel, 0.0), ms)
-            return hits
-
+        want = max(top_k, limit or 0)
+        fetch = min(want * s.overfetch, MAX_WINDOW)
+        filters = {k: v for k, v in (filters or {}).items() if v}
+        plan: list[_Search] = []
+        queries: list[dict[str, Any]] = []
         for v, vec in enumerate(vectors):
-            if "dense" in channels:
-                jobs.append(timed("dense", self.store.search_dense, vec["dense"]))
-                meta.append((v, "dense", s.dense_weight))
-            if "sparse" in channels and vec["sparse"]:
-                jobs.append(timed("sparse", self.store.search_sparse, vec["sparse"]))
-                meta.append((v, "sparse", s.sparse_weight))
+            vw = s.variant_weights.get(vec.get("origin", "original"), 1.0)
+            sparse = vec.get("sparse") or {}
+            if sparse and self.idf is not None:
+                sparse = self.idf.weigh(sparse)
+            queries.append({"dense": vec["dense"], "sparse": sparse})
+            langs: list[str | None] = [None]
+            if s.language_balance and not filters.get("langs"):
+                langs += [lg for lg in ("ja", "en") if lg != vec.get("lang")]
+            for channel, cw in (("dense", s.dense_weight), ("sparse", s.sparse_weight)):
+                if channel in channels and (channel == "dense" or sparse):
+                    plan.extend(_Search(v, channel, cw * vw, lg) for lg in langs)
+
+        loop = asyncio.get_running_loop()
+
+        def run(job: _Search, expr: str | None) -> None:
+            fn = self.store.search_dense if job.channel == "dense" else self.store.search_sparse
+            t0 = time.perf_counter()
+            job.hits = fn(queries[job.variant][job.channel], limit=fetch, expr=expr)
+            job.ms += (time.perf_counter() - t0) * 1000
+            job.fetched = len(job.hits)
+            job.top = max((h.score for h in job.hits), default=0.0)
+
+        def stage1_expr(job: _Search) -> str | None:
+            return build_filter(current_only=False, langs=job.lang) if job.lang else None
+
         started = time.perf_counter()
-        results = list(await asyncio.gather(*jobs))
+        if parallel:  # pymilvus blocks: threads let the searches overlap on the server
+            await asyncio.gather(*(loop.run_in_executor(_POOL, run, j, stage1_expr(j)) for j in plan))
+        else:
+            for job in plan:
+                run(job, stage1_expr(job))
         searched = time.perf_counter()
-        results = await self._current_only(results, meta, vectors, expr)
+        self._weigh_sparse(plan, queries)
+        current = await self._current_only(plan, queries)
+        if filters:
+            pushed = build_filter(current_only=False, **filters)
+            short = []
+            for job in plan:
+                job.hits = [h for h in job.hits if _matches(h.fields, filters)]
+                if len(job.hits) < want and job.fetched >= fetch:
+                    short.append(job)  # the filter is selective: let Milvus apply it during the ANN
+            if short:
+                exprs = [f"({stage1_expr(j)}) and {pushed}" if j.lang else pushed for j in short]
+                await asyncio.gather(
+                    *(loop.run_in_executor(_POOL, run, j, e) for j, e in zip(short, exprs, strict=True))
+                )
+                current.update(await asyncio.to_thread(self.store.doc_versions, _doc_ids(short)))
+                for job in short:
+                    job.refetched = True
+                    job.hits = [
+                        h
+                        for h in job.hits
+                        if current.get(h.fields["doc_id"], (None,))[0] == h.fields["version"]
+                    ]
+        for job in plan:
+            for hit in job.hits:
+                newest = current.get(hit.fields["doc_id"])
+                if newest:
+                    hit.fields["doc_updated_at"] = newest[1]
         checked = time.perf_counter()
-        lists = [RankedList(v, ch, w, hits) for (v, ch, w), hits in zip(meta, results, strict=True)]
+        lists = [RankedList(j.variant, j.channel, j.weight, j.hits) for j in plan]
         if len(lists) == 1:  # one list: its own order, whatever its weight
             lists[0].weight = 1.0
-        fused = rrf_fuse(lists, k=s.rrf_k, limit=limit or top_k)
-        timings = {
+        fused = rrf_fuse(lists, k=s.rrf_k, limit=want)
+        timings: dict[str, Any] = {
             "search": (searched - started) * 1000,
             "versions": (checked - searched) * 1000,
             "fuse": (time.perf_counter() - checked) * 1000,
-            "searches": float(len(jobs)),
-            # the slowest search of each channel (the fan-out waits for it)
-            **{f"search_{channel}": ms for channel, ms in channel_ms.items()},
+            "searches": float(len(plan)),
         }
+        for job in plan:  # the slowest search of each channel (the fan-out waits for it)
+            key = f"search_{job.channel}"
+            timings[key] = max(timings.get(key, 0.0), job.ms)
+        if explain:
+            timings["plan"] = [
+                {
+                    "variant": j.variant,
+                    "channel": j.channel,
+                    "lang": j.lang,
+                    "weight": round(j.weight, 4),
+                    "top_score": round(j.top, 4),
+                    "fetched": j.fetched,
+                    "kept": len(j.hits),
+                    "refetched": j.refetched,
+                    "ms": round(j.ms, 2),
+                }
+                for j in plan
+            ]
         return fused, timings
 
+    def _weigh_sparse(self, plan: list[_Search], queries: list[dict[str, Any]]) -> None:
+        """Scale each sparse list by how much of the query's IDF mass its best hit matched.
+
+        With IDF and the placeholder head the best score is the summed IDF of the shared tokens, so
+        score / query mass is in [0, 1]: ~0.5 for a same-language question, ~0.1 when a Japanese
+        question meets English text and only punctuation-like tokens match (measured on the dev sets).
+        """
+        ramp = self.settings.sparse_coverage
+        if self.idf is None or ramp is None:
+            return
+        lo, hi = ramp
+        best: dict[int, float] = {}
+        for job in plan:  # the unrestricted list's best hit measures the whole corpus
+            if job.channel == "sparse" and job.lang is None:
+                best[job.variant] = job.top
+        for job in plan:
+            if job.channel != "sparse":
+                continue
+            mass = sum(queries[job.variant]["sparse"].values())
+            coverage = best.get(job.variant, job.top) / mass if mass > 0 else 0.0
+            job.weight *= min(1.0, max(0.0, (coverage - lo) / max(hi - lo, 1e-9)))
+
     async def _current_only(
-        self,
-        results: list[list[Hit]],
-        meta: list[tuple[int, str, float]],
-        vectors: Sequence[dict[str, Any]],
-        expr: str | None,
-    ) -> list[list[Hit]]:
-        doc_ids = {h.fields["doc_id"] for hits in results for h in hits}
+        self, plan: list[_Search], queries: list[dict[str, Any]]
+    ) -> dict[str, tuple[int, int]]:
+        """Keep each document's newest version in every list; returns doc_id -> (version, updated_at)."""
+        doc_ids = _doc_ids(plan)
         if not doc_ids:
-            return results
-        current = await asyncio.to_thread(self.store.doc_versions, sorted(doc_ids))
-        out: list[list[Hit]] = []
-        for hits, (v, channel, _) in zip(results, meta, strict=True):
+            return {}
+        current = await asyncio.to_thread(self.store.doc_versions, doc_ids)
+        for job in plan:
             fresh = {
                 h.fields["doc_id"]
-                for h in hits
+                for h in job.hits
                 if h.fields["doc_id"] in current
                 and int(h.fields["version"]) == current[h.fields["doc_id"]][0]
             }
             kept: list[Hit] = []
             replaced: set[str] = set()
-            for hit in hits:
+            for hit in job.hits:
                 doc_id = hit.fields["doc_id"]
                 newest = current.get(doc_id)
                 if newest is None:  # deleted since the ANN ran
@@ -109,16 +222,17 @@ class Retriever:
                 elif doc_id not in fresh and doc_id not in replaced:
                     # This channel saw only the old version: rank the new one in its place.
                     replaced.add(doc_id)
+                    expr = build_filter(current_only=False, langs=job.lang) if job.lang else None
                     kept.extend(
                         await asyncio.to_thread(
-                            self._best_chunk, vectors[v], channel, doc_id, newest[0], expr
+                            self._best_chunk, queries[job.variant], job.channel, doc_id, newest[0], expr
                         )
                     )
             unique: dict[str, Hit] = {}
             for hit in kept:
                 unique.setdefault(hit.chunk_id, hit)
-            out.append(list(unique.values()))
-        return out
+            job.hits = list(unique.values())
+        return current
 
     def _best_chunk(
         self, vector: dict[str, Any], channel: str, doc_id: str, version: int, expr: str | None
@@ -155,30 +269,41 @@ class Retriever:
         return [Hit(chunk_id=fields["chunk_id"], score=scores[best], fields=fields)]
 
 
+def _doc_ids(plan: Sequence[_Search]) -> list[str]:
+    return sorted({h.fields["doc_id"] for job in plan for h in job.hits})
+
+
 def rerank(
     query: dict[str, Any],
     passages: Sequence[dict[str, Any]],
     candidates: list[Candidate],
     settings: SearchSettings,
+    cross_scores: Sequence[float] | None = None,
 ) -> list[Candidate]:
-    """Weighted mean of ColBERT MaxSim, dense and sparse, as BGE-M3's ``compute_score`` combines them.
+    """Weighted mean of ColBERT MaxSim, dense and sparse, as BGE-M3's ``compute_score`` combines them,
+    plus a cross-encoder's (sigmoid) score when one is configured.
 
     ``query`` / ``passages`` are Embedder outputs (dense, sparse, colbert) from one pass each, so
     every candidate gets all three scores, also one that only the sparse channel found.
     """
     s = settings
-    total = max(s.colbert_weight + s.rerank_dense_weight + s.rerank_sparse_weight, 1e-9)
-    for cand, p in zip(candidates, passages, strict=True):
+    ce_weight = s.cross_encoder_weight if cross_scores is not None else 0.0
+    total = max(s.colbert_weight + s.rerank_dense_weight + s.rerank_sparse_weight + ce_weight, 1e-9)
+    for i, (cand, p) in enumerate(zip(candidates, passages, strict=True)):
         scores = {
             "colbert": colbert_maxsim(query["colbert"], p["colbert"]),
             "m3_dense": float(query["dense"] @ p["dense"]),
             "m3_sparse": lexical_score(query["sparse"], p["sparse"]),
         }
-        scores["rerank"] = (
+        combined = (
             s.colbert_weight * scores["colbert"]
             + s.rerank_dense_weight * scores["m3_dense"]
             + s.rerank_sparse_weight * scores["m3_sparse"]
-        ) / total
+        )
+        if cross_scores is not None:
+            scores["cross_encoder"] = float(cross_scores[i])
+            combined += ce_weight * scores["cross_encoder"]
+        scores["rerank"] = combined / total
         cand.channel_scores.update(scores)
     return sorted(candidates, key=lambda c: (-c.channel_scores["rerank"], c.chunk_id))
 

@@ -18,6 +18,7 @@ class SearchFilters(_Strict):
     langs: list[Literal["ja", "en"]] | None = None
     tags: list[str] | None = Field(default=None, description="Chunks carrying any of these tags.")
     doc_ids: list[str] | None = None
+    sources: list[str] | None = Field(default=None, description="Only chunks from these sources.")
 
 
 class SearchRequest(_Strict):
@@ -29,6 +30,11 @@ class SearchRequest(_Strict):
     channels: list[Literal["dense", "sparse"]] = Field(default=["dense", "sparse"], min_length=1)
     rerank: bool | None = Field(default=None, description="ColBERT rerank; default from settings.")
     expand: bool = Field(default=True, description="Use query variants from the expander.")
+    explain: bool = Field(
+        default=False,
+        description="Add which variant and channel found each result, every search of the fan-out "
+        "with its timing, and the expander's state.",
+    )
 
     @field_validator("query")
     @classmethod
@@ -54,13 +60,20 @@ class SearchResult(BaseModel):
     scores: dict[str, float] = Field(
         description="Every score that went into the rank: dense, sparse, rrf, ..."
     )
-    found_by: list[dict[str, Any]] = Field(default_factory=list)
+    found_by: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="With explain: variant, channel and rank of every list that found it.",
+    )
+    updated_at: int = Field(0, description="When this version of the document was written (epoch s).")
 
 
 class QueryVariant(BaseModel):
     text: str
     lang: str
     origin: str = Field(description="original | llm | glossary")
+    terms: list[list[str]] | None = Field(
+        default=None, description="glossary: the [term, replacement] pairs swapped"
+    )
 
 
 class SearchResponse(BaseModel):
@@ -72,6 +85,7 @@ class SearchResponse(BaseModel):
     degraded: list[str] = Field(
         default_factory=list, description="Stages that failed and were skipped (expander, rerank)."
     )
+    explain: dict[str, Any] | None = Field(default=None, description="Present when the request set explain.")
 
 
 class EmbedRequest(_Strict):

@@ -74,11 +74,34 @@ class BatchSettings(_Section):
 
 
 class SearchSettings(_Section):
+    """Fan-out, fusion and rerank. Defaults were chosen on the dev sets (docs/BENCHMARKS.md)."""
+
     top_k: int = Field(default=10, ge=1, le=100)
-    overfetch: int = Field(default=3, ge=1, le=20, description="stage-1 ANN fetches top_k x this")
+    overfetch: int = Field(default=3, ge=1, le=20, description="stage-1 ANN fetches limit x this")
     rrf_k: int = Field(default=60, ge=1, le=1000)
-    dense_weight: float = Field(default=1.0, ge=0)
-    sparse_weight: float = Field(default=0.3, ge=0)
+    dense_weight: float = Field(default=1.0, ge=0, description="RRF weight of every dense list")
+    sparse_weight: float = Field(default=0.3, ge=0, description="RRF weight of every sparse list")
+    variant_weights: dict[str, float] = Field(
+        default={"original": 1.0, "llm": 0.7, "glossary": 0.5},
+        description="RRF weight per variant origin, multiplied with the channel weight",
+    )
+    language_balance: bool = Field(
+        default=False,
+        description="stage 1 also searches each other language separately, so passages in the "
+        "query's language cannot crowd the others out of the candidate pool",
+    )
+    sparse_idf: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="weigh query tokens by the collection's IDF; auto = only when the model's sparse "
+        "head is a placeholder (the offline model), never for BGE-M3's trained head",
+    )
+    idf_refresh_s: float = Field(default=600.0, gt=0, description="how often the IDF table is rebuilt")
+    sparse_coverage: tuple[float, float] | None = Field(
+        default=(0.1, 0.4),
+        description="with IDF: a sparse list's weight ramps from 0 to full as the share of the query's "
+        "IDF mass its best hit matches goes from the first value to the second (a Japanese query over "
+        "English text shares almost no tokens: its sparse list is noise); None = fixed weight",
+    )
     rerank: bool = True
     rerank_candidates: int = Field(default=20, ge=1, le=200)
     colbert_weight: float = Field(
@@ -86,6 +109,39 @@ class SearchSettings(_Section):
     )
     rerank_dense_weight: float = Field(default=1.0, ge=0)
     rerank_sparse_weight: float = Field(default=0.0, ge=0)
+    cross_encoder: str | None = Field(
+        default=None,
+        description="FlagReranker model (e.g. BAAI/bge-reranker-v2-m3, downloaded beforehand, or a "
+        "local path); set = its score joins the rerank",
+    )
+    cross_encoder_weight: float = Field(default=1.0, ge=0, description="weight of the cross-encoder score")
+    cross_encoder_device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+class ExpanderSettings(_Section):
+    """Query expansion: an OpenAI-compatible LLM when configured, a learned glossary always."""
+
+    llm_url: str | None = Field(
+        default=None,
+        description="base URL of an OpenAI-compatible API (e.g. http://vllm:8000/v1); unset = no LLM",
+    )
+    llm_model: str = Field(default="qwen2.5-7b-instruct", description="model name sent to the endpoint")
+    llm_api_key: SecretStr | None = None
+    response_format: Literal["json_schema", "json_object", "none"] = Field(
+        default="json_schema", description="how JSON output is constrained (what the server supports)"
+    )
+    ja_variants: int = Field(default=1, ge=0, le=5)
+    en_variants: int = Field(default=3, ge=0, le=10)
+    timeout_s: float = Field(default=3.0, gt=0, le=60, description="whole budget, retries included")
+    attempts: int = Field(default=2, ge=1, le=5, description="tries within the budget")
+    breaker_fail_max: int = Field(default=3, ge=1, description="failed expansions in a row that open it")
+    breaker_reset_s: float = Field(default=30.0, gt=0, description="how long an open breaker skips the LLM")
+    glossary: bool = Field(default=True, description="learn term pairs from ingested glossary documents")
+    glossary_variants: int = Field(default=1, ge=0, le=5, description="glossary variants per query")
+    term_files: list[Path] = Field(
+        default_factory=list, description="TSV files: term<TAB>translation-or-synonym[<TAB>...]"
+    )
+    glossary_refresh_s: float = Field(default=300.0, gt=0, description="how often pairs are re-learned")
 
 
 class LimitSettings(_Section):
@@ -199,6 +255,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
+    expander: ExpanderSettings = Field(default_factory=ExpanderSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     chunk: ChunkSettings = Field(default_factory=ChunkSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)

@@ -20,6 +20,7 @@ from serve_app.ingest import Ingestor, iter_documents
 from serve_app.local_stack import free_port
 from serve_app.security import hash_key, new_key
 from serve_app.settings import Settings
+from tests.fakellm import FakeLLM
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,15 @@ ADMIN_KEY, SEARCH_KEY, LIMITED_KEY = new_key(), new_key(), new_key()
 
 
 @pytest.fixture(scope="module")
-def service(ray_local, model_dir: Path, milvus: dict, redis_url: str):
+def llm():
+    """The expander's LLM: a local OpenAI-compatible server; "empty" (valid, no variants) unless a
+    test switches it, so the rank tests measure the glossary-only offline default."""
+    with FakeLLM(mode="empty") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def service(ray_local, model_dir: Path, milvus: dict, redis_url: str, llm: FakeLLM):
     """The app with three API keys; the client sends the admin key unless a test says otherwise."""
     from ray import serve
 
@@ -42,6 +51,7 @@ def service(ray_local, model_dir: Path, milvus: dict, redis_url: str):
         redis={"url": redis_url},
         serve={"port": port},
         search={"rerank_candidates": 20},
+        expander={"llm_url": llm.url, "timeout_s": 1.0, "breaker_fail_max": 1000, "glossary_refresh_s": 1},
         limits={"max_body_bytes": 256 * 1024, "max_embed_items": 8},
         auth={
             "keys": [
@@ -134,8 +144,58 @@ def test_response_carries_scores_metadata_and_timings(service) -> None:
 
 
 def test_filters_restrict_results(service) -> None:
-    body = _top(service["client"], "rate limit", filters={"kinds": ["glossary"]}, rerank=False)
+    body = _top(service["client"], "rate limit", filters={"kinds": ["glossary"]}, rerank=False, explain=True)
     assert body["results"] and {r["kind"] for r in body["results"]} == {"glossary"}
+    # The glossary is a rare kind: stage 2 left the lists short, so they were searched again with the
+    # filter pushed into Milvus.
+    assert any(s["refetched"] for s in body["explain"]["searches"])
+    body = _top(service["client"], "rate limit", filters={"sources": ["order-api.en.md"]}, rerank=False)
+    assert body["results"] and {r["source"] for r in body["results"]} == {"order-api.en.md"}
+
+
+def test_explain_shows_variants_channels_and_stage_timings(service, llm: FakeLLM) -> None:
+    llm.mode = "ok"  # answers 1 ja + 3 en variants
+    try:
+        body = _top(service["client"], "認証トークンの有効期限は？", explain=True, rerank=False)
+    finally:
+        llm.mode = "empty"
+    origins = [v["origin"] for v in body["variants"]]
+    assert origins[:5] == ["original", "llm", "llm", "llm", "llm"] and not body["degraded"]
+    explain = body["explain"]
+    assert explain["expansion"]["llm"] == "ok"
+    searches = explain["searches"]
+    assert {(s["variant"], s["channel"]) for s in searches} >= {(v, "dense") for v in range(len(origins))}
+    assert all(s["ms"] > 0 and s["fetched"] >= s["kept"] for s in searches)
+    assert {"expand", "embed", "search", "versions", "fuse", "total"} <= set(body["timings_ms"])
+    assert all(r["found_by"] for r in body["results"])
+    assert {f["variant"] for r in body["results"] for f in r["found_by"]} - {0}, "variants found results"
+    # without explain: no per-search detail
+    plain = _top(service["client"], "認証トークンの有効期限は？", rerank=False)
+    assert plain["explain"] is None and not any(r["found_by"] for r in plain["results"])
+
+
+@pytest.mark.parametrize("mode", ["garbage", "slow", "error", "down"])
+def test_expander_faults_fall_back_without_failing_the_search(service, llm: FakeLLM, mode: str) -> None:
+    """Invalid JSON, a slow endpoint (over the 1 s budget), HTTP 503, nothing listening."""
+    query = "What happens when the idempotency key is reused?"
+    started = time.perf_counter()
+    if mode == "down":
+        llm.stop()
+    else:
+        llm.mode = mode
+    try:
+        body = _top(service["client"], query, explain=True, rerank=False)
+    finally:
+        if mode == "down":
+            llm.start()
+        llm.mode = "empty"
+    elapsed = time.perf_counter() - started
+    assert body["results"], "the search still answers"
+    assert "expander" in body["degraded"]
+    assert body["explain"]["expansion"]["llm"] == "fallback" and body["explain"]["expansion"]["llm_error"]
+    assert body["variants"][0]["origin"] == "original"
+    assert all(v["origin"] != "llm" for v in body["variants"])
+    assert elapsed < 10, f"bounded by the expander's budget ({elapsed:.1f} s)"
 
 
 def test_embed_returns_three_outputs(service) -> None:
