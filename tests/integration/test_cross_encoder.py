@@ -47,7 +47,13 @@ def test_cross_encoder_loads_scores_and_joins_the_rerank(cross_encoder_dir: Path
     outs = [{"dense": unit[0], "sparse": {}, "colbert": unit[:1]} for _ in passages]
     candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": p}) for i, p in enumerate(passages)]
     # ColBERT and dense tie; only the cross-encoder separates the two candidates
-    ranked = rerank(query, outs, candidates, SearchSettings(cross_encoder_weight=1.0), cross_scores=scores)
+    ranked = rerank(
+        query,
+        outs,
+        candidates,
+        SearchSettings(rerank_dense_weight=1.0, cross_encoder_weight=1.0),
+        cross_scores=scores,
+    )
     assert [c.chunk_id for c in ranked] == (["c0", "c1"] if scores[0] > scores[1] else ["c1", "c0"])
     assert all({"colbert", "m3_dense", "cross_encoder", "rerank"} <= set(c.channel_scores) for c in ranked)
     assert ranked[0].channel_scores["rerank"] == pytest.approx((1.0 + 1.0 + max(scores)) / 3)
