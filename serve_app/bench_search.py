@@ -67,6 +67,7 @@ def run_search_bench(
     limit = top_k * retriever.settings.overfetch
     times: dict[str, list[float]] = {m: [] for m in MODES}
     stage1: dict[str, list[float]] = {m: [] for m in MODES}
+    stage2: list[float] = []  # gather: versions + filters + fusion + enrichment
 
     async def one(mode: str, batch: list[dict[str, Any]]) -> None:
         t0 = time.perf_counter()
@@ -78,6 +79,8 @@ def run_search_bench(
             _, timings = await retriever.search(batch, top_k=top_k, limit=top_k, parallel=mode == "gather")
             ms = (time.perf_counter() - t0) * 1000
             stage1[mode].append(timings["search"])
+            if mode == "gather":
+                stage2.append(timings["versions"] + timings["fuse"] + timings["enrich"])
         times[mode].append(ms)
 
     async def run_all() -> None:
@@ -86,6 +89,7 @@ def run_search_bench(
             for mode in MODES if i % 2 else reversed(MODES):
                 await one(mode, batch)
             if i == 1:  # the first two rounds warm connections and caches
+                stage2.clear()
                 for m in MODES:
                     times[m].clear()
                     stage1[m].clear()
@@ -106,31 +110,43 @@ def run_search_bench(
             "p95_ms": round(_pct(times[m], 0.95), 2),
             "stage1_p50_ms": round(_pct(stage1[m], 0.5), 2),
         }
-    report["sequential_over_gather"] = round(report["sequential"]["p50_ms"] / report["gather"]["p50_ms"], 2)
-    report["hybrid_over_gather"] = round(report["hybrid_search"]["p50_ms"] / report["gather"]["p50_ms"], 2)
+    # Stage 1 is what the modes do differently; hybrid_search has no stage 2 of its own.
+    report["sequential_over_gather"] = round(
+        report["sequential"]["stage1_p50_ms"] / report["gather"]["stage1_p50_ms"], 2
+    )
+    report["hybrid_over_gather"] = round(
+        report["hybrid_search"]["stage1_p50_ms"] / report["gather"]["stage1_p50_ms"], 2
+    )
+    report["gather_stage2_p50_ms"] = round(_pct(stage2, 0.5), 2)
     report["machine"] = f"{platform.machine()} cpus={__import__('os').cpu_count()}"
     report["date"] = time.strftime("%Y-%m-%d")
     return report
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"{'mode':14} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8} {'ANN stage p50':>14}"]
+    lines = [f"{'mode':14} {'ANN stage p50':>14} {'request p50':>12} {'request p95':>12}"]
     for m in MODES:
         r = report[m]
-        lines.append(f"{m:14} {r['p50_ms']:>8} {r['p95_ms']:>8} {r['mean_ms']:>8} {r['stage1_p50_ms']:>14}")
+        lines.append(f"{m:14} {r['stage1_p50_ms']:>14} {r['p50_ms']:>12} {r['p95_ms']:>12}")
     lines.append(
-        f"sequential / gather: {report['sequential_over_gather']}x; "
-        f"hybrid_search / gather: {report['hybrid_over_gather']}x"
+        f"ANN stage, sequential / gather: {report['sequential_over_gather']}x; "
+        f"hybrid_search / gather: {report['hybrid_over_gather']}x; "
+        f"gather's stage 2 (versions, filters, fusion, enrichment) p50 {report['gather_stage2_p50_ms']} ms"
     )
     return "\n".join(lines)
 
 
 def write_markdown(report: dict[str, Any], markdown: Path, json_path: Path) -> None:
+    notes = {
+        "sequential": "the same searches one after another",
+        "gather": "concurrently (`asyncio.gather` over a thread pool): **the service's mode**",
+        "hybrid_search": "one Milvus `hybrid_search` per variant (dense + sparse fused by Milvus' RRFRanker)",
+    }
     rows = [
-        f"| {m} | {report[m]['p50_ms']} | {report[m]['p95_ms']} | {report[m]['mean_ms']} |"
-        f" {report[m]['stage1_p50_ms']} |"
+        f"| {m} | {notes[m]} | {report[m]['stage1_p50_ms']} | {report[m]['p50_ms']} | {report[m]['p95_ms']} |"
         for m in MODES
     ]
+    faster = report["hybrid_over_gather"] >= 1
     section = "\n".join(
         [
             MARK_START,
@@ -140,17 +156,19 @@ def write_markdown(report: dict[str, Any], markdown: Path, json_path: Path) -> N
             f"`{report['command']}` on {report['machine']}, {report['date']}, against {report['milvus']}."
             f" Modes interleaved request by request. Raw: `{json_path}`.",
             "",
-            "| mode | p50 ms | p95 ms | mean ms | ANN stage p50 ms |",
-            "|---|---:|---:|---:|---:|",
+            "| mode | what | ANN stage p50 ms | request p50 ms | request p95 ms |",
+            "|---|---|---:|---:|---:|",
             *rows,
             "",
-            f"**Sequential / parallel (`asyncio.gather`): {report['sequential_over_gather']}x**"
-            " at the median;"
-            f" hybrid_search / gather: {report['hybrid_over_gather']}x. The service keeps the gather fan-out:"
-            " it is "
-            + ("faster and " if report["hybrid_over_gather"] >= 1 else "")
+            f"**ANN stage, sequential / concurrent: {report['sequential_over_gather']}x**;"
+            f" hybrid_search / concurrent: {report['hybrid_over_gather']}x. Stage 2 of the concurrent mode"
+            " (versions, filters, fusion, enrichment) adds"
+            f" {report['gather_stage2_p50_ms']} ms at the median;"
+            " hybrid_search has no stage 2 of its own (it would need the same one). The service keeps the"
+            " concurrent fan-out: "
+            + ("it is faster, and it is " if faster else "")
             + "the only mode that knows which variant and channel found each result (`explain`) and"
-            " weighs each list on its own (per-channel, per-variant, query-adaptive sparse weights).",
+            " weighs each list on its own (per-channel, per-variant and query-adaptive sparse weights).",
             MARK_END,
         ]
     )

@@ -18,6 +18,8 @@ from serve_app.settings import SearchSettings
 from serve_app.store import MAX_WINDOW, SCALAR_FIELDS, Hit, MilvusStore, build_filter, quote
 
 _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="specrag-search")
+#: what a stage-1 hit carries: enough to rank, check versions and filter; the rest comes after fusion
+STAGE1_FIELDS = ("chunk_id", "doc_id", "version", "lang", "kind", "source")
 
 
 def _matches(fields: dict[str, Any], filters: dict[str, Any]) -> bool:
@@ -97,10 +99,12 @@ class Retriever:
 
         loop = asyncio.get_running_loop()
 
+        lean = [*STAGE1_FIELDS, *(("tags",) if filters.get("tags") else ())]
+
         def run(job: _Search, expr: str | None) -> None:
             fn = self.store.search_dense if job.channel == "dense" else self.store.search_sparse
             t0 = time.perf_counter()
-            job.hits = fn(queries[job.variant][job.channel], limit=fetch, expr=expr)
+            job.hits = fn(queries[job.variant][job.channel], limit=fetch, expr=expr, fields=lean)
             job.ms += (time.perf_counter() - t0) * 1000
             job.fetched = len(job.hits)
             job.top = max((h.score for h in job.hits), default=0.0)
@@ -137,20 +141,18 @@ class Retriever:
                         for h in job.hits
                         if current.get(h.fields["doc_id"], (None,))[0] == h.fields["version"]
                     ]
-        for job in plan:
-            for hit in job.hits:
-                newest = current.get(hit.fields["doc_id"])
-                if newest:
-                    hit.fields["doc_updated_at"] = newest[1]
         checked = time.perf_counter()
         lists = [RankedList(j.variant, j.channel, j.weight, j.hits) for j in plan]
         if len(lists) == 1:  # one list: its own order, whatever its weight
             lists[0].weight = 1.0
         fused = rrf_fuse(lists, k=s.rrf_k, limit=want)
+        fused_at = time.perf_counter()
+        fused = await asyncio.to_thread(self._enrich, fused, current)
         timings: dict[str, Any] = {
             "search": (searched - started) * 1000,
             "versions": (checked - searched) * 1000,
-            "fuse": (time.perf_counter() - checked) * 1000,
+            "fuse": (fused_at - checked) * 1000,
+            "enrich": (time.perf_counter() - fused_at) * 1000,
             "searches": float(len(plan)),
         }
         for job in plan:  # the slowest search of each channel (the fan-out waits for it)
@@ -172,6 +174,25 @@ class Retriever:
                 for j in plan
             ]
         return fused, timings
+
+    def _enrich(self, fused: list[Candidate], current: dict[str, tuple[int, int]]) -> list[Candidate]:
+        """Every stored field of the fused candidates (text, title path, tags...), in one read.
+
+        Stage 1 fetched only what ranking and filtering need: moving every hit's text out of Milvus
+        for 10+ lists of limit x 3 hits costs more than the searches themselves.
+        """
+        missing = [c.chunk_id for c in fused if "text" not in c.fields]
+        rows = {r["chunk_id"]: r for r in self.store.get(missing)} if missing else {}
+        kept = []
+        for cand in fused:
+            cand.fields.update(rows.get(cand.chunk_id, {}))
+            if "text" not in cand.fields:
+                continue  # deleted since stage 2 read its version: nothing left to return
+            newest = current.get(cand.fields["doc_id"])
+            if newest:
+                cand.fields["doc_updated_at"] = newest[1]
+            kept.append(cand)
+        return kept
 
     def _weigh_sparse(self, plan: list[_Search], queries: list[dict[str, Any]]) -> None:
         """Scale each sparse list by how much of the query's IDF mass its best hit matched.
