@@ -39,18 +39,25 @@ class QueryExpander:
             self._learning = asyncio.get_running_loop().create_task(self._learn())
 
     async def _learn(self) -> None:
+        soon = time.time() - self.settings.expander.glossary_refresh_s + 30
         try:
             glossary = await asyncio.to_thread(learn_glossary, self.store, self.settings.expander)
-            self.engine.glossary = glossary
             self._learn_error = None
+            if not len(glossary):  # nothing ingested yet, most likely: look again soon
+                glossary.learned_at = min(glossary.learned_at, soon)
+            self.engine.glossary = glossary
             log.info("glossary learned: %d term pairs", len(glossary))
-        except Exception as exc:  # keep the previous glossary; try again next period
-            self.engine.glossary.learned_at = time.time()
+        except Exception as exc:  # keep the previous glossary; try again soon
+            self.engine.glossary.learned_at = soon
             self._learn_error = f"{type(exc).__name__}: {str(exc)[:200]}"
             log.warning("glossary refresh failed: %s", self._learn_error)
 
     async def expand(self, query: str, enabled: bool = True) -> dict[str, Any]:
+        first = self.engine.glossary.learned_at == 0
         self._maybe_learn()
+        if first and enabled and self._learning is not None:
+            # The first search waits (briefly) for the first glossary; later refreshes run behind.
+            await asyncio.wait({self._learning}, timeout=5)
         out = await self.engine.expand(query, enabled)
         if out.get("llm") == "fallback":
             metric("expander_fallbacks").inc(tags={"reason": "llm"})

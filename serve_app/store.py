@@ -179,17 +179,18 @@ def build_filter(
     kinds: str | Iterable[str] | None = None,
     langs: str | Iterable[str] | None = None,
     tags: str | Iterable[str] | None = None,
+    sources: str | Iterable[str] | None = None,
 ) -> str | None:
     """A Milvus boolean expression; clauses joined with ``and``; ``None`` when nothing constrains.
 
-    ``doc_ids``/``kinds``/``langs`` match any of the values; ``tags`` matches rows carrying *any*
+    ``doc_ids``/``kinds``/``langs``/``sources`` match any of the values; ``tags`` matches rows carrying *any*
     of the tags (exactly, case-sensitive).  ``None`` or an empty sequence means "no constraint" for
     that field.  Hand-written expressions may use ``array_contains(tags, "x")`` too (slower on Lite).
     """
     clauses: list[str] = []
     if current_only:
         clauses.append("is_current == true")
-    for name, values in (("doc_id", doc_ids), ("kind", kinds), ("lang", langs)):
+    for name, values in (("doc_id", doc_ids), ("kind", kinds), ("lang", langs), ("source", sources)):
         items = list(dict.fromkeys(_as_list(values)))
         if len(items) == 1:
             clauses.append(f"{name} == {quote(items[0])}")

@@ -51,7 +51,7 @@ def service(ray_local, model_dir: Path, milvus: dict, redis_url: str, llm: FakeL
         redis={"url": redis_url},
         serve={"port": port},
         search={"rerank_candidates": 20},
-        expander={"llm_url": llm.url, "timeout_s": 1.0, "breaker_fail_max": 1000, "glossary_refresh_s": 1},
+        expander={"llm_url": llm.url, "timeout_s": 1.0, "breaker_fail_max": 1000, "glossary_refresh_s": 5},
         limits={"max_body_bytes": 256 * 1024, "max_embed_items": 8},
         auth={
             "keys": [
@@ -138,6 +138,7 @@ def test_response_carries_scores_metadata_and_timings(service) -> None:
         "text": "注文のキャンセルはいつまで可能ですか？",
         "lang": "ja",
         "origin": "original",
+        "terms": None,
     }
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)

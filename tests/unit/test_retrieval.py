@@ -136,6 +136,9 @@ def test_filters_apply_in_stage_two_and_short_lists_are_searched_again(store: Fa
     assert [c.fields["doc_id"] for c in fused] == ["gloss"]
     assert store.exprs[0] is None and store.exprs[1] is not None and "glossary" in store.exprs[1]
     assert timings["plan"][0]["refetched"]
+    store.exprs.clear()
+    fused, _ = _search(r, [{"dense": [1, 0, 0], "sparse": {}}], filters={"sources": ["spec-b.md"]})
+    assert [c.fields["doc_id"] for c in fused] == ["spec-b"] and 'source == "spec-b.md"' in str(store.exprs)
     # a filter that stage 1 satisfies needs no second search
     store.exprs.clear()
     fused, _ = _search(r, [{"dense": [1, 0, 0], "sparse": {}}], filters={"langs": ["en"]}, limit=2, top_k=2)

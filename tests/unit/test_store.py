@@ -56,6 +56,10 @@ def test_build_filter_default_is_current_only():
     assert build_filter(current_only=False) is None
 
 
+def test_build_filter_sources():
+    assert build_filter(current_only=False, sources=["a.md", "b.md"]) == 'source in ["a.md", "b.md"]'
+
+
 def test_build_filter_combines_with_and():
     expr = build_filter(doc_ids=["a", "b"], kinds=["spec"], langs=["ja", "en"], tags=["x"])
     assert expr == (
