@@ -107,9 +107,9 @@ def test_expected_chunk_rank(service, case: dict) -> None:
     """The default pipeline (hybrid + ColBERT rerank) on the offline model.
 
     ``expect_rank_at_most`` records what the offline e5-small stand-in achieves (1 = first, else
-    within 5) so a regression fails here; ``null`` marks questions it does not get into the top 10
-    (three cross-lingual, one rate-limit question whose glossary entry outranks the spec; query
-    expansion is the planned fix). Those still run, to prove the request succeeds.
+    within 5) so a regression fails here; ``null`` marks three Japanese questions about English
+    passages it does not get into the top 10 (the offline glossary holds none of their terms; an LLM
+    rewrite is what finds them). Those still run, to prove the request succeeds.
     """
     body = _top(service["client"], case["query"], top_k=20)
     rank = _rank(body["results"], case)
