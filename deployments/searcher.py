@@ -13,7 +13,7 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.lexical import IdfTable, placeholder_sparse_head
+from serve_app.lexical import IdfTable, idf_enabled
 from serve_app.observability import metric
 from serve_app.retrieval import Retriever
 from serve_app.settings import Settings
@@ -40,10 +40,7 @@ class Searcher:
         self.settings = settings
         self.store = make_store(settings, dim)
         self.retriever = Retriever(self.store, settings.search)
-        mode = settings.search.sparse_idf
-        self.use_idf = mode == "on" or (
-            mode == "auto" and placeholder_sparse_head(settings.model.name_or_path)
-        )
+        self.use_idf = idf_enabled(settings.search.sparse_idf, settings.model.name_or_path)
         self._idf_task: asyncio.Task[None] | None = None
         self._idf_checked = 0.0
 

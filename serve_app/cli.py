@@ -475,8 +475,6 @@ def evaluate_cmd(
     """Ingest a BEIR corpus into its own collection (once) and report retrieval metrics per configuration."""
     import contextlib
     import platform
-    import shlex
-    import sys
 
     from serve_app.embedding import EmbeddingService
     from serve_app.evaluation import (
@@ -491,7 +489,7 @@ def evaluate_cmd(
     )
     from serve_app.expansion import QueryExpansion, learn_glossary
     from serve_app.ingest import Ingestor, iter_documents
-    from serve_app.lexical import IdfTable, placeholder_sparse_head
+    from serve_app.lexical import IdfTable, idf_enabled
     from serve_app.local_stack import apply_local_env, milvus_lite_server, port_open
     from serve_app.retrieval import Retriever
 
@@ -528,8 +526,7 @@ def evaluate_cmd(
             ingest_report = ingestor.ingest(docs, total=len(docs), progress=bar).as_dict()
             bar.close()
             typer.echo(json.dumps(ingest_report), err=True)
-        mode = settings.search.sparse_idf
-        use_idf = mode == "on" or (mode == "auto" and placeholder_sparse_head(settings.model.name_or_path))
+        use_idf = idf_enabled(settings.search.sparse_idf, settings.model.name_or_path)
         retriever = Retriever(store, settings.search, idf=IdfTable.build(store) if use_idf else None)
         expansion = None
         if any(CONFIGS[c].get("expand") for c in wanted):
@@ -558,9 +555,7 @@ def evaluate_cmd(
     report.update(
         dataset=dataset.name,
         bm25=baseline_from_readme(dataset),
-        command=shlex.join(["specrag", *sys.argv[1:]])
-        if Path(sys.argv[0]).name == "specrag"
-        else "specrag eval",
+        command=_command_line("specrag eval"),
         split=split,
         model=service.model_id,
         ingest=ingest_report,
@@ -582,6 +577,14 @@ def evaluate_cmd(
         text = replace_section(text, markdown_section(report, out))
         markdown.write_text(replace_section(text, summary_section(reports)))
         typer.echo(f"{markdown} updated")
+
+
+def _command_line(default: str) -> str:
+    """How this command was invoked, for the figures it writes (``default`` when not via ``specrag``)."""
+    import shlex
+    import sys
+
+    return shlex.join(["specrag", *sys.argv[1:]]) if Path(sys.argv[0]).name == "specrag" else default
 
 
 def _corpus_langs(dataset: Path) -> dict[str, str]:
@@ -774,8 +777,6 @@ def bench_reembed(
     verbose: bool = False,
 ) -> None:
     """Re-embed throughput: Ray Data actor pool vs the same model in-process, same machine, same run."""
-    import shlex
-    import sys
 
     from serve_app.bench_reembed import ReembedBenchOptions, run_reembed_bench
     from serve_app.local_stack import apply_local_env
@@ -793,8 +794,7 @@ def bench_reembed(
         out=out,
         markdown=markdown,
     )
-    if Path(sys.argv[0]).name == "specrag":
-        options.command = shlex.join(["specrag", *sys.argv[1:]])
+    options.command = _command_line(options.command)
     run_reembed_bench(settings, options, echo=typer.echo)
 
 
@@ -812,13 +812,11 @@ def bench_search(
     verbose: bool = False,
 ) -> None:
     """Fan-out latency: sequential vs concurrent (asyncio.gather) vs Milvus hybrid_search, same searches."""
-    import shlex
-    import sys
 
     from serve_app.bench_search import format_table, run_search_bench, write_markdown
     from serve_app.embedding import EmbeddingService, EmbedItem
     from serve_app.evaluation import collection_name, load_queries
-    from serve_app.lexical import IdfTable, placeholder_sparse_head
+    from serve_app.lexical import IdfTable, idf_enabled
     from serve_app.local_stack import apply_local_env
     from serve_app.retrieval import Retriever
 
@@ -836,7 +834,11 @@ def bench_search(
         {"dense": o["dense"], "sparse": o["sparse"]}
         for o in service.embed_items([EmbedItem(t, "query") for t in texts])
     ]
-    idf = IdfTable.build(store) if placeholder_sparse_head(settings.model.name_or_path) else None
+    idf = (
+        IdfTable.build(store)
+        if idf_enabled(settings.search.sparse_idf, settings.model.name_or_path)
+        else None
+    )
     report = run_search_bench(
         Retriever(store, settings.search, idf=idf),
         vectors,
@@ -847,11 +849,7 @@ def bench_search(
     report.update(
         dataset=data.name, milvus="Milvus Lite server" if "127.0.0.1" in settings.milvus.uri else "Milvus"
     )
-    report["command"] = (
-        shlex.join(["specrag", *sys.argv[1:]])
-        if Path(sys.argv[0]).name == "specrag"
-        else "specrag bench search"
-    )
+    report["command"] = _command_line("specrag bench search")
     typer.echo(format_table(report))
     write_markdown(report, markdown, out)
     typer.echo(f"written: {out}, {markdown}")

@@ -32,6 +32,11 @@ def placeholder_sparse_head(model_path: str) -> bool:
         return False  # a hub id or a model without our sidecar: trust its head
 
 
+def idf_enabled(mode: str, model_path: str) -> bool:
+    """``search.sparse_idf``: ``on``, ``off``, or ``auto`` = only for a placeholder sparse head."""
+    return mode == "on" or (mode == "auto" and placeholder_sparse_head(model_path))
+
+
 @dataclass
 class IdfTable:
     """token id -> BM25 IDF over the collection's current chunks."""
