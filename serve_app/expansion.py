@@ -437,6 +437,7 @@ def learn_glossary(store: Any, settings: ExpanderSettings) -> Glossary:
     glossary = Glossary()
     for path in settings.term_files:
         glossary.load_tsv(Path(path))
-    for page in store.iter_rows("is_current == true", fields=_LEARN_FIELDS, batch_size=2000):
-        glossary.learn(page)
+    # One pass over every page: translated twins may sit on different pages.
+    pages = store.iter_rows("is_current == true", fields=_LEARN_FIELDS, batch_size=2000)
+    glossary.learn(row for page in pages for row in page)
     return glossary

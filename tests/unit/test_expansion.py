@@ -134,3 +134,15 @@ def test_term_file_adds_translations_and_synonyms(tmp_path: Path) -> None:
     assert g.load_tsv(terms) == 3
     assert [v.text for v in g.variants("引当の規則", 2)] == ["allocation の規則", "reservation の規則"]
     assert g.variants("SLA breach")[0].text == "service level agreement breach"
+
+
+def test_learning_from_a_store_pairs_twins_across_pages() -> None:
+    from serve_app.expansion import learn_glossary
+
+    class Store:
+        def iter_rows(self, expr: str, *, fields: list[str], batch_size: int) -> Any:
+            yield [{"doc_id": "docs/ja/rollout", "title": "ロールアウト", "text": "", "kind": "spec"}]
+            yield [{"doc_id": "docs/en/rollout", "title": "Rollout", "text": "", "kind": "spec"}]
+
+    glossary = learn_glossary(Store(), ExpanderSettings())
+    assert glossary.variants("ロールアウトの手順")[0].text == "Rollout の手順"
