@@ -18,8 +18,10 @@ from serve_app.settings import SearchSettings
 from serve_app.store import MAX_WINDOW, SCALAR_FIELDS, Hit, MilvusStore, build_filter, quote
 
 _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="specrag-search")
-#: what a stage-1 hit carries: enough to rank, check versions and filter; the rest comes after fusion
-STAGE1_FIELDS = ("chunk_id", "doc_id", "version", "lang", "kind", "source")
+#: what a stage-1 hit carries. Every scalar field: a lean stage 1 plus one read of the fused
+#: candidates afterwards was faster, but a document replaced between the two reads then went
+#: missing (its old chunks deleted), which the concurrent-reader test caught; exactness wins.
+STAGE1_FIELDS = SCALAR_FIELDS
 
 
 def _matches(fields: dict[str, Any], filters: dict[str, Any]) -> bool:
@@ -99,7 +101,7 @@ class Retriever:
 
         loop = asyncio.get_running_loop()
 
-        lean = [*STAGE1_FIELDS, *(("tags",) if filters.get("tags") else ())]
+        lean = list(STAGE1_FIELDS)
 
         def run(job: _Search, expr: str | None) -> None:
             fn = self.store.search_dense if job.channel == "dense" else self.store.search_sparse
@@ -147,7 +149,7 @@ class Retriever:
             lists[0].weight = 1.0
         fused = rrf_fuse(lists, k=s.rrf_k, limit=want)
         fused_at = time.perf_counter()
-        fused = await asyncio.to_thread(self._enrich, fused, current)
+        fused = self._enrich(fused, current)
         timings: dict[str, Any] = {
             "search": (searched - started) * 1000,
             "versions": (checked - searched) * 1000,
@@ -176,23 +178,12 @@ class Retriever:
         return fused, timings
 
     def _enrich(self, fused: list[Candidate], current: dict[str, tuple[int, int]]) -> list[Candidate]:
-        """Every stored field of the fused candidates (text, title path, tags...), in one read.
-
-        Stage 1 fetched only what ranking and filtering need: moving every hit's text out of Milvus
-        for 10+ lists of limit x 3 hits costs more than the searches themselves.
-        """
-        missing = [c.chunk_id for c in fused if "text" not in c.fields]
-        rows = {r["chunk_id"]: r for r in self.store.get(missing)} if missing else {}
-        kept = []
+        """Add each candidate's document-level ``updated_at`` (its current version's write time)."""
         for cand in fused:
-            cand.fields.update(rows.get(cand.chunk_id, {}))
-            if "text" not in cand.fields:
-                continue  # deleted since stage 2 read its version: nothing left to return
             newest = current.get(cand.fields["doc_id"])
             if newest:
                 cand.fields["doc_updated_at"] = newest[1]
-            kept.append(cand)
-        return kept
+        return fused
 
     def _weigh_sparse(self, plan: list[_Search], queries: list[dict[str, Any]]) -> None:
         """Scale each sparse list by how much of the query's IDF mass its best hit matched.
