@@ -67,7 +67,7 @@ def run_search_bench(
     limit = top_k * retriever.settings.overfetch
     times: dict[str, list[float]] = {m: [] for m in MODES}
     stage1: dict[str, list[float]] = {m: [] for m in MODES}
-    stage2: list[float] = []  # gather: versions + filters + fusion + enrichment
+    stage2: list[float] = []  # gather: versions + filters + fusion
 
     async def one(mode: str, batch: list[dict[str, Any]]) -> None:
         t0 = time.perf_counter()
@@ -80,7 +80,7 @@ def run_search_bench(
             ms = (time.perf_counter() - t0) * 1000
             stage1[mode].append(timings["search"])
             if mode == "gather":
-                stage2.append(timings["versions"] + timings["fuse"] + timings["enrich"])
+                stage2.append(timings["versions"] + timings["fuse"])
         times[mode].append(ms)
 
     async def run_all() -> None:
@@ -131,7 +131,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(
         f"ANN stage, sequential / gather: {report['sequential_over_gather']}x; "
         f"hybrid_search / gather: {report['hybrid_over_gather']}x; "
-        f"gather's stage 2 (versions, filters, fusion, enrichment) p50 {report['gather_stage2_p50_ms']} ms"
+        f"gather's stage 2 (versions, filters, fusion) p50 {report['gather_stage2_p50_ms']} ms"
     )
     return "\n".join(lines)
 
@@ -162,7 +162,7 @@ def write_markdown(report: dict[str, Any], markdown: Path, json_path: Path) -> N
             "",
             f"**ANN stage, sequential / concurrent: {report['sequential_over_gather']}x**;"
             f" hybrid_search / concurrent: {report['hybrid_over_gather']}x. Stage 2 of the concurrent mode"
-            " (versions, filters, fusion, enrichment) adds"
+            " (versions, filters, fusion) adds"
             f" {report['gather_stage2_p50_ms']} ms at the median;"
             " hybrid_search has no stage 2 of its own (it would need the same one). The service keeps the"
             " concurrent fan-out: "

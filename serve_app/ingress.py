@@ -306,7 +306,6 @@ class Ingress:
             "search": found["timings_ms"]["search"],
             "versions": found["timings_ms"]["versions"],
             "fuse": found["timings_ms"]["fuse"],
-            "enrich": found["timings_ms"].get("enrich", 0.0),
             "rerank": (t4 - t3) * 1000 if rerank else 0.0,
             "total": (t4 - t0) * 1000,
         }

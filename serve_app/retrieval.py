@@ -18,10 +18,6 @@ from serve_app.settings import SearchSettings
 from serve_app.store import MAX_WINDOW, SCALAR_FIELDS, Hit, MilvusStore, build_filter, quote
 
 _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="specrag-search")
-#: what a stage-1 hit carries. Every scalar field: a lean stage 1 plus one read of the fused
-#: candidates afterwards was faster, but a document replaced between the two reads then went
-#: missing (its old chunks deleted), which the concurrent-reader test caught; exactness wins.
-STAGE1_FIELDS = SCALAR_FIELDS
 
 
 def _matches(fields: dict[str, Any], filters: dict[str, Any]) -> bool:
@@ -101,12 +97,10 @@ class Retriever:
 
         loop = asyncio.get_running_loop()
 
-        lean = list(STAGE1_FIELDS)
-
         def run(job: _Search, expr: str | None) -> None:
             fn = self.store.search_dense if job.channel == "dense" else self.store.search_sparse
             t0 = time.perf_counter()
-            job.hits = fn(queries[job.variant][job.channel], limit=fetch, expr=expr, fields=lean)
+            job.hits = fn(queries[job.variant][job.channel], limit=fetch, expr=expr)
             job.ms += (time.perf_counter() - t0) * 1000
             job.fetched = len(job.hits)
             job.top = max((h.score for h in job.hits), default=0.0)
@@ -148,13 +142,13 @@ class Retriever:
         if len(lists) == 1:  # one list: its own order, whatever its weight
             lists[0].weight = 1.0
         fused = rrf_fuse(lists, k=s.rrf_k, limit=want)
-        fused_at = time.perf_counter()
-        fused = self._enrich(fused, current)
+        for cand in fused:  # the document's current write time, from the versions stage 2 read
+            if newest := current.get(cand.fields["doc_id"]):
+                cand.fields["doc_updated_at"] = newest[1]
         timings: dict[str, Any] = {
             "search": (searched - started) * 1000,
             "versions": (checked - searched) * 1000,
-            "fuse": (fused_at - checked) * 1000,
-            "enrich": (time.perf_counter() - fused_at) * 1000,
+            "fuse": (time.perf_counter() - checked) * 1000,
             "searches": float(len(plan)),
         }
         for job in plan:  # the slowest search of each channel (the fan-out waits for it)
@@ -176,14 +170,6 @@ class Retriever:
                 for j in plan
             ]
         return fused, timings
-
-    def _enrich(self, fused: list[Candidate], current: dict[str, tuple[int, int]]) -> list[Candidate]:
-        """Add each candidate's document-level ``updated_at`` (its current version's write time)."""
-        for cand in fused:
-            newest = current.get(cand.fields["doc_id"])
-            if newest:
-                cand.fields["doc_updated_at"] = newest[1]
-        return fused
 
     def _weigh_sparse(self, plan: list[_Search], queries: list[dict[str, Any]]) -> None:
         """Scale each sparse list by how much of the query's IDF mass its best hit matched.

@@ -863,7 +863,6 @@ class MilvusStore:
         limit: int,
         expr: str | None,
         on: str | None = None,
-        fields: Sequence[str] | None = None,
     ) -> list[Hit]:
         target = on or self.collection
         result = self._call(
@@ -874,7 +873,7 @@ class MilvusStore:
                 anns_field=field_name,
                 filter=expr or "",
                 limit=limit,
-                output_fields=list(fields or SCALAR_FIELDS),
+                output_fields=list(SCALAR_FIELDS),
                 search_params=params,
                 timeout=self.timeout_s,
             ),
@@ -886,35 +885,20 @@ class MilvusStore:
         return {"metric_type": "IP", "params": {"ef": max(self.search_ef, limit)}}
 
     def search_dense(
-        self,
-        vector: Sequence[float],
-        *,
-        limit: int,
-        expr: str | None = None,
-        on: str | None = None,
-        fields: Sequence[str] | None = None,
+        self, vector: Sequence[float], *, limit: int, expr: str | None = None, on: str | None = None
     ) -> list[Hit]:
-        """ANN over the dense field; ``fields`` narrows what each hit carries (default: every scalar)."""
         _check_limit(limit)
         query = _normalize(vector, self.dim)
-        params = self._dense_params(limit)
-        return self._search("search_dense", query, DENSE_FIELD, params, limit, expr, on, fields)
+        return self._search("search_dense", query, DENSE_FIELD, self._dense_params(limit), limit, expr, on)
 
     def search_sparse(
-        self,
-        weights: dict[int, float],
-        *,
-        limit: int,
-        expr: str | None = None,
-        on: str | None = None,
-        fields: Sequence[str] | None = None,
+        self, weights: dict[int, float], *, limit: int, expr: str | None = None, on: str | None = None
     ) -> list[Hit]:
         _check_limit(limit)
         query = _clean_sparse(weights, for_query=True)
         if not query:
             return []
-        params = {"metric_type": "IP"}
-        return self._search("search_sparse", query, SPARSE_FIELD, params, limit, expr, on, fields)
+        return self._search("search_sparse", query, SPARSE_FIELD, {"metric_type": "IP"}, limit, expr, on)
 
     def hybrid_search(
         self,
@@ -926,7 +910,6 @@ class MilvusStore:
         ranker: Literal["rrf", "weighted"] = "rrf",
         rrf_k: int = 60,
         weights_dense_sparse: tuple[float, float] = (1.0, 0.3),
-        fields: Sequence[str] | None = None,
     ) -> list[Hit]:
         """Dense + sparse ANN fused in Milvus (each leg fetches ``limit``).
 
@@ -965,7 +948,7 @@ class MilvusStore:
                 reqs,
                 fuser,
                 limit=limit,
-                output_fields=list(fields or SCALAR_FIELDS),
+                output_fields=list(SCALAR_FIELDS),
                 timeout=self.timeout_s,
             ),
         )

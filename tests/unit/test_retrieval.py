@@ -41,7 +41,6 @@ class FakeStore:
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
         self.exprs: list[str | None] = []
-        self.fields: list[tuple[str, ...]] = []
 
     def _ok(self, row: dict[str, Any], expr: str | None) -> bool:
         if not expr:
@@ -51,31 +50,20 @@ class FakeStore:
                 return False
         return True
 
-    def _hits(self, scored: list[tuple[float, dict[str, Any]]], limit: int, fields: Any) -> list[Hit]:
+    def _hits(self, scored: list[tuple[float, dict[str, Any]]], limit: int) -> list[Hit]:
         scored = sorted((s for s in scored if s[0] > 0), key=lambda s: -s[0])[:limit]
-        self.fields.append(tuple(fields))
-        return [Hit(r["chunk_id"], s, {k: r[k] for k in fields if k in r}) for s, r in scored]
+        scalar = lambda r: {k: v for k, v in r.items() if k not in ("dense", "sparse")}  # noqa: E731
+        return [Hit(r["chunk_id"], s, scalar(r)) for s, r in scored]
 
-    def search_dense(
-        self, vector: Any, *, limit: int, expr: str | None = None, fields: Any = ()
-    ) -> list[Hit]:
+    def search_dense(self, vector: Any, *, limit: int, expr: str | None = None) -> list[Hit]:
         self.exprs.append(expr)
         q = np.asarray(vector, dtype=np.float32)
-        scored = [(float(q @ r["dense"]) + 1, r) for r in self.rows if self._ok(r, expr)]
-        return self._hits(scored, limit, fields)
+        return self._hits([(float(q @ r["dense"]) + 1, r) for r in self.rows if self._ok(r, expr)], limit)
 
-    def search_sparse(
-        self, weights: dict[int, float], *, limit: int, expr: str | None = None, fields: Any = ()
-    ) -> list[Hit]:
+    def search_sparse(self, weights: dict[int, float], *, limit: int, expr: str | None = None) -> list[Hit]:
         self.exprs.append(expr)
         scored = [(sum(w for t, w in weights.items() if t in r["sparse"]), r) for r in self.rows]
-        return self._hits([(s, r) for s, r in scored if self._ok(r, expr)], limit, fields)
-
-    def get(self, chunk_ids: list[str]) -> list[dict[str, Any]]:
-        rows = {r["chunk_id"]: r for r in self.rows}
-        return [
-            {k: v for k, v in rows[c].items() if k not in ("dense", "sparse")} for c in chunk_ids if c in rows
-        ]
+        return self._hits([(s, r) for s, r in scored if self._ok(r, expr)], limit)
 
     def doc_versions(self, doc_ids: list[str]) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
@@ -119,7 +107,9 @@ def test_stage_one_is_pure_ann_and_old_versions_never_come_back(store: FakeStore
     r = Retriever(store, SearchSettings(sparse_weight=0.5))
     fused, timings = _search(r, [{"dense": [1, 0.05, 0], "sparse": {10: 1.0, 11: 1.0}}], explain=True)
     assert store.exprs == [None, None], "stage 1 searches without a filter"
-    assert all(c.fields["text"] == c.fields["doc_id"] and "tags" in c.fields for c in fused), "enriched"
+    assert all(c.fields["text"] == c.fields["doc_id"] and "tags" in c.fields for c in fused), (
+        "hits carry the chunk's fields"
+    )
     ids = [c.chunk_id for c in fused]
     assert "spec-a-v2" in ids and "spec-a-v1" not in ids
     assert len({c.fields["doc_id"] for c in fused}) == len(fused)
