@@ -15,6 +15,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.fusion import Candidate
+from serve_app.handles import call_idempotent
 from serve_app.retrieval import passage_text, rerank
 from serve_app.settings import Settings
 
@@ -50,8 +51,8 @@ class Reranker:
             return candidates
         texts = [passage_text(c.fields) for c in candidates]
         calls = [
-            self.embedder.embed.remote([query], "query", True),
-            self.embedder.embed.remote(texts, "passage", True),
+            call_idempotent(self.embedder.embed, [query], "query", True),
+            call_idempotent(self.embedder.embed, texts, "passage", True),
         ]
         if self.cross is not None:
             calls.append(asyncio.to_thread(cross_encoder_scores, self.cross, query, texts))

@@ -97,6 +97,15 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError | ExpansionError)
 
 
+class _OpenedAt(pybreaker.CircuitBreakerListener):
+    def __init__(self, owner: LLMExpander) -> None:
+        self.owner = owner
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        if new_state is not None and new_state.name == "open":
+            self.owner._opened_at = time.monotonic()
+
+
 class LLMExpander:
     """Client for an OpenAI-compatible ``/chat/completions``; ``expand`` raises ``ExpansionError``."""
 
@@ -117,14 +126,25 @@ class LLMExpander:
         self._client = httpx.AsyncClient(
             base_url=settings.llm_url.rstrip("/") + "/", headers=headers, transport=transport
         )
+        self._opened_at = 0.0
         self.breaker = pybreaker.CircuitBreaker(
-            fail_max=settings.breaker_fail_max, reset_timeout=settings.breaker_reset_s, name="llm-expander"
+            fail_max=settings.breaker_fail_max,
+            reset_timeout=settings.breaker_reset_s,
+            name="llm-expander",
+            listeners=[_OpenedAt(self)],
         )
 
     @property
     def state(self) -> str:
-        """The breaker's ``closed`` (healthy), ``open`` (skipping the LLM) or ``half-open``."""
-        return str(self.breaker.current_state)
+        """The breaker's ``closed`` (healthy), ``open`` (skipping the LLM) or ``half-open``.
+
+        pybreaker leaves an idle breaker ``open`` until the next call; once the reset timeout has
+        passed that call will probe the LLM, so it is reported ``half-open`` (readiness recovers
+        without waiting for traffic)."""
+        state = str(self.breaker.current_state)
+        if state == "open" and time.monotonic() - self._opened_at >= self.settings.breaker_reset_s:
+            return "half-open"
+        return state
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -15,6 +15,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.chunking import detect_lang
+from serve_app.handles import call_idempotent
 from serve_app.ingest import ModelMismatch
 from serve_app.observability import RequestMetrics, metric, observe_stages
 from serve_app.schemas import (
@@ -31,6 +32,7 @@ from serve_app.schemas import (
     SearchRequest,
     SearchResponse,
     SearchResult,
+    surrogate_at,
 )
 from serve_app.security import AuthMiddleware, Guard
 from serve_app.settings import Settings
@@ -425,7 +427,7 @@ class Ingress:
 
     async def _embed(self, texts: list[str], input_type: str, colbert: bool = False) -> list[dict[str, Any]]:
         try:
-            return await self.embedder.embed.remote(texts, input_type, colbert)
+            return await call_idempotent(self.embedder.embed, texts, input_type, colbert)
         except Exception as exc:
             raise _embedder_unavailable(exc) from exc
 
@@ -444,9 +446,13 @@ class Ingress:
                 413, f"items longer than {lim.max_item_chars} characters", {"indices": too_long}
             )
         problems = {
-            i: "not a string" if not isinstance(t, str) else "empty or whitespace-only"
+            i: "not a string"
+            if not isinstance(t, str)
+            else "empty or whitespace-only"
+            if not t.strip()
+            else f"lone UTF-16 surrogate at character {surrogate_at(t)}; send valid Unicode"
             for i, t in enumerate(items)
-            if not isinstance(t, str) or not t.strip()
+            if not isinstance(t, str) or not t.strip() or surrogate_at(t) is not None
         }
         if len(problems) == len(items):
             raise ClientError(422, "no valid items", [{"index": i, "reason": r} for i, r in problems.items()])
@@ -527,6 +533,8 @@ class Ingress:
         for i, text in enumerate(texts):
             if not text.strip():
                 raise OpenAIError(422, f"input[{i}] is empty or whitespace-only", "input")
+            if (at := surrogate_at(text)) is not None:
+                raise OpenAIError(422, f"input[{i}]: lone UTF-16 surrogate at character {at}", "input")
             if len(text) > lim.max_item_chars:
                 raise OpenAIError(413, f"input[{i}] is longer than {lim.max_item_chars} characters", "input")
         try:

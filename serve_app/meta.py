@@ -118,8 +118,13 @@ class MetaStore:
         self._ensure()
         rows = self.store._call(
             "meta_get",
-            lambda c: c.get(
-                self.name, ids=[self._key(kind, key)], output_fields=["value"], timeout=self.store.timeout_s
+            # A filter we quote, not ``ids=``: pymilvus does not escape a newline in an id it
+            # turns into an expression, and document ids may hold one.
+            lambda c: c.query(
+                self.name,
+                filter=f"key == {quote(self._key(kind, key))}",
+                output_fields=["value"],
+                timeout=self.store.timeout_s,
             ),
             target=self.name,
         )
@@ -158,6 +163,8 @@ class MetaStore:
             batch = ids[start : start + 1000]
             self.store._call(
                 "meta_delete",
-                lambda c, b=batch: c.delete(self.name, ids=b, timeout=self.store.timeout_s),
+                lambda c, b=batch: c.delete(
+                    self.name, filter=f"key in [{', '.join(map(quote, b))}]", timeout=self.store.timeout_s
+                ),
                 target=self.name,
             )

@@ -44,6 +44,10 @@ def _metrics() -> dict[str, Any]:
         "degraded": metrics.Counter(
             "specrag_degraded_total", "requests answered without a stage", tag_keys=("stage",)
         ),
+        "replica_retries": metrics.Counter(
+            "specrag_replica_retries_total",
+            "idempotent calls repeated on another replica because the first one died",
+        ),
         "milvus_errors": metrics.Counter(
             "specrag_milvus_errors_total",
             "failed Milvus calls by deployment and kind",

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def surrogate_at(text: str) -> int | None:
+    """Where ``text`` holds a lone UTF-16 surrogate (JSON ``"\\ud800"`` parses to one; a pair
+    becomes one character). Such a string cannot be encoded as UTF-8, so no tokenizer, cache key
+    or Milvus field can take it: it is refused at the door with its position."""
+    found = _SURROGATE.search(text)
+    return found.start() if found else None
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    per_item_fields: ClassVar[tuple[str, ...]] = ()  # checked item by item by the endpoint instead
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> _Strict:
+        for name, value in self:
+            if name in self.per_item_fields:
+                continue
+            for text in value if isinstance(value, list) else [value]:
+                if isinstance(text, str) and (at := surrogate_at(text)) is not None:
+                    raise ValueError(f"{name}: lone UTF-16 surrogate at character {at}; send valid Unicode")
+        return self
 
 
 class SearchFilters(_Strict):
@@ -89,6 +111,7 @@ class SearchResponse(BaseModel):
 
 
 class EmbedRequest(_Strict):
+    per_item_fields: ClassVar[tuple[str, ...]] = ("input",)
     input: list[Any] | str = Field(
         description="One text or a list of texts; invalid items are reported per item."
     )

@@ -699,7 +699,9 @@ class MilvusStore:
             row = record_to_row(record, self.dim)
             latest.pop(row["chunk_id"], None)
             latest[row["chunk_id"]] = row
-        rows = list(latest.values())
+        # A version becomes visible through its ordinal-0 row (``doc_versions``), so those go last:
+        # a writer killed between two calls leaves chunks nobody reads, never half a version.
+        rows = sorted(latest.values(), key=lambda r: r["ordinal"] == 0)
         written = 0
         for start in range(0, len(rows), UPSERT_BATCH):
             batch = rows[start : start + UPSERT_BATCH]

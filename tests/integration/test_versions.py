@@ -189,3 +189,63 @@ def test_readers_never_see_a_document_missing_doubled_or_stale(milvus: dict):
     assert searches[0] > 30 and version > 10
     assert not problems, f"{len(problems)} of {searches[0]} searches: {problems[:5]}"
     assert missing[0] <= searches[0] // 200, f"missing in {missing[0]} of {searches[0]} searches"
+
+
+def test_a_writer_killed_between_upsert_calls_leaves_no_half_version(milvus: dict, monkeypatch):
+    """A version too big for one upsert call is written in several; the writer dying between two
+    of them (here: the second call fails for good) must leave the old version served, whole."""
+    import serve_app.store as store_module
+
+    store = _store(milvus, "v_partial")
+    ingestor = Ingestor(CountingEmbed(), store, CHUNKS, model_key="hash")
+    assert ingestor.ingest([_doc("big", *PARAS)]).added == 1
+    old_chunks = store.query('doc_id == "big"', fields=["ordinal", "version"])
+    assert len(old_chunks) >= 3
+
+    monkeypatch.setattr(store_module, "UPSERT_BATCH", 2)
+    calls = {"n": 0}
+    real_call = store._call
+
+    def dying_call(op, fn, **kw):
+        if op == "upsert":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise SystemExit("writer killed")  # not an Exception: nothing may catch and go on
+        return real_call(op, fn, **kw)
+
+    monkeypatch.setattr(store, "_call", dying_call)
+    changed = [p.replace("rate limit", "quota") for p in PARAS]
+    with pytest.raises(SystemExit):
+        Ingestor(CountingEmbed(), store, CHUNKS, model_key="hash").ingest([_doc("big", *changed)])
+    assert calls["n"] == 2
+    partial = store.query('doc_id == "big" and version == 2', fields=["ordinal"])
+    assert 0 < len(partial) < len(old_chunks), "the kill came between the calls of one version"
+    assert 0 not in {r["ordinal"] for r in partial}, "the ordinal-0 row that publishes a version goes last"
+    assert store.doc_versions(["big"])["big"][0] == 1, "the half-written version 2 is not the current one"
+
+    embed = CountingEmbed()
+    dense, sparse = embed.service.embed_texts(["quota bucket number 3"], input_type="query")
+    found, _ = asyncio.run(
+        Retriever(store, SearchSettings(top_k=10)).search(
+            [{"dense": dense[0], "sparse": sparse[0]}], top_k=10
+        )
+    )
+    assert found and {c.fields["version"] for c in found} == {1}, "only the whole old version is served"
+
+
+def test_document_ids_with_newlines_quotes_and_controls_round_trip(milvus: dict):
+    """Found by schemathesis: an id with a newline broke the run record's delete (pymilvus does not
+    escape ids it turns into an expression) after the chunks were written."""
+    store = _store(milvus, "versions_odd_ids")
+    meta = MetaStore(store)
+    ingestor = Ingestor(CountingEmbed(), store, CHUNKS, model_key="hash", meta=meta)
+    odd = ["a\nb", 'quote"d', "back\\slash", "\u0094ctrl\t", "改行\r\nあり"]
+    report = ingestor.ingest([_doc(d, f"Text of {d!r}.") for d in odd])
+    assert report.added == len(odd) and not report.failed
+    assert set(store.doc_versions(odd)) == set(odd)
+    meta.put_many("failed", {d: {"doc_id": d} for d in odd})
+    assert all(meta.get("failed", d) == {"doc_id": d} for d in odd)
+    meta.delete("failed", odd)
+    assert all(meta.get("failed", d) is None for d in odd)
+    assert ingestor.delete_documents(odd).deleted == len(odd)
+    assert store.doc_versions(odd) == {}

@@ -13,8 +13,8 @@ import pytest
 
 from serve_app.expansion import ExpansionError, Glossary, LLMExpander, QueryExpansion
 from serve_app.local_stack import free_port
+from serve_app.reliability.fakellm import FakeLLM
 from serve_app.settings import ExpanderSettings
-from tests.fakellm import FakeLLM
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,18 @@ def test_endpoint_down_falls_back_and_the_breaker_opens() -> None:
     out = _expand(engine, "query")
     assert out["llm"] == "fallback" and "circuit open" in out["llm_error"]
     assert time.perf_counter() - started < 0.05, "an open breaker does not call the endpoint"
+
+
+def test_an_idle_open_breaker_reports_half_open_after_the_reset_timeout() -> None:
+    """Readiness must recover without traffic: pybreaker itself stays "open" until the next call."""
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    engine = QueryExpansion(_settings(down, breaker_fail_max=1, breaker_reset_s=0.3))
+    assert _expand(engine, "query")["llm"] == "fallback"
+    assert engine.llm is not None and engine.llm.state == "open"
+    time.sleep(0.35)
+    assert engine.llm.state == "half-open"
+    assert _expand(engine, "query")["llm"] == "fallback", "the probe call fails: open again"
+    assert engine.llm.state == "open"
 
 
 def test_invalid_items_are_dropped_and_the_rest_kept(llm: FakeLLM) -> None:
