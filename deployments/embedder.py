@@ -137,6 +137,7 @@ class Embedder:
         """Batch-size histograms and cache counters of this replica (benchmarks, debugging)."""
         cache = self.service.cache
         return {
+            "pid": os.getpid(),  # fault-injection scenarios kill a replica by it
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
             "forward_batches": dict(sorted(self.forward_sizes.items())),
             "cache": None if cache is None else {**cache.stats.as_dict(), "redis": cache.redis_state},

@@ -855,6 +855,16 @@ def bench_search(
     typer.echo(f"written: {out}, {markdown}")
 
 
+def _reliability() -> None:
+    from serve_app.reliability.cli import bench_load, reliability_app
+
+    app.add_typer(reliability_app, name="reliability")
+    bench_app.command("load")(bench_load)
+
+
+_reliability()
+
+
 def main() -> None:
     app()
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serve_app.embedding import EmbeddingService, EmbedItem
 from serve_app.encoder import M3Encoder
@@ -75,3 +77,57 @@ def test_token_budget_separates_long_from_short(encoder: M3Encoder) -> None:
     assert longest > 400
     assert out.batches[0] <= 2048 // longest, "the long text's batch is capped by padded tokens"
     assert sum(out.batches) == 13 and max(out.batches) <= 8
+
+
+# --- property tests: the tokenizer-truncation path on any text ----------------------------------
+
+_SCRIPTS = st.sampled_from(
+    [
+        "仕様書の要件を満たすこと。",
+        "The token expires after 3600 s. ",
+        "срок действия токена. ",
+        "صلاحية الرمز. ",
+        "🔑🚀 ",
+        "\x00\x07\x1b[0m\u202e\ufeff\u200b",
+        "\r\n\t  \u3000",
+        "テスト",
+        "a" * 50,
+    ]
+)
+_HOSTILE_TEXT = st.one_of(
+    st.text(max_size=300),  # any code points except surrogates, control characters included
+    st.lists(_SCRIPTS, max_size=40).map("".join),  # mixed scripts
+    st.builds(lambda part, n: part * n, _SCRIPTS, st.integers(100, 2500)),  # up to ~30k chars
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(
+    texts=st.lists(_HOSTILE_TEXT, min_size=1, max_size=3), input_type=st.sampled_from(["query", "passage"])
+)
+def test_property_tokenizing_any_text_fits_the_window(
+    encoder: M3Encoder, texts: list[str], input_type
+) -> None:
+    """Any text, however long or strange, becomes at most ``max_length`` tokens; a text is cut only
+    when it is over the window, and the cut keeps a prefix of it."""
+    ids, truncated = encoder._tokenize(texts, input_type)
+    full = encoder.count_tokens(texts, input_type=input_type)
+    for row, cut, n in zip(ids, truncated, full, strict=True):
+        assert 2 <= len(row) <= encoder.max_length
+        assert cut == (n > encoder.max_length)
+        if not cut:
+            assert len(row) == n
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(texts=st.lists(_HOSTILE_TEXT, min_size=1, max_size=2))
+def test_property_encoding_any_text_gives_finite_unit_vectors(encoder: M3Encoder, texts: list[str]) -> None:
+    out = encoder.encode(texts, colbert=True)
+    assert out.errors == [None] * len(texts)
+    assert np.all(np.isfinite(out.dense))
+    assert np.allclose(np.linalg.norm(out.dense, axis=1), 1.0, atol=1e-3)
+    assert all(np.isfinite(list(s.values())).all() for s in out.sparse if s)

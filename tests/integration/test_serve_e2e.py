@@ -18,9 +18,9 @@ import pytest
 from serve_app.cli import SAMPLE_DOCS
 from serve_app.ingest import Ingestor, iter_documents
 from serve_app.local_stack import free_port
+from serve_app.reliability.fakellm import FakeLLM
 from serve_app.security import hash_key, new_key
 from serve_app.settings import Settings
-from tests.fakellm import FakeLLM
 
 pytestmark = pytest.mark.integration
 

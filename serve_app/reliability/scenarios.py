@@ -1,0 +1,421 @@
+"""Fault-injection scenarios against the real local stack, each with a pass/fail outcome.
+
+Every scenario runs the mixed load (:mod:`serve_app.reliability.load`), injects its fault at a
+fixed point, and checks: no 5xx other than a 503 that names its reason, no hang, errors only
+while the fault lasts, recovery after it, and every acknowledged write read back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serve_app.reliability.load import LoadResult, LoadRun, Mix
+from serve_app.reliability.stack import Stack
+
+
+def _load(stack: Stack, duration_s: float, rate: float, actions=(), mix: Mix | None = None, seed: int = 0):
+    run = LoadRun(
+        stack.base_url,
+        duration_s=duration_s,
+        rate=rate,
+        headers=stack.headers,
+        actions=actions,
+        mix=mix or Mix(),
+        seed=seed,
+        timeout_s=60.0,
+    )
+    return asyncio.run(run.run())
+
+
+def _outcome(name: str, result: LoadResult, checks: dict[str, bool], **figures: Any) -> dict[str, Any]:
+    summary = result.summary()
+    verify = result.verify or {"acknowledged_writes": 0, "documents_checked": 0, "lost": []}
+    checks = {
+        "no 5xx other than 503": summary["server_errors"] == 0,
+        "no hang (every request answered)": summary["hangs"] == 0,
+        "acknowledged writes read back": not verify["lost"],
+        **checks,
+    }
+    return {
+        "scenario": name,
+        "passed": all(checks.values()),
+        "checks": checks,
+        "requests": summary["total"]["requests"],
+        "errors": summary["total"]["errors"],
+        "by_status": summary["total"]["by_status"],
+        "degraded": summary["total"]["degraded"],
+        "acknowledged_writes": verify["acknowledged_writes"],
+        "documents_checked": verify["documents_checked"],
+        "searched_back": verify.get("searched_back", 0),
+        "lost": verify["lost"][:10],
+        "events": result.events,
+        "summary": summary,
+        **figures,
+    }
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.25) -> float | None:
+    """Seconds until ``predicate()`` held, or None if it did not within ``timeout_s``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            if predicate():
+                return round(time.monotonic() - start, 2)
+        except Exception:
+            pass
+        time.sleep(every_s)
+    return None
+
+
+def _ready(stack: Stack, check: str, want: str = "ok") -> Callable[[], bool]:
+    def probe() -> bool:
+        with stack.client(timeout_s=10) as c:
+            return c.get("/readyz").json()["checks"][check]["status"] == want
+
+    return probe
+
+
+def baseline(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]:
+    """The mixed load with no fault: the reference for the others."""
+    result = _load(stack, duration_s, rate)
+    return _outcome("baseline", result, {"no errors": result.summary()["total"]["errors"] == 0})
+
+
+def redis_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]:
+    """Redis SIGKILLed at 1/3 of the run, restarted at 2/3: the cache is skipped, nothing fails."""
+    kill_at, back_at = duration_s / 3, 2 * duration_s / 3
+    result = _load(
+        stack,
+        duration_s,
+        rate,
+        [
+            (kill_at, "SIGKILL redis-server", stack.redis.kill),
+            (back_at, "start redis-server", stack.redis.start),
+        ],
+    )
+    cache_back = _wait(_ready(stack, "redis"), 60)
+    return _outcome(
+        "redis",
+        result,
+        {"no errors": result.summary()["total"]["errors"] == 0, "cache used again": cache_back is not None},
+        recovery_s=cache_back,
+        recovery_note="restart → /readyz redis ok (breaker half-open probe)",
+    )
+
+
+def milvus_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]:
+    """Milvus SIGKILLed at 1/3, restarted at 2/3: searches and writes answer 503 with a reason while
+    it is down (embeddings keep working), everything recovers, and every acknowledged write is back."""
+    kill_at, back_at = duration_s / 3, 2 * duration_s / 3
+    result = _load(
+        stack,
+        duration_s,
+        rate,
+        [
+            (kill_at, "SIGKILL milvus-lite server", stack.milvus.kill),
+            (back_at, "start milvus", stack.milvus.start),
+        ],
+    )
+    started = next(
+        (e["done_s"] for e in result.events if e["action"] == "start milvus" and "done_s" in e), None
+    )
+    errors = [s for s in result.samples if not s.ok]
+    outside = [s for s in errors if s.due_s + s.latency_s < kill_at]
+    recovery = result.recovery_s(started) if started is not None else None
+    return _outcome(
+        "milvus",
+        result,
+        {
+            "every error is a 503 with a reason": all(
+                s.status == 503 and "unavailable" in s.reason for s in errors
+            ),
+            "no error before the kill": not outside,
+            "embeddings served while Milvus is down": any(
+                s.ok and s.op == "embed" and kill_at < s.due_s < back_at for s in result.samples
+            ),
+            "recovered within 30 s of the restart": recovery is not None and recovery <= 30,
+        },
+        recovery_s=recovery,
+        recovery_note="Milvus answering again → last failed request",
+        reasons=sorted({s.reason.split('"detail"')[0][:80] for s in errors})[:3],
+    )
+
+
+def expander_faults(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]:
+    """The LLM endpoint goes down, then slow (5 s), then returns garbage, then recovers: every
+    search still answers 200, flagged ``degraded`` while the LLM is out."""
+    llm = stack.llm
+    q = duration_s / 5
+
+    def mode(name: str) -> Callable[[], str]:
+        def switch() -> str:
+            if name == "down":
+                llm.stop()
+            else:
+                if not llm.server.started or llm.server.should_exit:
+                    llm.start()
+                llm.mode = name
+            return name
+
+        return switch
+
+    result = _load(
+        stack,
+        duration_s,
+        rate,
+        [
+            (q, "LLM down", mode("down")),
+            (2 * q, "LLM slow (5 s)", mode("slow")),
+            (3 * q, "LLM garbage", mode("garbage")),
+            (4 * q, "LLM ok", mode("ok")),
+        ],
+        mix=Mix(search=8, embed=1, ingest=1),
+    )
+    llm.mode = "ok"
+    back = _wait(_ready(stack, "expander"), 60)
+    summary = result.summary()
+    searches = summary["ops"].get("search", {})
+    return _outcome(
+        "expander",
+        result,
+        {
+            "no errors": summary["total"]["errors"] == 0,
+            "fallbacks flagged degraded": searches.get("degraded", 0) > 0,
+            "expander ready again": back is not None,
+        },
+        recovery_s=back,
+        recovery_note="LLM ok → /readyz expander ok (breaker reset)",
+    )
+
+
+def embedder_replica_killed(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]:
+    """One of the two Embedder replicas is SIGKILLed at 1/3: Serve replaces it; errors are counted
+    and must stay within the requests that were on that replica."""
+    from ray import serve
+
+    before = stack.replica_pids()
+    kill_at = duration_s / 3
+    result = _load(stack, duration_s, rate, [(kill_at, "SIGKILL one Embedder replica", stack.kill_replica)])
+
+    def replaced() -> bool:
+        status = serve.status().applications[stack.app_name].deployments["Embedder"]
+        pids = stack.replica_pids()
+        return status.status == "HEALTHY" and len(pids) >= len(before) and pids != before
+
+    back = _wait(replaced, 120, every_s=1)
+    summary = result.summary()
+    errors = [s for s in result.samples if not s.ok]
+    return _outcome(
+        "embedder",
+        result,
+        {
+            "errors only around the kill": all(kill_at - 1 <= s.due_s <= kill_at + 30 for s in errors),
+            "errors bounded (at most 5 % of requests)": len(errors) <= max(1, 0.05 * len(result.samples)),
+            "replica replaced": back is not None,
+        },
+        replicas_before=sorted(before),
+        recovery_s=back,
+        recovery_note="after the load: Serve reports the replacement HEALTHY",
+        error_count=summary["total"]["errors"],
+    )
+
+
+def _corpus(path: Path, n: int, version: str) -> None:
+    """``n`` documents of three paragraphs (three chunks of at most 700 characters), each chunk
+    marked with the version."""
+    lines = []
+    for i in range(n):
+        mark = f"ingest-{version}-{i}"
+        paragraphs = [
+            f"{mark}: 設定ファイルの項目{i}は再起動なしで反映されます。変更は監査ログに記録され、"
+            f"ロールバックは管理画面から行います。反映までの時間は最大{i % 7 + 1}秒です。" * 4,
+            f"{mark}: Item {i} of the configuration applies without a restart. Changes are written to the "
+            f"audit log and can be rolled back from the admin console within {i % 5 + 1} minutes. " * 3,
+            f"{mark}: 項目{i}の既定値は {i * 10} です。The default of item {i} is {i * 10} ({version}).",
+        ]
+        row = {"_id": f"ik/{i}", "title": f"設定 {i}", "text": "\n\n".join(paragraphs)}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _ingest_env(stack: Stack) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECRAG_")}
+    env.update(
+        SPECRAG_MILVUS_URI=stack.milvus.uri,
+        SPECRAG_MILVUS__COLLECTION=stack.settings.milvus.collection,
+        SPECRAG_MODEL_PATH=str(stack.settings.model.name_or_path),
+        SPECRAG_INGEST__STATUS_EVERY_S="0.2",
+    )
+    return env
+
+
+def _ingest(path: Path, env: dict[str, str], batch: int = 4) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "serve_app.cli", "ingest", str(path), "--batch-size", str(batch)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def ingest_interrupted(stack: Stack, duration_s: float, rate: float, docs: int = 48) -> dict[str, Any]:
+    """``specrag ingest`` of new versions SIGKILLed mid-way while searches run: every document is
+    served whole in its old or its new version, never a mix or a part; the re-run completes."""
+    from serve_app.store import MilvusStore
+
+    client = stack.client()
+    ids = [f"ik/{i}" for i in range(docs)]
+    env = _ingest_env(stack)
+    with tempfile.TemporaryDirectory() as tmp:
+        v1, v2 = Path(tmp) / "v1.jsonl", Path(tmp) / "v2.jsonl"
+        _corpus(v1, docs, "v1")
+        _corpus(v2, docs, "v2")
+        first = _ingest(v1, env)
+        out, _ = first.communicate(timeout=600)
+        if first.returncode != 0:
+            raise RuntimeError(f"the first ingest failed:\n{out[-2000:]}")
+        base = {d: client.get(f"/v1/documents/{d}").json() for d in ids}
+        store = MilvusStore(stack.milvus.uri, stack.settings.milvus.collection, 1)
+
+        def moved_on() -> bool:  # one query for all documents, straight from Milvus
+            current = store.doc_versions(ids)
+            return sum(current[d][0] > base[d]["version"] for d in ids) >= 2
+
+        job = _ingest(v2, env)
+        started = time.monotonic()
+        moved = _wait(moved_on, 300, 0.05)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(10)
+        killed_after = round(time.monotonic() - started, 1)
+        state = {d: client.get(f"/v1/documents/{d}").json() for d in ids}
+        new = [d for d in ids if state[d]["version"] > base[d]["version"]]
+        served: dict[str, list[str]] = {}
+        for d in ids:
+            marker = "v2" if d in new else "v1"
+            body = {"query": f"ingest {marker} {d}", "top_k": 10, "rerank": False, "expand": False}
+            body["filters"] = {"doc_ids": [d]}
+            served[d] = [r["text"] for r in client.post("/v1/search", json=body).json()["results"]]
+        # Searches keep answering while the re-run writes the rest.
+        rerun = _ingest(v2, env)
+        during = _load(stack, min(duration_s, 20), rate, mix=Mix(search=1, embed=0, ingest=0))
+        out, _ = rerun.communicate(timeout=600)
+        final = {d: client.get(f"/v1/documents/{d}").json() for d in ids}
+    client.close()
+    store.close()
+    # Whole: the served version has all its chunks (as many as that version has once complete)
+    # and every chunk a search returns belongs to it.
+    mixed = []
+    for d in ids:
+        marker, complete_count = ("v2", final[d]["chunks"]) if d in new else ("v1", base[d]["chunks"])
+        texts = served[d]
+        if (
+            state[d]["chunks"] != complete_count
+            or not texts
+            or not all(f"ingest-{marker}-" in t for t in texts)
+        ):
+            mixed.append({"doc_id": d, "version": marker, "chunks": state[d]["chunks"], "of": complete_count})
+    whole = docs - len(mixed)
+    complete = all(final[d]["version"] > base[d]["version"] for d in ids)
+    return _outcome(
+        "ingest-kill",
+        during,
+        {
+            "killed mid-way (some documents new, some old)": moved is not None and 0 < len(new) < docs,
+            "every document served whole in one version": not mixed,
+            "re-run completes": rerun.returncode == 0 and complete,
+            "no search error during the re-run": during.summary()["total"]["errors"] == 0,
+        },
+        documents=docs,
+        new_at_kill=len(new),
+        killed_after_s=killed_after,
+        whole_documents=whole,
+        mixed=mixed[:5],
+    )
+
+
+def reembed_interrupted(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]:
+    """The weekly re-embed job SIGKILLed mid-build under search load: the alias stays on the live
+    collection, searches keep answering; a re-run resumes, validates and switches."""
+    from serve_app.meta import MetaStore
+    from serve_app.store import MilvusStore
+
+    alias = stack.settings.milvus.collection
+    store = MilvusStore(stack.milvus.uri, alias, 1)
+    meta = MetaStore(store)
+    original = store.resolve()
+    env = _ingest_env(stack)
+    env["SPECRAG_REINDEX__LEASE_S"] = "2"
+
+    def job() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jobs.reembed", "--local", "--batch-size", "4"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def building() -> bool:
+        state = meta.get("reindex", alias) or {}
+        return state.get("phase") == "building" and state.get("done", 0) >= 8
+
+    first = job()
+    reached = _wait(building, 300, 0.1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    alias_kept = store.resolve() == original
+    during = _load(stack, min(duration_s, 20), rate, mix=Mix(search=1, embed=0, ingest=0))
+    time.sleep(2.5)  # the killed job's lease runs out
+    second = job()
+    out, err = second.communicate(timeout=900)
+    last = json.loads(out.strip().splitlines()[-1]) if second.returncode == 0 and out.strip() else {}
+    after = _load(stack, 10, rate, mix=Mix(search=1, embed=0, ingest=0), seed=1)
+    store.close()
+    return _outcome(
+        "reembed-kill",
+        during,
+        {
+            "killed mid-build": reached is not None,
+            "alias untouched by the killed job": alias_kept,
+            "searches answer during the outage of the job": during.summary()["total"]["errors"] == 0,
+            "re-run completes and switches": last.get("phase") == "done" and store.resolve() != original,
+            "searches answer after the switch": after.summary()["total"]["errors"] == 0,
+        },
+        resumed_embedded=last.get("embedded"),
+        chunks=last.get("chunks"),
+        validation=last.get("validation"),
+        job_error=err[-500:] if second.returncode else None,
+    )
+
+
+SCENARIOS: dict[str, Callable[[Stack, float, float], dict[str, Any]]] = {
+    "baseline": baseline,
+    "redis": redis_outage,
+    "milvus": milvus_outage,
+    "expander": expander_faults,
+    "embedder": embedder_replica_killed,
+    "ingest-kill": ingest_interrupted,
+    "reembed-kill": reembed_interrupted,
+}
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
