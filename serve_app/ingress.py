@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.chunking import detect_lang
 from serve_app.handles import call_idempotent
@@ -82,9 +83,21 @@ async def _client_error(_: Request, exc: ClientError) -> JSONResponse:
     return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status)
 
 
-@api.exception_handler(HTTPException)
-async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+def _parse_error(exc: BaseException) -> str | None:
+    """Name why a body could not be parsed; FastAPI only says "There was an error parsing the body"."""
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid UTF-8 (byte {cause.start}: {cause.reason})"
+    if isinstance(cause, RecursionError):
+        return "request body is nested too deeply"
+    return None
+
+
+# Starlette's class, so its own 404/405 and FastAPI's body-parse 400 get the same {"error": ...} shape.
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    reason = (exc.status_code == 400 and _parse_error(exc)) or exc.detail
+    return JSONResponse({"error": reason}, status_code=exc.status_code, headers=exc.headers)
 
 
 @api.exception_handler(RequestValidationError)

@@ -35,7 +35,6 @@ def _prepare(verbose: bool) -> None:
 
     _logging(verbose)
     apply_local_env()
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     _ensure_model(_settings())
 
 
@@ -63,8 +62,7 @@ def run(
     verbose: bool = False,
 ) -> None:
     """Fault-injection scenarios under the mixed load; exits 1 if any scenario fails."""
-    from serve_app.cli import _command_line
-    from serve_app.reliability.report import merge_json, scenarios_section, write
+    from serve_app.reliability.report import merge_json, scenario_command, scenarios_section, write
     from serve_app.reliability.scenarios import SCENARIOS
 
     names = scenario or list(SCENARIOS)
@@ -80,6 +78,7 @@ def run(
             typer.echo(f"--- {name}")
             result = SCENARIOS[name](stack, duration, rate)
             result.update(duration_s=duration, rate=rate, machine=_machine())
+            result["command"] = scenario_command(name, result)
             results[name] = result
             failed = [c for c, ok in result["checks"].items() if not ok]
             typer.echo(
@@ -91,7 +90,7 @@ def run(
     merged = {**previous, **results}
     ordered = {n: merged[n] for n in SCENARIOS if n in merged}
     merge_json(out, "scenarios", ordered)
-    write(markdown, scenarios_section(ordered, _command_line("specrag reliability run")))
+    write(markdown, scenarios_section(ordered))
     typer.echo(f"written: {out}, {markdown}")
     if not all(r["passed"] for r in results.values()):
         raise typer.Exit(1)
@@ -146,7 +145,7 @@ def fuzz_cmd(
 
     _prepare(verbose)
     with _stack(home) as stack:
-        bad = bad_inputs(stack.base_url)
+        bad = bad_inputs(stack.base_url, stack.model_name, body_limit=stack.settings.limits.max_body_bytes)
         fuzz = schemathesis_run(stack.base_url, max_examples, home / "schemathesis")
     command = _command_line("specrag reliability fuzz")
     merge_json(out, "bad_input", bad)

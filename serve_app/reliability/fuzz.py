@@ -24,7 +24,7 @@ MIXED = "認証 token の有効期限 — срок действия токена
 CONTROL = "トークン\x00\x01\x07\x1b[31m expiry\x7f\u202e\ufeff"
 
 
-def _cases(big: int) -> list[tuple[str, str, str, Any, dict[str, str]]]:
+def _cases(big: int, model: str) -> list[tuple[str, str, str, Any, dict[str, str]]]:
     """(name, method, path, body, headers); a bytes body is sent as is (invalid UTF-8, not JSON)."""
     j = {"content-type": "application/json"}
     doc = {"doc_id": "fuzz/doc", "text": "x"}
@@ -74,8 +74,9 @@ def _cases(big: int) -> list[tuple[str, str, str, Any, dict[str, str]]]:
         ("embed: 60k characters (over the item limit)", "POST", "/v1/embed", {"input": [HUGE]}, {}),
         ("embed: control chars, mixed scripts", "POST", "/v1/embed", {"input": [CONTROL, MIXED]}, {}),
         ("embed: non-string items", "POST", "/v1/embed", {"input": [1, None, {"a": 1}, "ok"]}, {}),
-        ("OpenAI: 9k-token input", "POST", "/v1/embeddings", {"input": LONG_EN, "model": "m"}, {}),
-        ("OpenAI: token-id input", "POST", "/v1/embeddings", {"input": [[1, 2, 3]], "model": "m"}, {}),
+        ("OpenAI: 9k-token input", "POST", "/v1/embeddings", {"input": LONG_EN, "model": model}, {}),
+        ("OpenAI: unknown model", "POST", "/v1/embeddings", {"input": "token", "model": "gpt-x"}, {}),
+        ("OpenAI: token-id input", "POST", "/v1/embeddings", {"input": [[1, 2, 3]], "model": model}, {}),
         (
             "document: whitespace-only text",
             "POST",
@@ -112,12 +113,36 @@ def _cases(big: int) -> list[tuple[str, str, str, Any, dict[str, str]]]:
     ]
 
 
-def bad_inputs(base_url: str, timeout_s: float = 60.0, body_limit: int = 8 * 1024 * 1024) -> dict[str, Any]:
-    """Send every hostile case once; pass when none got a 5xx or went unanswered."""
+def _reason(text: str) -> str:
+    """The reason a refusal gives: ``error`` (ours, or OpenAI's ``error.message``) plus the first
+    ``detail`` item; empty when the body names none, which fails the case."""
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError:
+        return text[:90]
+    if not isinstance(payload, dict):
+        return ""
+    error, detail = payload.get("error"), payload.get("detail")
+    if isinstance(error, dict):  # OpenAI shape
+        return str(error.get("message") or "")
+    parts = [str(error)] if error else []
+    if isinstance(detail, str):
+        parts.append(detail)
+    elif isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        where, why = detail[0].get("field", detail[0].get("index")), detail[0].get("reason")
+        parts.append(f"{where}: {why}" if where is not None else str(why))
+    return ": ".join(parts)
+
+
+def bad_inputs(
+    base_url: str, model: str, timeout_s: float = 60.0, body_limit: int = 8 * 1024 * 1024
+) -> dict[str, Any]:
+    """Send every hostile case once; pass when none got a 5xx or went unanswered, and every 4xx
+    named its reason. ``model`` is the served model's name (for the OpenAI-shaped cases)."""
     require_loopback(base_url)
     results = []
     with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
-        for name, method, path, body, headers in _cases(body_limit + 1024):
+        for name, method, path, body, headers in _cases(body_limit + 1024, model):
             started = time.monotonic()
             kwargs: dict[str, Any] = {"headers": headers}
             if isinstance(body, bytes):
@@ -126,20 +151,9 @@ def bad_inputs(base_url: str, timeout_s: float = 60.0, body_limit: int = 8 * 102
                 kwargs["json"] = body
             try:
                 response = client.request(method, path, **kwargs)
-                status, text = response.status_code, response.text
+                status, reason = response.status_code, _reason(response.text)
             except httpx.TimeoutException:
-                status, text = -1, f"no answer in {timeout_s} s"
-            reason = ""
-            try:
-                payload = json.loads(text)
-                reason = payload.get("error") if isinstance(payload, dict) else ""
-                if isinstance(reason, dict):  # OpenAI shape
-                    reason = reason.get("message", "")
-                detail = payload.get("detail") if isinstance(payload, dict) else None
-                if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-                    reason = f"{reason}: {detail[0].get('field')}: {detail[0].get('reason')}"
-            except (json.JSONDecodeError, AttributeError):
-                reason = text[:90]
+                status, reason = -1, f"no answer in {timeout_s} s"
             if 200 <= status < 300:
                 reason = reason or "accepted"
             results.append(

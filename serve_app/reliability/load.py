@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import random
 import socket
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -99,6 +100,7 @@ class Sample:
     status: int  # HTTP status, TIMEOUT or TRANSPORT
     reason: str = ""
     degraded: bool = False  # a 200 that skipped a stage (expander, rerank)
+    stages: dict[str, float] | None = None  # a search's timings_ms: where its time went
 
     @property
     def ok(self) -> bool:
@@ -208,7 +210,9 @@ class LoadRun:
             raise ValueError("rate and duration must be positive")
 
     async def run(self) -> LoadResult:
-        rng = random.Random(self.seed)
+        # Two streams: the sequence of operations depends on the seed alone, not on which request
+        # happened to draw its content first.
+        ops, rng = random.Random(self.seed), random.Random(self.seed + 1)
         samples: list[Sample] = []
         events: list[dict[str, Any]] = []
         sem = asyncio.Semaphore(self.concurrency)
@@ -257,7 +261,7 @@ class LoadRun:
             for i in range(total):
                 due = i / self.rate
                 await asyncio.sleep(max(0.0, start + due - time.monotonic()))
-                tasks.append(asyncio.create_task(fire(i, self.mix.choose(rng), due)))
+                tasks.append(asyncio.create_task(fire(i, self.mix.choose(ops), due)))
             await asyncio.gather(*tasks)
             elapsed = time.monotonic() - start
             if self.monitor is not None:
@@ -287,7 +291,7 @@ class LoadRun:
             tag = f"w{self.run_id}x{i}"
             self.ledger.begin(doc_id, tag)
             request = ("/v1/documents", {"documents": [_document(doc_id, tag, i, rng)]})
-        status, reason, degraded = TRANSPORT, "", False
+        status, reason, degraded, stages = TRANSPORT, "", False, None
         try:
             # httpx bounds each read; this bounds the whole exchange (a trickling answer is a hang too).
             response = await asyncio.wait_for(client.post(request[0], json=request[1]), self.timeout_s)
@@ -295,7 +299,8 @@ class LoadRun:
             if not response.is_success:
                 reason = response.text[:200]
             elif op == "search":
-                degraded = bool(response.json().get("degraded"))
+                answer = response.json()
+                degraded, stages = bool(answer.get("degraded")), answer.get("timings_ms")
         except (httpx.TimeoutException, TimeoutError):
             status, reason = TIMEOUT, f"no answer in {self.timeout_s} s"
         except httpx.HTTPError as exc:
@@ -303,7 +308,7 @@ class LoadRun:
         finally:
             if doc_id is not None:
                 self.ledger.end(doc_id, tag or "", status)
-        return Sample(op, due, time.monotonic() - start - due, status, reason, degraded)
+        return Sample(op, due, time.monotonic() - start - due, status, reason, degraded, stages)
 
 
 @dataclass
@@ -338,6 +343,12 @@ class LoadResult:
         }
         out["server_errors"] = sum(1 for s in self.samples if s.status >= 500 and s.status != 503)
         out["hangs"] = sum(1 for s in self.samples if s.status == TIMEOUT)
+        timed = [s.stages for s in self.samples if s.stages]
+        names = sorted({k for t in timed for k in t})
+        # Median per stage of the searches' own timings: the server-side split of their latency.
+        out["search_stages_p50_ms"] = {
+            k: round(statistics.median(t[k] for t in timed if k in t), 1) for k in names
+        }
         reasons = Counter(s.reason.split("\n")[0][:120] for s in self.samples if not s.ok)
         out["error_reasons"] = dict(reasons.most_common(5))
         return out

@@ -42,21 +42,49 @@ def _statuses(by_status: dict[str, int]) -> str:
     return ", ".join(f"{n}× {names.get(k, k)}" for k, n in by_status.items()) or "none"
 
 
-def scenarios_section(results: dict[str, dict[str, Any]], command: str) -> str:
+def _data_checked(r: dict[str, Any]) -> str:
+    """What the scenario read back: the load's acknowledged writes, or the job's own check."""
+    parts = []
+    if r["acknowledged_writes"]:
+        parts.append(
+            f"{r['acknowledged_writes']} acked writes, {r['documents_checked']} docs read back / "
+            f"{len(r['lost'])} lost"
+        )
+    if "whole_documents" in r:
+        parts.append(
+            f"killed after {r['killed_after_s']} s with {r['new_at_kill']}/{r['documents']} docs at the new "
+            f"version; {r['whole_documents']}/{r['documents']} served whole in one version"
+        )
+    if "resumed_embedded" in r:
+        v = r.get("validation") or {}
+        parts.append(
+            f"alias untouched by the kill; the re-run resumed ({r['resumed_embedded']} of {r['chunks']} "
+            f"chunks left to embed), validated (top-1 agreement {v.get('top1_agreement')}) and switched"
+        )
+    return "; ".join(parts) or "searches only"
+
+
+def scenario_command(name: str, result: dict[str, Any]) -> str:
+    """The command that reproduces one scenario's row (its own load length and rate)."""
+    return result.get("command") or (
+        f"specrag reliability run -s {name} --duration {result['duration_s']:g} --rate {result['rate']:g}"
+    )
+
+
+def scenarios_section(results: dict[str, dict[str, Any]]) -> str:
     rows = [
-        "| scenario | fault injected | requests | errors | recovery | acknowledged writes: checked / lost "
-        "| result |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | fault injected | requests | errors | recovery | data checked | result | command |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         recovery = "—" if r.get("recovery_s") is None else f"{r['recovery_s']} s"
+        if r.get("down_s") is not None:
+            recovery += f" (down {r['down_s']} s)"
         errors = f"{r['errors']} ({_statuses(r['by_status'])})" if r["errors"] else "0"
-        data = f"{r['acknowledged_writes']} acked, {r['documents_checked']} docs read back / {len(r['lost'])}"
-        if "whole_documents" in r:
-            data += f"; {r['whole_documents']}/{r['documents']} docs whole after the kill"
+        data = _data_checked(r)
         rows.append(
             f"| {name} | {INJECTED.get(name, '')} | {r['requests']} | {errors} | {recovery} | {data} | "
-            f"{'**pass**' if r['passed'] else '**FAIL**'} |"
+            f"{'**pass**' if r['passed'] else '**FAIL**'} | `{scenario_command(name, r)}` |"
         )
     checks = []
     for name, r in results.items():
@@ -64,7 +92,10 @@ def scenarios_section(results: dict[str, dict[str, Any]], command: str) -> str:
         line = "; ".join(c for c in r["checks"]) if not failed else "FAILED: " + "; ".join(failed)
         note = f" Recovery: {r['recovery_note']}." if r.get("recovery_note") else ""
         checks.append(f"- **{name}** checks: {line}.{note}")
-    body = "\n".join(rows) + "\n\n" + "\n".join(checks) + f"\n\nCommand: `{command}`"
+    machines = sorted({r["machine"] for r in results.values() if r.get("machine")})
+    body = "\n".join(rows) + "\n\n" + "\n".join(checks)
+    if machines:
+        body += f"\n\nMachine: {'; '.join(machines)}."
     return _section("scenarios", body)
 
 
@@ -94,6 +125,10 @@ def load_section(report: dict[str, Any], json_path: str) -> str:
         "",
         *load_rows(s),
         "",
+        "Median server-side split of a search (ms, from its `timings_ms`): "
+        + ", ".join(f"{k} {v}" for k, v in s.get("search_stages_p50_ms", {}).items())
+        + ". The rest of its latency is queueing in front of the replicas.",
+        "",
         f"Acknowledged writes: {verify.get('acknowledged_writes', 0)}, read back "
         f"{verify.get('documents_checked', 0)} documents, lost {len(verify.get('lost', []))}. "
         f"Machine: {report.get('machine', '')}.",
@@ -113,13 +148,14 @@ def soak_section(report: dict[str, Any], command: str) -> str:
         f"writes read back, {len(verify.get('lost', []))} lost.",
         "",
         "| process group | RSS start MiB | after warm-up | end | max | growth after warm-up "
-        "| slope MiB/min |",
-        "|---|---|---|---|---|---|---|",
+        "| slope MiB/min | slope, last third |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for role, m in mem.items():
         rows.append(
             f"| {role} | {m['start_mib']} | {m['after_warmup_mib']} | {m['end_mib']} | {m['max_mib']} | "
-            f"{m['growth_after_warmup_mib']:+} | {m['slope_mib_per_min']} |"
+            f"{m['growth_after_warmup_mib']:+} | {m['slope_mib_per_min']} | "
+            f"{m.get('last_third_slope_mib_per_min')} |"
         )
     rows += ["", "| minute | requests | errors | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|"]
     for w in report["minutes_table"]:
@@ -144,7 +180,8 @@ def fuzz_section(report: dict[str, Any], command: str) -> str:
     body = "\n".join(rows + (["", *failures] if failures else []))
     body += (
         f"\n\nschemathesis {report['version']}, phases {report['phases']}, positive and negative data, "
-        f"at most {report['max_examples']} cases per operation and phase, {report['running_time_s']} s."
+        f"at most {report['max_examples']} cases per operation and phase, "
+        f"{round(report['running_time_s'] or 0)} s."
         f"\n\nCommand: `{command}`"
     )
     return _section("fuzz", body)

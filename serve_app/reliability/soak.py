@@ -48,6 +48,8 @@ def memory_trend(readings: list[dict[str, Any]], warmup_s: float) -> dict[str, d
             "max_mib": max(v for _, v in points),
             "growth_after_warmup_mib": round(steady[-1][1] - steady[0][1], 1),
             "slope_mib_per_min": slope_per_min(steady),
+            # A leak keeps its slope; a cache that fills flattens out by the last third.
+            "last_third_slope_mib_per_min": slope_per_min(steady[len(steady) * 2 // 3 :]),
         }
     return out
 
@@ -56,8 +58,10 @@ def soak(stack: Stack, minutes: float, rate: float, sample_s: float = 15.0, warm
     """Run the load for ``minutes``; sample RSS by role every ``sample_s``; summarise per minute."""
 
     def sample(t: float) -> dict[str, Any]:
-        tree = stack.process_tree()
-        return {"t_s": round(t, 1), "rss_mib": {role: rss_mib(pids) for role, pids in tree.items()}}
+        groups = stack.process_tree()
+        rss = {group: rss_mib(pids) for group, pids in groups.items()}
+        rss["ray (all)"] = round(sum(v for k, v in rss.items() if k.startswith("ray")), 1)
+        return {"t_s": round(t, 1), "rss_mib": rss}
 
     run = LoadRun(
         stack.base_url,

@@ -114,6 +114,11 @@ class Stack:
     app_name: str
     headers: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def model_name(self) -> str:
+        """The name ``POST /v1/embeddings`` accepts for the served model (its directory's name)."""
+        return Path(self.settings.model.name_or_path).name
+
     def client(self, timeout_s: float = 60.0) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout_s)
 
@@ -137,20 +142,33 @@ class Stack:
         return pid
 
     def process_tree(self) -> dict[str, list[int]]:
-        """Every process that makes up the stack, by role (for RSS sampling)."""
+        """Every process of the stack by group (for RSS sampling): milvus, redis, each Serve
+        deployment's replicas, Serve's controller and proxy, idle Ray workers, Ray's daemons."""
         import psutil
 
-        roles: dict[str, list[int]] = {"milvus": [], "redis": [], "ray": []}
+        groups: dict[str, list[int]] = {"milvus": [], "redis": []}
         milvus = set(self.milvus.pids())
         if self.redis.pid:
-            roles["redis"].append(self.redis.pid)
-        for proc in psutil.process_iter(["pid", "cmdline", "name"]):
+            groups["redis"].append(self.redis.pid)
+        for proc in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(proc.info.get("cmdline") or [])
             if proc.info["pid"] in milvus:
-                roles["milvus"].append(proc.info["pid"])
-            elif cmd.startswith("ray::") or "ray/_private" in cmd or "raylet" in cmd or "gcs_server" in cmd:
-                roles["ray"].append(proc.info["pid"])
-        return roles
+                groups["milvus"].append(proc.info["pid"])
+            elif (label := _ray_group(cmd)) is not None:
+                groups.setdefault(label, []).append(proc.info["pid"])
+        return groups
+
+
+def _ray_group(cmd: str) -> str | None:
+    """``ray::ServeReplica:app:Embedder.method`` → ``ray: Embedder``; None for non-Ray processes."""
+    if cmd.startswith("ray::"):
+        name = cmd.split()[0][5:].split(".")[0]
+        return "ray: " + name.rsplit(":", 1)[-1] if name.startswith("ServeReplica:") else f"ray: {name}"
+    if "raylet" in cmd or "gcs_server" in cmd:
+        return "ray: raylet + gcs"
+    if "ray/_private" in cmd or "ray/dashboard" in cmd:
+        return "ray: daemons"
+    return None
 
 
 def stack_settings(

@@ -70,9 +70,7 @@ def test_redis_killed_and_restarted_under_load(stack: Stack) -> None:
 
 
 def test_milvus_killed_is_503_with_reason_then_recovers_and_loses_nothing(stack: Stack) -> None:
-    result = scenarios.milvus_outage(stack, 18.0, RATE)
-    _passed(result)
-    assert result["by_status"].get("503", 0) > 0, "requests while Milvus was down must have seen it"
+    _passed(scenarios.milvus_outage(stack, 18.0, RATE))
 
 
 def test_expander_down_slow_and_garbage(stack: Stack) -> None:
@@ -91,7 +89,7 @@ def test_ingest_killed_mid_way_serves_no_half_written_version(stack: Stack) -> N
 
 
 def test_hostile_inputs_get_4xx_with_reasons_never_5xx(stack: Stack) -> None:
-    report = bad_inputs(stack.base_url, body_limit=stack.settings.limits.max_body_bytes)
+    report = bad_inputs(stack.base_url, stack.model_name, body_limit=stack.settings.limits.max_body_bytes)
     bad = [
         c for c in report["cases"] if not 0 < c["status"] < 500 or (c["status"] >= 400 and not c["reason"])
     ]
@@ -101,6 +99,9 @@ def test_hostile_inputs_get_4xx_with_reasons_never_5xx(stack: Stack) -> None:
     assert statuses["body over the size limit"] == 413
     assert statuses["embed: 9k tokens"] == 200, "long inputs are truncated, not refused"
     assert statuses["embed: 60k characters (over the item limit)"] == 413
+    assert statuses["OpenAI: 9k-token input"] == 200 and statuses["OpenAI: unknown model"] == 404
+    reasons = {c["case"]: c["reason"] for c in report["cases"]}
+    assert "UTF-8" in reasons["invalid UTF-8 body"], reasons
 
 
 def test_schemathesis_finds_no_server_error(stack: Stack, tmp_path: Path) -> None:

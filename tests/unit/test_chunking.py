@@ -402,6 +402,39 @@ if given is not None:
         assert all(0 < len(c.text) <= max_chars for c in chunks)
         assert _nonspace("".join(c.text for c in chunks)) == _nonspace(text)
 
+    _HOSTILE_PARTS = st.sampled_from(
+        [
+            "仕様書の要件を満たすこと。",
+            "The token expires after 3600 s. ",
+            "срок действия токена. ",
+            "صلاحية الرمز. ",
+            "🔑🚀",
+            "\x00\x07\x1b[0m\u202e\ufeff\u200b",
+            "\r\n\t  \u3000",
+            "# 見出し\n",
+            "| a | b |\n",
+            "a" * 50,
+        ]
+    )
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        parts=st.lists(_HOSTILE_PARTS, max_size=30),
+        repeat=st.sampled_from([1, 1, 50, 400]),  # up to ~30k characters: far over 8k tokens
+        fmt=st.sampled_from(["markdown", "text"]),
+    )
+    def test_property_hostile_documents_chunk_within_limits_without_loss(
+        parts: list[str], repeat: int, fmt: str
+    ) -> None:
+        """Control characters, bidi marks, mixed scripts, emoji, whitespace-only and huge texts."""
+        text = "".join(parts) * repeat
+        chunks = chunk_document(text, fmt=fmt, doc_title="t", max_chars=300, overlap_sentences=0)
+        assert all(0 < len(c.text) <= 300 and c.text.strip() for c in chunks)
+        if not text.strip():
+            assert chunks == []
+        if fmt == "text":
+            assert _nonspace("".join(c.text for c in chunks)) == _nonspace(text)
+
 else:  # pragma: no cover - keeps the missing dependency visible instead of silently running fewer tests
 
     def test_property_size_limit_and_no_loss() -> None:

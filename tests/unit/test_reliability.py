@@ -39,7 +39,7 @@ class FakeAPI:
                 return JSONResponse({"error": "vector store unavailable"}, status_code=503)
             ids = (body.get("filters") or {}).get("doc_ids") or list(self.docs)[:3]
             results = [{"doc_id": d, "text": self.docs[d]["text"]} for d in ids if d in self.docs]
-            return {"results": results, "degraded": []}
+            return {"results": results, "degraded": [], "timings_ms": {"embed": 1.5, "total": 4.0}}
 
         @app.post("/v1/embed")
         async def embed(body: dict) -> Any:
@@ -85,6 +85,7 @@ def test_open_loop_sends_rate_times_duration_and_reports_every_operation() -> No
     assert result.verify["acknowledged_writes"] == summary["ops"]["ingest"]["ok"]
     assert result.verify["lost"] == []
     assert result.verify["searched_back"] > 0
+    assert summary["search_stages_p50_ms"] == {"embed": 1.5, "total": 4.0}
 
 
 def test_a_fault_window_shows_as_503s_only_inside_it_and_recovery_after() -> None:
@@ -168,6 +169,11 @@ def test_memory_trend_ignores_warmup_and_finds_a_leak() -> None:
     trend = memory_trend(leak, warmup_s=60)["ray"]
     assert trend["slope_mib_per_min"] == pytest.approx(10, abs=0.01)
     assert trend["growth_after_warmup_mib"] > 80
+    assert trend["last_third_slope_mib_per_min"] == pytest.approx(10, abs=0.01), "a leak keeps its slope"
+    filling = [{"t_s": t, "rss_mib": {"ray": 500.0 + min(t, 400) / 6}} for t in range(0, 600, 15)]
+    assert memory_trend(filling, warmup_s=60)["ray"]["last_third_slope_mib_per_min"] == 0, (
+        "a cache that fills"
+    )
     assert slope_per_min([(0, 1.0)]) is None
 
 
@@ -182,9 +188,12 @@ def test_scenario_table_marks_failures_and_rewrites_only_its_section(tmp_path) -
         "documents_checked": 3,
         "lost": [],
         "recovery_s": 1.5,
+        "duration_s": 60.0,
+        "rate": 0.8,
     }
-    section = scenarios_section({"milvus": result}, "specrag reliability run -s milvus")
+    section = scenarios_section({"milvus": result})
     assert "**FAIL**" in section and "FAILED: no errors" in section and "1× timeout" in section
+    assert "`specrag reliability run -s milvus --duration 60 --rate 0.8` |" in section
     doc = tmp_path / "R.md"
     doc.write_text("# Reliability\n\nhand-written intro\n")
     write(doc, section)
@@ -246,3 +255,54 @@ def test_lone_surrogates_are_refused_with_field_and_position() -> None:
         DocumentsRequest(documents=[{"doc_id": "a\ud800", "text": "x"}])
     assert EmbedRequest(input=["\ud800", "ok"]).texts()[0] == "\ud800", "embed reports it per item"
     assert SearchRequest(query=json.loads('"\\ud83d\\ude00 ok"')).query == "😀 ok"
+
+
+def test_soak_groups_processes_by_deployment() -> None:
+    from serve_app.reliability.stack import _ray_group
+
+    assert (
+        _ray_group("ray::ServeReplica:reliability:Embedder.handle_request_with_rejection") == "ray: Embedder"
+    )
+    assert _ray_group("ray::ProxyActor.receive_asgi_messages") == "ray: ProxyActor"
+    assert (
+        _ray_group("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --x")
+        == "ray: raylet + gcs"
+    )
+    assert _ray_group("python -u /venv/ray/_private/log_monitor.py") == "ray: daemons"
+    assert _ray_group("redis-server *:6379") is None
+
+
+def test_refusals_name_their_reason_in_every_shape() -> None:
+    """The hostile-input check fails a 4xx whose body names no reason, so ``_reason`` must find it
+    in each shape the service answers with, and find nothing where there is nothing."""
+    from serve_app.reliability.fuzz import _reason
+
+    assert _reason('{"error": "invalid request", "detail": [{"field": "query", "reason": "empty"}]}') == (
+        "invalid request: query: empty"
+    )
+    assert _reason('{"error": "no valid items", "detail": [{"index": 0, "reason": "surrogate"}]}') == (
+        "no valid items: 0: surrogate"
+    )
+    assert _reason('{"error": {"message": "model x is not served here"}}') == "model x is not served here"
+    assert _reason('{"error": "vector store unavailable", "detail": "connect refused"}') == (
+        "vector store unavailable: connect refused"
+    )
+    assert _reason('{"detail": null}') == "" and _reason("[1]") == "" and _reason("{}") == ""
+
+
+def test_body_parse_errors_and_unknown_routes_answer_in_the_service_error_shape() -> None:
+    """FastAPI answers an undecodable body with a bare 400 and Starlette a 404 with ``detail``;
+    the ingress turns both into ``{"error": reason}`` and names why the body could not be read."""
+    from fastapi.testclient import TestClient
+
+    from serve_app.ingress import api
+
+    client = TestClient(api, raise_server_exceptions=False)
+    j = {"content-type": "application/json"}
+    bad_utf8 = client.post("/v1/search", content=b'{"query": "\xff token"}', headers=j)
+    assert bad_utf8.status_code == 400
+    assert bad_utf8.json()["error"].startswith("request body is not valid UTF-8 (byte 11")
+    nested = client.post("/v1/search", content=b'{"query": ' + b"[" * 5000 + b"]" * 5000 + b"}", headers=j)
+    assert (nested.status_code, nested.json()) == (400, {"error": "request body is nested too deeply"})
+    assert client.get("/v1/nothing").json() == {"error": "Not Found"}
+    assert client.put("/v1/search").headers["allow"] == "POST"
