@@ -7,23 +7,30 @@ Only idempotent calls (embedding, reranking) go through here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from ray.exceptions import RayActorError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from serve_app.observability import metric
 
+E = TypeVar("E", bound=BaseException)
+
+
+def find_cause(exc: BaseException, kind: type[E]) -> E | None:
+    """Ray wraps a replica's exception (``RayTaskError.cause``); find one of ``kind`` in the chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
+
 
 def replica_gone(exc: BaseException) -> bool:
     """The replica died or is unreachable (``ActorDiedError``, ``ActorUnavailableError``), not a
-    failure of the call itself; Ray may wrap it, so the cause chain is searched."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, RayActorError):
-            return True
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    return False
+    failure of the call itself."""
+    return find_cause(exc, RayActorError) is not None
 
 
 async def call_idempotent(method: Any, *args: Any, attempts: int = 3) -> Any:

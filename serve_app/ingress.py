@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.chunking import detect_lang
-from serve_app.handles import call_idempotent
+from serve_app.handles import call_idempotent, find_cause
 from serve_app.ingest import ModelMismatch
 from serve_app.observability import RequestMetrics, metric, observe_stages
 from serve_app.schemas import (
@@ -147,16 +147,6 @@ class BodyLimit:
 api.add_middleware(BodyLimit)
 api.add_middleware(AuthMiddleware)
 api.add_middleware(RequestMetrics)
-
-
-def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """Ray wraps a replica's exception; find one of ``kind`` inside, if that is what it was."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, kind):
-            return seen
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    return None
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256)
@@ -290,9 +280,9 @@ class Ingress:
                 explain=body.explain,
             )
         except Exception as exc:
-            if (unavailable := _find(exc, StoreUnavailable)) is not None:
+            if (unavailable := find_cause(exc, StoreUnavailable)) is not None:
                 raise ClientError(503, "vector store unavailable", str(unavailable)) from exc
-            if (rejected := _find(exc, ValueError)) is not None:
+            if (rejected := find_cause(exc, ValueError)) is not None:
                 raise ClientError(400, "the vector store rejected the search", str(rejected)) from exc
             raise
         t3 = time.perf_counter()
@@ -386,9 +376,9 @@ class Ingress:
         try:
             return await call
         except Exception as exc:
-            if (unavailable := _find(exc, StoreUnavailable)) is not None:
+            if (unavailable := find_cause(exc, StoreUnavailable)) is not None:
                 raise ClientError(503, "vector store unavailable", str(unavailable)) from exc
-            if (mismatch := _find(exc, ModelMismatch)) is not None:
+            if (mismatch := find_cause(exc, ModelMismatch)) is not None:
                 raise ClientError(409, "the index was built with another model", str(mismatch)) from exc
             log.exception("indexer call failed")
             raise ClientError(503, "indexer unavailable", str(exc).splitlines()[0][:300] or None) from exc
