@@ -546,7 +546,9 @@ class Ingress:
             raise OpenAIError(503, f"{exc.reason}: {exc.detail}", code="service_unavailable") from exc
         failed = [i for i, o in enumerate(outputs) if o["error"]]
         if failed:
-            raise OpenAIError(500, f"input[{failed[0]}] failed: {outputs[failed[0]]['error']}", "input")
+            # Valid input the model still failed on: the embedder's fault, as on /v1/search (503).
+            message = f"input[{failed[0]}] failed: {outputs[failed[0]]['error']}"
+            raise OpenAIError(503, message, "input", "embedding_failed")
         data = []
         for i, o in enumerate(outputs):
             vector = o["dense"].astype(np.float32)

@@ -50,8 +50,8 @@ QUERIES: dict[str, list[str]] = {
     ],
 }
 OPS = ("search", "embed", "ingest")
-# Status codes a sample can carry besides HTTP ones.
-TIMEOUT, TRANSPORT = -1, 0
+# Status codes a sample can carry besides HTTP ones; BAD_ANSWER is a 2xx whose body is not JSON.
+TIMEOUT, TRANSPORT, BAD_ANSWER = -1, 0, -2
 
 
 def require_loopback(base_url: str) -> None:
@@ -115,6 +115,7 @@ class Ledger:
         self.acked: dict[str, str] = {}
         self.possible: dict[str, set[str]] = {}
         self.busy: set[str] = set()
+        self.unsettled: set[str] = set()  # a write with an unknown outcome may still land later
         self.acks = 0
 
     def begin(self, doc_id: str, tag: str) -> None:
@@ -128,9 +129,13 @@ class Ledger:
             self.acks += 1
         elif 400 <= status < 500:  # refused: certainly not applied
             self.possible[doc_id].discard(tag)
+        else:
+            # 5xx or no answer: the write may still be running on the server. Writing the document
+            # again could be overtaken by it, so it is not updated again (its tag stays possible).
+            self.unsettled.add(doc_id)
 
     def idle_docs(self) -> list[str]:
-        return [d for d in self.acked if d not in self.busy]
+        return [d for d in self.acked if d not in self.busy and d not in self.unsettled]
 
     async def verify(self, client: httpx.AsyncClient, search_sample: int = 10) -> dict[str, Any]:
         """Read every acknowledged document back (``GET``); search a sample of them by their tag."""
@@ -138,8 +143,12 @@ class Ledger:
         sem = asyncio.Semaphore(8)
 
         async def check(doc_id: str) -> None:
-            async with sem:
-                response = await client.get(f"/v1/documents/{doc_id}")
+            try:
+                async with sem:
+                    response = await client.get(f"/v1/documents/{doc_id}")
+            except httpx.HTTPError as exc:
+                lost.append({"doc_id": doc_id, "error": f"{type(exc).__name__}: {exc}"})
+                return
             if response.status_code != 200:
                 lost.append({"doc_id": doc_id, "status": response.status_code})
                 return
@@ -157,7 +166,11 @@ class Ledger:
             tag = self.acked[doc_id]
             body = {"query": f"{tag} load test", "top_k": 5, "rerank": False, "expand": False}
             body["filters"] = {"doc_ids": [doc_id]}
-            response = await client.post("/v1/search", json=body)
+            try:
+                response = await client.post("/v1/search", json=body)
+            except httpx.HTTPError as exc:
+                lost.append({"doc_id": doc_id, "search": f"{type(exc).__name__}: {exc}", "expected": tag})
+                continue
             texts = (
                 [r["text"] for r in response.json().get("results", [])] if response.status_code == 200 else []
             )
@@ -254,7 +267,11 @@ class LoadRun:
 
                 async def watch() -> None:
                     while True:
-                        readings.append(await asyncio.to_thread(monitor, time.monotonic() - start))
+                        t = time.monotonic() - start
+                        try:
+                            readings.append(await asyncio.to_thread(monitor, t))
+                        except Exception as exc:  # a failed reading shows, and sampling goes on
+                            readings.append({"t_s": round(t, 1), "error": repr(exc)})
                         await asyncio.sleep(self.monitor_every_s)
 
                 watcher = asyncio.create_task(watch())
@@ -299,8 +316,11 @@ class LoadRun:
             if not response.is_success:
                 reason = response.text[:200]
             elif op == "search":
-                answer = response.json()
-                degraded, stages = bool(answer.get("degraded")), answer.get("timings_ms")
+                try:
+                    answer = response.json()
+                    degraded, stages = bool(answer.get("degraded")), answer.get("timings_ms")
+                except (ValueError, AttributeError):
+                    status, reason = BAD_ANSWER, f"{status} with a body that is not a JSON object"
         except (httpx.TimeoutException, TimeoutError):
             status, reason = TIMEOUT, f"no answer in {self.timeout_s} s"
         except httpx.HTTPError as exc:
@@ -341,7 +361,12 @@ class LoadResult:
             "total": one(self.samples),
             "ops": {k: v for k, v in ops.items() if v["requests"]},
         }
-        out["server_errors"] = sum(1 for s in self.samples if s.status >= 500 and s.status != 503)
+        # A 503 must say why ({"error": ...}); any other 5xx, or a 2xx that is not JSON, is a bug.
+        out["server_errors"] = sum(
+            1
+            for s in self.samples
+            if s.status == BAD_ANSWER or (s.status >= 500 and not (s.status == 503 and '"error"' in s.reason))
+        )
         out["hangs"] = sum(1 for s in self.samples if s.status == TIMEOUT)
         timed = [s.stages for s in self.samples if s.stages]
         names = sorted({k for t in timed for k in t})
@@ -370,15 +395,11 @@ class LoadResult:
                 )
         return out
 
-    def errors_between(self, start_s: float, end_s: float | None = None) -> list[Sample]:
-        return [
-            s for s in self.samples if not s.ok and s.due_s >= start_s and (end_s is None or s.due_s < end_s)
-        ]
-
     def recovery_s(self, fault_end_s: float) -> float | None:
-        """Seconds from the end of a fault until requests succeed again without a further error:
-        the last failed request's due time after ``fault_end_s`` (0 when none failed after it)."""
-        late = [
-            s.due_s + s.latency_s for s in self.samples if not s.ok and s.due_s + s.latency_s >= fault_end_s
-        ]
-        return round(max(late) - fault_end_s, 2) if late else 0.0
+        """Seconds from the end of a fault until the last failed request was answered (0 when none
+        failed after it); None when no request succeeded after that, i.e. it did not recover."""
+        done = [(s.due_s + s.latency_s, s.ok) for s in self.samples]
+        last_error = max((t for t, ok in done if not ok and t >= fault_end_s), default=fault_end_s)
+        if not any(ok and t > last_error for t, ok in done):
+            return None
+        return round(last_error - fault_end_s, 2)

@@ -10,10 +10,10 @@ from serve_app.bench import replace_section
 
 INJECTED = {
     "baseline": "nothing (reference)",
-    "redis": "redis-server SIGKILLed at 1/3, restarted at 2/3",
+    "redis": "redis-server SIGKILLed at 1/3, restarted empty at 2/3",
     "milvus": "milvus-lite server SIGKILLed at 1/3, restarted at 2/3",
     "expander": "LLM endpoint down, then 5 s slow, then garbage, then back",
-    "embedder": "one of two Embedder replicas SIGKILLed at 1/3",
+    "embedder": "one of two Embedder replicas SIGKILLed at 1/3, a burst of 8 embeddings in flight",
     "ingest-kill": "`specrag ingest` of new versions SIGKILLed mid-way, then re-run",
     "reembed-kill": "re-embed job SIGKILLed mid-build, then re-run",
 }
@@ -38,7 +38,7 @@ def merge_json(path: Path, key: str, value: Any) -> dict[str, Any]:
 
 
 def _statuses(by_status: dict[str, int]) -> str:
-    names = {"-1": "timeout", "0": "transport"}
+    names = {"-1": "timeout", "0": "transport", "-2": "2xx not JSON"}
     return ", ".join(f"{n}× {names.get(k, k)}" for k, n in by_status.items()) or "none"
 
 
@@ -55,11 +55,17 @@ def _data_checked(r: dict[str, Any]) -> str:
             f"killed after {r['killed_after_s']} s with {r['new_at_kill']}/{r['documents']} docs at the new "
             f"version; {r['whole_documents']}/{r['documents']} served whole in one version"
         )
+    if r.get("in_flight_at_kill") is not None:
+        ok, total = r["in_flight_ok"], r["in_flight_at_kill"]
+        parts.append(f"{ok}/{total} embeddings in flight at the kill answered")
     if "resumed_embedded" in r:
-        v = r.get("validation") or {}
+        v, checks = r.get("validation") or {}, r["checks"]
+        kept = checks.get("alias untouched by the killed job")
         parts.append(
-            f"alias untouched by the kill; the re-run resumed ({r['resumed_embedded']} of {r['chunks']} "
-            f"chunks left to embed), validated (top-1 agreement {v.get('top1_agreement')}) and switched"
+            ("alias untouched by the kill" if kept else "ALIAS MOVED")
+            + f"; the re-run re-embedded {r['resumed_embedded']} of {r['chunks']} chunks, "
+            f"validation top-1 agreement {v.get('top1_agreement')}, "
+            + ("switched" if checks.get("re-run completes and switches") else "NOT switched")
         )
     return "; ".join(parts) or "searches only"
 
@@ -188,8 +194,11 @@ def fuzz_section(report: dict[str, Any], command: str) -> str:
 
 
 def badinput_section(report: dict[str, Any], command: str) -> str:
-    rows = ["| input | endpoint | status | reason |", "|---|---|---|---|"]
+    rows = ["| input | endpoint | status (documented) | reason |", "|---|---|---|---|"]
     for case in report["cases"]:
-        rows.append(f"| {case['case']} | `{case['path']}` | {case['status']} | {case['reason'][:90]} |")
+        status = str(case["status"])
+        if case.get("expected") is not None and case["status"] != case["expected"]:
+            status = f"**{status} (expected {case['expected']})**"
+        rows.append(f"| {case['case']} | `{case['path']}` | {status} | {case['reason'][:90]} |")
     body = "\n".join(rows) + f"\n\n{report['summary']}\n\nCommand: `{command}`"
     return _section("badinput", body)

@@ -59,6 +59,8 @@ class MilvusProcess:
     def kill(self) -> list[int]:
         """SIGKILL the server (no shutdown, no flush), then forget it; ``start()`` brings it back."""
         pids = self.pids()
+        if not pids:  # nothing to kill: the scenario must not pass without its fault
+            raise RuntimeError(f"no milvus-lite server process on port {self.port}")
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         self.stop()
@@ -88,10 +90,13 @@ class RedisProcess:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.05)
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+    def kill(self) -> int:
+        """SIGKILL redis-server; raises when it is not running (the fault would not be injected)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server on port {self.port} is not running")
+        self.proc.kill()
+        self.proc.wait(5)
+        return self.proc.pid
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -135,12 +140,6 @@ class Stack:
                 break
         return pids
 
-    def kill_replica(self, deployment: str = "Embedder") -> int:
-        """SIGKILL one replica process of ``deployment``; Serve's controller must replace it."""
-        pid = min(self.replica_pids(deployment))
-        os.kill(pid, signal.SIGKILL)
-        return pid
-
     def process_tree(self) -> dict[str, list[int]]:
         """Every process of the stack by group (for RSS sampling): milvus, redis, each Serve
         deployment's replicas, Serve's controller and proxy, idle Ray workers, Ray's daemons."""
@@ -174,8 +173,10 @@ def _ray_group(cmd: str) -> str | None:
 def stack_settings(
     base: Settings, *, milvus_uri: str, redis_url: str, llm_url: str, port: int, **sections: dict[str, Any]
 ) -> Settings:
-    """The settings the scenarios run under: short timeouts so faults show within a load run."""
+    """The settings the scenarios run under: short timeouts so faults show within a load run, and
+    no API keys (the stack is on loopback; with keys every hostile case would be a mere 401)."""
     update: dict[str, Any] = {
+        "auth": {"keys": []},
         "milvus": {"uri": milvus_uri, "collection": "reliability", "timeout_s": 5.0},
         "redis": {"url": redis_url},
         "serve": {"port": port, "embedder_replicas": 2, "embedder_num_cpus": 0.5, "log_encoding": "TEXT"},

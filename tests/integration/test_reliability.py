@@ -74,7 +74,7 @@ def test_milvus_killed_is_503_with_reason_then_recovers_and_loses_nothing(stack:
 
 
 def test_expander_down_slow_and_garbage(stack: Stack) -> None:
-    result = scenarios.expander_faults(stack, 15.0, RATE)
+    result = scenarios.expander_faults(stack, 20.0, RATE)
     _passed(result)
 
 
@@ -90,16 +90,9 @@ def test_ingest_killed_mid_way_serves_no_half_written_version(stack: Stack) -> N
 
 def test_hostile_inputs_get_4xx_with_reasons_never_5xx(stack: Stack) -> None:
     report = bad_inputs(stack.base_url, stack.model_name, body_limit=stack.settings.limits.max_body_bytes)
-    bad = [
-        c for c in report["cases"] if not 0 < c["status"] < 500 or (c["status"] >= 400 and not c["reason"])
-    ]
-    assert report["passed"], bad
-    statuses = {c["case"]: c["status"] for c in report["cases"]}
-    assert 400 <= statuses["invalid UTF-8 body"] < 500
-    assert statuses["body over the size limit"] == 413
-    assert statuses["embed: 9k tokens"] == 200, "long inputs are truncated, not refused"
-    assert statuses["embed: 60k characters (over the item limit)"] == 413
-    assert statuses["OpenAI: 9k-token input"] == 200 and statuses["OpenAI: unknown model"] == 404
+    cases = report["cases"]
+    bad = [c for c in cases if c["status"] != c["expected"] or (c["status"] >= 400 and not c["reason"])]
+    assert report["passed"] and not bad, (report["summary"], bad)
     reasons = {c["case"]: c["reason"] for c in report["cases"]}
     assert "UTF-8" in reasons["invalid UTF-8 body"], reasons
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray.exceptions import ActorDiedError
 
 from serve_app.handles import call_idempotent, replica_gone
@@ -31,10 +31,16 @@ class FakeAPI:
         self.ignore_updates = False  # acknowledge updates without applying them (a stale write)
         self.apply_then_fail = False  # apply writes, then answer 503 (outcome unknown to the client)
         self.slow_embed_s = 0.0
+        self.bare_503 = False  # 503 without a reason (as a crashed proxy might answer)
+        self.not_json = False  # 200 whose body is not JSON
         app = FastAPI()
 
         @app.post("/v1/search")
         async def search(body: dict) -> Any:
+            if self.bare_503:
+                return Response("Service Unavailable", status_code=503)
+            if self.not_json:
+                return Response("<html>ok</html>", status_code=200)
             if self.down:
                 return JSONResponse({"error": "vector store unavailable"}, status_code=503)
             ids = (body.get("filters") or {}).get("doc_ids") or list(self.docs)[:3]
@@ -145,6 +151,37 @@ def test_a_write_with_an_unknown_outcome_may_be_applied_without_counting_as_lost
     result = _run(api, duration_s=0.5, rate=20.0, mix=Mix(search=0, embed=0, ingest=1))
     assert result.summary()["total"]["by_status"] == {"503": 10}
     assert result.verify is None, "nothing was acknowledged, so nothing can be lost"
+
+
+def test_a_503_without_a_reason_and_a_200_that_is_not_json_are_server_errors() -> None:
+    api = FakeAPI()
+    api.bare_503 = True
+    summary = _run(api, duration_s=0.2, rate=20.0, mix=Mix(search=1, embed=0, ingest=0)).summary()
+    assert summary["server_errors"] == summary["total"]["requests"] == 4
+    api.bare_503, api.not_json = False, True
+    summary = _run(api, duration_s=0.2, rate=20.0, mix=Mix(search=1, embed=0, ingest=0)).summary()
+    assert summary["server_errors"] == summary["total"]["errors"] == 4
+
+
+def test_no_recovery_when_nothing_succeeds_after_the_fault() -> None:
+    api = FakeAPI()
+    result = _run(api, duration_s=1.0, rate=20.0, actions=[(0.5, "down", lambda: setattr(api, "down", True))])
+    assert result.recovery_s(0.5) is None, "still failing at the end: not recovered"
+    assert result.recovery_s(0.0) is None
+
+
+def test_a_document_whose_write_timed_out_is_not_updated_again() -> None:
+    """The timed-out write may still land later and overwrite any later acknowledged update, which
+    would then look lost; so such a document is left alone, and either outcome is accepted."""
+    from serve_app.reliability.load import Ledger
+
+    ledger = Ledger()
+    ledger.begin("d", "t1")
+    ledger.end("d", "t1", 200)
+    assert ledger.idle_docs() == ["d"]
+    ledger.begin("d", "t2")
+    ledger.end("d", "t2", TIMEOUT)
+    assert ledger.idle_docs() == [] and ledger.possible["d"] == {"t1", "t2"}
 
 
 def test_loopback_only() -> None:
