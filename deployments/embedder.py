@@ -45,7 +45,7 @@ class Embedder:
         self.batch_sizes: Counter[int] = Counter()  # model steps by size (merged @serve.batch groups)
         self.forward_sizes: Counter[int] = Counter()  # forward passes by size
         self._last_ok = 0.0
-        self._cache_seen = {"lru_hits": 0, "redis_hits": 0, "misses": 0, "errors": 0, "skipped": 0}
+        self._cache_seen: dict[str, dict[str, int]] = {"dense+sparse": {}, "colbert": {}}
         self.m_batch = metrics.Histogram(
             "specrag_embed_batch_size",
             "texts per model step (merged dynamic batches)",
@@ -61,6 +61,11 @@ class Embedder:
         )
         self.m_cache = metrics.Counter(
             "specrag_embed_cache_total", "cache lookups by outcome", tag_keys=("outcome",)
+        )
+        self.m_colbert_cache = metrics.Counter(
+            "specrag_embed_colbert_cache_total",
+            "lookups of the reranker's ColBERT vectors by outcome",
+            tag_keys=("outcome",),
         )
         self.m_item_errors = metrics.Counter("specrag_embed_item_errors_total", "texts the model failed on")
 
@@ -102,14 +107,19 @@ class Embedder:
         errors = sum(1 for r in results if r["error"])
         if errors:
             self.m_item_errors.inc(errors)
-        cache = self.service.cache
-        if cache is not None:
-            metric("breaker").set(BREAKER_STATES.get(cache.redis_state, -1))
-            now = cache.stats.as_dict()
+        if self.service.cache is not None:
+            metric("breaker").set(BREAKER_STATES.get(self.service.cache.redis_state, -1))
+        for kind, cache, counter in (
+            ("dense+sparse", self.service.cache, self.m_cache),
+            ("colbert", self.service.colbert_cache, self.m_colbert_cache),
+        ):
+            if cache is None:
+                continue
+            now, seen = cache.stats.as_dict(), self._cache_seen[kind]
             for outcome, value in now.items():
-                if value > self._cache_seen[outcome]:
-                    self.m_cache.inc(value - self._cache_seen[outcome], tags={"outcome": outcome})
-            self._cache_seen = now
+                if value > seen.get(outcome, 0):
+                    counter.inc(value - seen.get(outcome, 0), tags={"outcome": outcome})
+            self._cache_seen[kind] = now
 
     async def embed(
         self, texts: list[str], input_type: str = "passage", colbert: bool = False
@@ -135,12 +145,16 @@ class Embedder:
 
     def stats(self) -> dict[str, Any]:
         """Batch-size histograms and cache counters of this replica (benchmarks, debugging)."""
-        cache = self.service.cache
+
+        def cache_stats(cache: Any) -> dict[str, Any] | None:
+            return None if cache is None else {**cache.stats.as_dict(), "redis": cache.redis_state}
+
         return {
             "pid": os.getpid(),  # fault-injection scenarios kill a replica by it
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
             "forward_batches": dict(sorted(self.forward_sizes.items())),
-            "cache": None if cache is None else {**cache.stats.as_dict(), "redis": cache.redis_state},
+            "cache": cache_stats(self.service.cache),
+            "colbert_cache": cache_stats(self.service.colbert_cache),
         }
 
     async def ready(self, timeout_s: float = 5.0) -> dict[str, Any]:

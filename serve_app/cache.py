@@ -1,10 +1,12 @@
-"""Two-tier cache for dense + sparse outputs: an in-process LRU in front of Redis, fail-open.
+"""Two-tier cache for embedder outputs: an in-process LRU in front of Redis, fail-open.
 
 Keys name the model and its revision, the output kind, the input type, the max length and the
-text's hash, so a model or settings change never serves stale vectors. ColBERT vectors are not
-cached (hundreds of vectors per text). Redis errors and timeouts never fail a request: the
-circuit breaker (pybreaker) stops calling a Redis that keeps failing and probes it again after
-``reset_s``; until then every lookup is a miss served by the model.
+text's hash, so a model or settings change never serves stale vectors. Dense + sparse entries
+and entries that also carry ColBERT vectors (float16, one row per token; the reranker's passages)
+live in separate caches: a ColBERT entry is hundreds of times larger, so its LRU is bounded by
+bytes, not items. Redis errors and timeouts never fail a request: the circuit breaker (pybreaker)
+stops calling a Redis that keeps failing and probes it again after ``reset_s``; until then every
+lookup is a miss served by the model.
 """
 
 from __future__ import annotations
@@ -22,19 +24,25 @@ from cachetools import LRUCache
 
 log = logging.getLogger(__name__)
 
-Entry = tuple[np.ndarray, dict[int, float]]
+# dense, sparse, and the ColBERT matrix (float16, tokens x dim) or None.
+Entry = tuple[np.ndarray, dict[int, float], np.ndarray | None]
 
 
-def pack(dense: np.ndarray, sparse: dict[int, float]) -> bytes:
-    """dim, nnz, float32 dense, int32 ids, float32 weights: compact and quick to parse."""
+def pack(dense: np.ndarray, sparse: dict[int, float], colbert: np.ndarray | None = None) -> bytes:
+    """dim, nnz, float32 dense, int32 ids, float32 weights; then, only with ColBERT, rows, dim
+    and float16 rows. Compact and quick to parse; a dense + sparse blob has no trailer."""
     ids = np.fromiter(sparse.keys(), np.int32, len(sparse))
     weights = np.fromiter(sparse.values(), np.float32, len(sparse))
-    return (
+    blob = (
         struct.pack("<II", dense.shape[0], len(sparse))
         + dense.astype(np.float32).tobytes()
         + ids.tobytes()
         + weights.tobytes()
     )
+    if colbert is not None:
+        rows, dim = colbert.shape
+        blob += struct.pack("<II", rows, dim) + colbert.astype(np.float16).tobytes()
+    return blob
 
 
 def unpack(blob: bytes) -> Entry:
@@ -44,7 +52,18 @@ def unpack(blob: bytes) -> Entry:
     off += 4 * dim
     ids = np.frombuffer(blob, np.int32, nnz, off)
     weights = np.frombuffer(blob, np.float32, nnz, off + 4 * nnz)
-    return dense, dict(zip(ids.tolist(), weights.tolist(), strict=True))
+    off += 8 * nnz
+    colbert = None
+    if len(blob) > off:
+        rows, cdim = struct.unpack_from("<II", blob, off)
+        colbert = np.frombuffer(blob, np.float16, rows * cdim, off + 8).reshape(rows, cdim).copy()
+    return dense, dict(zip(ids.tolist(), weights.tolist(), strict=True)), colbert
+
+
+def entry_bytes(entry: Entry) -> int:
+    """Rough resident size of an entry (arrays plus ~80 bytes per sparse weight in a dict)."""
+    dense, sparse, colbert = entry
+    return dense.nbytes + 80 * len(sparse) + (colbert.nbytes if colbert is not None else 0) + 200
 
 
 class _NoLRU(dict):
@@ -52,6 +71,17 @@ class _NoLRU(dict):
 
     def __setitem__(self, key: str, value: Entry) -> None:
         pass
+
+
+class _ByteLRU(LRUCache):
+    """An LRU bounded by bytes; an entry larger than the whole budget is not kept."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(maxsize=max_bytes, getsizeof=entry_bytes)
+
+    def __setitem__(self, key: str, value: Entry) -> None:
+        if entry_bytes(value) <= self.maxsize:
+            super().__setitem__(key, value)
 
 
 @dataclass
@@ -67,7 +97,10 @@ class CacheStats:
 
 
 class EmbeddingCache:
-    """``lookup`` / ``set_many`` by text; thread-safe; Redis optional (LRU only when ``url`` is None)."""
+    """``lookup`` / ``set_many`` by text; thread-safe; Redis optional (LRU only when ``url`` is None).
+
+    ``lru_bytes`` bounds the in-process tier by size instead of by ``lru_items`` (ColBERT entries).
+    """
 
     def __init__(
         self,
@@ -79,11 +112,17 @@ class EmbeddingCache:
         timeout_s: float = 0.05,
         fail_max: int = 3,
         reset_s: float = 10.0,
+        lru_bytes: int | None = None,
+        name: str = "redis-cache",
     ) -> None:
         self.namespace = namespace
         self.ttl_s = ttl_s
         self.stats = CacheStats()
-        self._lru: LRUCache[str, Entry] | dict = LRUCache(maxsize=lru_items) if lru_items > 0 else _NoLRU()
+        self._lru: LRUCache[str, Entry] | dict
+        if lru_bytes is not None:
+            self._lru = _ByteLRU(lru_bytes) if lru_bytes > 0 else _NoLRU()
+        else:
+            self._lru = LRUCache(maxsize=lru_items) if lru_items > 0 else _NoLRU()
         self._lock = threading.Lock()
         self._redis = None
         if url:
@@ -92,7 +131,7 @@ class EmbeddingCache:
             self._redis = redis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
             )
-        self.breaker = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_s, name="redis-cache")
+        self.breaker = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_s, name=name)
 
     def key(self, text: str) -> str:
         return f"specrag:emb:{self.namespace}:{hashlib.sha256(text.encode()).hexdigest()}"
@@ -145,20 +184,22 @@ class EmbeddingCache:
             self.stats.misses += tiers.count(None)
         return found, tiers
 
-    def set_many(self, items: Sequence[tuple[str, np.ndarray, dict[int, float]]]) -> None:
+    def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
+        """``(text, entry)`` pairs; a ColBERT matrix is stored as float16 (pass it as such, so
+        that what was computed and what is served from the cache are the same numbers)."""
         if not items:
             return
-        keyed = [(self.key(text), dense, sparse) for text, dense, sparse in items]
+        keyed = [(self.key(text), entry) for text, entry in items]
         with self._lock:
-            for key, dense, sparse in keyed:
-                self._lru[key] = (dense, sparse)
+            for key, entry in keyed:
+                self._lru[key] = entry
         if self._redis is None:
             return
 
         def write() -> None:
             pipe = self._redis.pipeline(transaction=False)
-            for key, dense, sparse in keyed:
-                pipe.set(key, pack(dense, sparse), ex=self.ttl_s)
+            for key, entry in keyed:
+                pipe.set(key, pack(*entry), ex=self.ttl_s)
             pipe.execute()
 
         self._redis_call(write, None)

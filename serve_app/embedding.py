@@ -63,11 +63,23 @@ def _result(
 
 
 class EmbeddingService:
-    """Embeds items of mixed input type in as few forward passes as possible, cache first."""
+    """Embeds items of mixed input type in as few forward passes as possible, cache first.
 
-    def __init__(self, encoder: TextEncoder, cache: EmbeddingCache | None = None) -> None:
+    Items that ask for ColBERT vectors (the reranker's query and passages) go to ``colbert_cache``,
+    whose entries carry all three outputs; the others to ``cache`` (dense + sparse only). ColBERT
+    rows are rounded to float16 whether or not they are cached, so a cached and a computed rerank
+    score the same.
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        cache: EmbeddingCache | None = None,
+        colbert_cache: EmbeddingCache | None = None,
+    ) -> None:
         self.encoder = encoder
         self.cache = cache
+        self.colbert_cache = colbert_cache
         # Sizes of recent forward passes; the Embedder drains it into metrics, bounded for other callers.
         self.forward_batches: deque[int] = deque(maxlen=4096)
 
@@ -75,18 +87,27 @@ class EmbeddingService:
     def from_settings(cls, settings: Settings, encoder: TextEncoder | None = None) -> EmbeddingService:
         encoder = encoder or load_encoder(settings)
         r = settings.redis
-        cache = None
-        if r.url is not None or r.lru_items > 0:
-            cache = EmbeddingCache(
-                r.url.get_secret_value() if r.url else None,
-                namespace=hashlib.sha256(encoder.fingerprint.encode()).hexdigest()[:16] + ":dense+sparse",
-                lru_items=r.lru_items,
-                ttl_s=r.ttl_s,
-                timeout_s=r.timeout_s,
-                fail_max=r.breaker_fail_max,
-                reset_s=r.breaker_reset_s,
+        url = r.url.get_secret_value() if r.url else None
+        prefix = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()[:16]
+        common = {
+            "ttl_s": r.ttl_s,
+            "timeout_s": r.timeout_s,
+            "fail_max": r.breaker_fail_max,
+            "reset_s": r.breaker_reset_s,
+        }
+        cache = colbert_cache = None
+        if url is not None or r.lru_items > 0:
+            cache = EmbeddingCache(url, f"{prefix}:dense+sparse", lru_items=r.lru_items, **common)
+        colbert_url = url if r.colbert_in_redis else None
+        if colbert_url is not None or r.colbert_lru_mb > 0:
+            colbert_cache = EmbeddingCache(
+                colbert_url,
+                f"{prefix}:dense+sparse+colbert",
+                lru_bytes=r.colbert_lru_mb * 2**20,
+                name="redis-colbert-cache",
+                **common,
             )
-        return cls(encoder, cache)
+        return cls(encoder, cache, colbert_cache)
 
     @property
     def model_id(self) -> str:
@@ -96,16 +117,19 @@ class EmbeddingService:
     def dim(self) -> int:
         return self.encoder.dim
 
-    def _from_cache(self, items: Sequence[EmbedItem], idx: list[int], results: list) -> list[int]:
+    def _from_cache(
+        self, cache: EmbeddingCache, items: Sequence[EmbedItem], idx: list[int], results: list
+    ) -> list[int]:
         """Fill what the cache has; return the indices the model must compute."""
         keys = [f"{items[i].input_type}\0{items[i].text}" for i in idx]
-        found, tiers = self.cache.lookup(keys)  # type: ignore[union-attr]
+        found, tiers = cache.lookup(keys)
         todo = []
         for i, entry, tier in zip(idx, found, tiers, strict=True):
-            if entry is None:
+            if entry is None or (items[i].colbert and entry[2] is None):
                 todo.append(i)
             else:
-                results[i] = _result(entry[0], entry[1], None, tokens=0, cached=tier)
+                colbert = entry[2].astype(np.float32) if items[i].colbert else None
+                results[i] = _result(entry[0], entry[1], colbert, tokens=0, cached=tier)
         return todo
 
     def embed_items(self, items: Sequence[EmbedItem]) -> list[dict[str, Any]]:
@@ -120,8 +144,8 @@ class EmbeddingService:
         for i, item in enumerate(items):
             groups[(item.input_type, item.colbert)].append(i)
         for (input_type, colbert), idx in groups.items():
-            # ColBERT vectors are too large to cache; dense + sparse come from the same pass.
-            todo = self._from_cache(items, idx, results) if self.cache is not None and not colbert else idx
+            cache = self.colbert_cache if colbert else self.cache
+            todo = self._from_cache(cache, items, idx, results) if cache is not None else idx
             if not todo:
                 continue
             enc = self.encoder.encode(
@@ -131,18 +155,20 @@ class EmbeddingService:
             fresh = []
             for row, i in enumerate(todo):
                 error = enc.errors[row] if enc.errors else None
+                half = enc.colbert[row].astype(np.float16) if colbert else None
                 results[i] = _result(
                     enc.dense[row].copy(),  # a row view would keep the whole batch alive in the LRU
                     enc.sparse[row],
-                    enc.colbert[row] if colbert else None,
+                    half.astype(np.float32) if half is not None else None,
                     tokens=enc.token_counts[row],
                     truncated=bool(enc.truncated and enc.truncated[row]),
                     error=error,
                 )
                 if error is None:
-                    fresh.append((f"{input_type}\0{items[i].text}", results[i]["dense"], enc.sparse[row]))
-            if self.cache is not None and not colbert:
-                self.cache.set_many(fresh)
+                    key = f"{input_type}\0{items[i].text}"
+                    fresh.append((key, (results[i]["dense"], enc.sparse[row], half)))
+            if cache is not None:
+                cache.set_many(fresh)
         return results  # type: ignore[return-value]
 
     def embed_texts(

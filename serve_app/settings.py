@@ -60,6 +60,15 @@ class RedisSettings(_Section):
     breaker_fail_max: int = Field(default=3, ge=1, description="failures in a row that open the breaker")
     breaker_reset_s: float = Field(default=10.0, gt=0, description="how long an open breaker skips Redis")
     lru_items: int = Field(default=10_000, ge=0, description="in-process tier per replica; 0 = off")
+    colbert_lru_mb: int = Field(
+        default=256,
+        ge=0,
+        description="in-process tier per replica for the reranker's ColBERT vectors (MiB); 0 = off",
+    )
+    colbert_in_redis: bool = Field(
+        default=True,
+        description="also keep ColBERT vectors in Redis (float16, ~2 bytes x dim per token of a passage)",
+    )
 
 
 class BatchSettings(_Section):

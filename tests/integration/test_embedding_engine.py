@@ -131,3 +131,27 @@ def test_property_encoding_any_text_gives_finite_unit_vectors(encoder: M3Encoder
     assert np.all(np.isfinite(out.dense))
     assert np.allclose(np.linalg.norm(out.dense, axis=1), 1.0, atol=1e-3)
     assert all(np.isfinite(list(s.values())).all() for s in out.sparse if s)
+
+
+def test_rerank_colbert_vectors_are_shared_through_redis(encoder: M3Encoder, redis_url: str) -> None:
+    """Two services on one Redis, as two Embedder replicas: what one computed for a rerank, the
+    other serves from Redis without the model, and scores it the same."""
+    from serve_app.encoder import colbert_maxsim
+    from serve_app.settings import Settings
+
+    settings = Settings(redis={"url": redis_url, "timeout_s": 2.0})
+    first = EmbeddingService.from_settings(settings, encoder)
+    second = EmbeddingService.from_settings(settings, encoder)
+    texts = [f"冪等キーは {i} 時間保持される。Idempotency keys are kept for {i} hours." for i in range(6)]
+    items = [EmbedItem(t, "passage", colbert=True) for t in texts]
+    query = first.embed_items([EmbedItem("冪等キーの保持期間", "query", colbert=True)])[0]
+    computed = first.embed_items(items)
+    served = second.embed_items(items)
+    assert [r["cached"] for r in computed] == [None] * 6 and [r["cached"] for r in served] == ["redis"] * 6
+    for a, b in zip(computed, served, strict=True):
+        assert a["colbert"].shape == b["colbert"].shape and a["colbert"].shape[1] == encoder.dim
+        assert np.array_equal(a["colbert"], b["colbert"])
+        q = query["colbert"]
+        assert colbert_maxsim(q, a["colbert"]) == colbert_maxsim(q, b["colbert"])
+    plain = second.embed_items([EmbedItem(texts[0], "passage")])[0]
+    assert plain["cached"] is None, "a ColBERT entry is not the dense + sparse cache's"
