@@ -41,6 +41,11 @@ def load_encoder(settings: Settings) -> M3Encoder:
     )
 
 
+def _cache_key(item: EmbedItem) -> str:
+    """What a cache entry is looked up by (the cache hashes it with the model's namespace)."""
+    return f"{item.input_type}\0{item.text}"
+
+
 def _result(
     dense: np.ndarray,
     sparse: dict[int, float],
@@ -121,7 +126,7 @@ class EmbeddingService:
         self, cache: EmbeddingCache, items: Sequence[EmbedItem], idx: list[int], results: list
     ) -> list[int]:
         """Fill what the cache has; return the indices the model must compute."""
-        keys = [f"{items[i].input_type}\0{items[i].text}" for i in idx]
+        keys = [_cache_key(items[i]) for i in idx]
         found, tiers = cache.lookup(keys)
         todo = []
         for i, entry, tier in zip(idx, found, tiers, strict=True):
@@ -165,8 +170,7 @@ class EmbeddingService:
                     error=error,
                 )
                 if error is None:
-                    key = f"{input_type}\0{items[i].text}"
-                    fresh.append((key, (results[i]["dense"], enc.sparse[row], half)))
+                    fresh.append((_cache_key(items[i]), (results[i]["dense"], enc.sparse[row], half)))
             if cache is not None:
                 cache.set_many(fresh)
         return results  # type: ignore[return-value]

@@ -79,6 +79,12 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.25
     return None
 
 
+def _event(result: LoadResult, action: str) -> Any:
+    """What a fault action returned (``{}`` when it failed or did not run)."""
+    found = next((e for e in result.events if e["action"] == action), {})
+    return found.get("detail") if found.get("detail") is not None else {}
+
+
 def baseline(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]:
     """The mixed load with no fault: the reference for the others."""
     result = _load(stack, duration_s, rate)
@@ -99,7 +105,6 @@ def redis_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]
     import redis
 
     kill_at, back_at = duration_s / 3, 2 * duration_s / 3
-    keys = redis.Redis.from_url(stack.redis.url, socket_timeout=2)
 
     def probe() -> dict[str, Any]:
         with stack.client(timeout_s=30) as c:
@@ -108,12 +113,13 @@ def redis_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]
 
     def restart() -> float | None:
         stack.redis.start()  # no persistence: it comes back empty
+        with contextlib.closing(redis.Redis.from_url(stack.redis.url, socket_timeout=2)) as keys:
 
-        def written_again() -> bool:
-            _embed_unique(stack, "redis back")
-            return keys.dbsize() > 0
+            def written_again() -> bool:
+                _embed_unique(stack, "redis back")
+                return keys.dbsize() > 0
 
-        return _wait(written_again, 60, every_s=0.5)
+            return _wait(written_again, 60, every_s=0.5)
 
     result = _load(
         stack,
@@ -125,7 +131,6 @@ def redis_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]
             (back_at, "start redis-server", restart),
         ],
     )
-    keys.close()
     probed = _event(result, "probe")
     cache_back = _event(result, "start redis-server")
     return _outcome(
@@ -140,12 +145,6 @@ def redis_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]
         recovery_s=cache_back if isinstance(cache_back, float) else None,
         recovery_note="restart → the service writes to Redis again (its breaker closed)",
     )
-
-
-def _event(result: LoadResult, action: str) -> Any:
-    """What a fault action returned (``{}`` when it failed or did not run)."""
-    found = next((e for e in result.events if e["action"] == action), {})
-    return found.get("detail") if found.get("detail") is not None else {}
 
 
 def milvus_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]:
@@ -233,8 +232,8 @@ def expander_faults(stack: Stack, duration_s: float, rate: float) -> dict[str, A
         shows the breaker open or the outage ends."""
         seen: list[str] = []
         end = time.monotonic() + q - 1.0
-        while time.monotonic() < end and "down" not in seen:
-            with stack.client(timeout_s=30) as c:
+        with stack.client(timeout_s=30) as c:
+            while time.monotonic() < end and "down" not in seen:
                 c.post("/v1/search", json={"query": f"有効期限 {time.time_ns()}", "rerank": False})
                 seen.append(c.get("/readyz").json()["checks"]["expander"]["status"])
         return seen
