@@ -18,9 +18,9 @@ from typing import Any
 from ray import serve
 from ray.serve import metrics
 
-from serve_app.batching import ContinuousBatcher
-from serve_app.embedding import EmbeddingService, EmbedItem
-from serve_app.observability import BREAKER_STATES, metric
+from serve_app.core.batching import ContinuousBatcher
+from serve_app.core.embedding import EmbeddingService, EmbedItem
+from serve_app.serving.observability import BREAKER_STATES, metric
 from serve_app.settings import Settings
 
 _BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]

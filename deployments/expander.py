@@ -14,8 +14,8 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.expansion import QueryExpansion, learn_glossary
-from serve_app.observability import metric
+from serve_app.core.expansion import QueryExpansion, learn_glossary
+from serve_app.serving.observability import metric
 from serve_app.settings import Settings
 
 log = logging.getLogger("ray.serve.specrag.expander")

@@ -16,11 +16,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.searcher import make_store
-from serve_app.ingest import Ingestor, SourceDocument
-from serve_app.meta import MetaStore
-from serve_app.observability import metric
+from serve_app.core.ingest import Ingestor, SourceDocument
+from serve_app.core.meta import MetaStore
+from serve_app.core.store import StoreUnavailable, quote
+from serve_app.serving.observability import metric
 from serve_app.settings import Settings
-from serve_app.store import StoreUnavailable, quote
 
 EMBED_TIMEOUT_S = 300.0  # one embedding call of a write batch; a hung Embedder must not block writes forever
 

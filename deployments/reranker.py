@@ -14,9 +14,9 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.fusion import Candidate
-from serve_app.handles import call_idempotent
-from serve_app.retrieval import passage_text, rerank
+from serve_app.core.fusion import Candidate
+from serve_app.core.retrieval import passage_text, rerank
+from serve_app.serving.handles import call_idempotent
 from serve_app.settings import Settings
 
 log = logging.getLogger("ray.serve.specrag.reranker")

@@ -13,11 +13,11 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.lexical import IdfTable, idf_enabled
-from serve_app.observability import metric
-from serve_app.retrieval import Retriever
+from serve_app.core.lexical import IdfTable, idf_enabled
+from serve_app.core.retrieval import Retriever
+from serve_app.core.store import MilvusStore, StoreUnavailable
+from serve_app.serving.observability import metric
 from serve_app.settings import Settings
-from serve_app.store import MilvusStore, StoreUnavailable
 
 
 def make_store(settings: Settings, dim: int) -> MilvusStore:

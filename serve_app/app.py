@@ -35,9 +35,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     from deployments.embedder import Embedder
     from deployments.expander import QueryExpander
     from deployments.indexer import Indexer
+    from deployments.ingress import Ingress
     from deployments.reranker import Reranker
     from deployments.searcher import Searcher
-    from serve_app.ingress import Ingress
 
     settings = args if isinstance(args, Settings) else load_settings(args or {})
     log.info("specrag settings: %s", json.dumps(settings.redacted(), ensure_ascii=False))

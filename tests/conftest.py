@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from serve_app.local_stack import LOCAL_RAY_ENV
+from serve_app.devtools.local_stack import LOCAL_RAY_ENV
 
 for key, value in LOCAL_RAY_ENV.items():
     os.environ.setdefault(key, value)

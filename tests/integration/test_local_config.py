@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.local_stack import LOCAL_RAY_ENV, free_port
+from serve_app.devtools.local_stack import LOCAL_RAY_ENV, free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[2]

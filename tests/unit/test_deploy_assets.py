@@ -15,7 +15,7 @@ USED = re.compile(r"ray_(specrag_[a-z0-9_]+?)(?:_bucket|_sum|_count)?\b")
 
 def _defined() -> set[str]:
     names: set[str] = set()
-    for path in [*ROOT.glob("serve_app/*.py"), *ROOT.glob("deployments/*.py")]:
+    for path in [*ROOT.glob("serve_app/**/*.py"), *ROOT.glob("deployments/*.py")]:
         names |= set(DEFINED.findall(path.read_text()))
     return names
 

@@ -1,0 +1,187 @@
+"""The embedding engine behind the Embedder deployment: cache tiers in front of an encoder.
+
+Plain Python so that tests, the CLI and batch jobs use exactly what Serve uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serve_app.core.cache import EmbeddingCache
+from serve_app.core.encoder import InputType, M3Encoder, TextEncoder
+from serve_app.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedItem:
+    text: str
+    input_type: InputType = "passage"
+    colbert: bool = False
+
+
+def load_encoder(settings: Settings) -> M3Encoder:
+    m = settings.model
+    return M3Encoder(
+        m.name_or_path,
+        device=m.device,
+        dtype=m.dtype,
+        max_length=m.max_length,
+        batch_size=settings.batch.encode_batch_size,
+        max_tokens_per_batch=settings.batch.max_tokens_per_batch,
+        num_threads=m.num_threads,
+        pooling=m.pooling,
+        query_prefix=m.query_prefix,
+        passage_prefix=m.passage_prefix,
+    )
+
+
+def _cache_key(item: EmbedItem) -> str:
+    """What a cache entry is looked up by (the cache hashes it with the model's namespace)."""
+    return f"{item.input_type}\0{item.text}"
+
+
+def _result(
+    dense: np.ndarray,
+    sparse: dict[int, float],
+    colbert: np.ndarray | None,
+    *,
+    tokens: int,
+    truncated: bool = False,
+    cached: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "dense": dense,
+        "sparse": sparse,
+        "colbert": colbert,
+        "tokens": tokens,
+        "truncated": truncated,
+        "cached": cached,
+        "error": error,
+    }
+
+
+class EmbeddingService:
+    """Embeds items of mixed input type in as few forward passes as possible, cache first.
+
+    Items that ask for ColBERT vectors (the reranker's query and passages) go to ``colbert_cache``,
+    whose entries carry all three outputs; the others to ``cache`` (dense + sparse only). ColBERT
+    rows are rounded to float16 whether or not they are cached, so a cached and a computed rerank
+    score the same.
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        cache: EmbeddingCache | None = None,
+        colbert_cache: EmbeddingCache | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.cache = cache
+        self.colbert_cache = colbert_cache
+        # Sizes of recent forward passes; the Embedder drains it into metrics, bounded for other callers.
+        self.forward_batches: deque[int] = deque(maxlen=4096)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, encoder: TextEncoder | None = None) -> EmbeddingService:
+        encoder = encoder or load_encoder(settings)
+        r = settings.redis
+        url = r.url.get_secret_value() if r.url else None
+        prefix = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()[:16]
+        common = {
+            "ttl_s": r.ttl_s,
+            "timeout_s": r.timeout_s,
+            "fail_max": r.breaker_fail_max,
+            "reset_s": r.breaker_reset_s,
+        }
+        cache = colbert_cache = None
+        if url is not None or r.lru_items > 0:
+            cache = EmbeddingCache(url, f"{prefix}:dense+sparse", lru_items=r.lru_items, **common)
+        colbert_url = url if r.colbert_in_redis else None
+        if colbert_url is not None or r.colbert_lru_mb > 0:
+            colbert_cache = EmbeddingCache(
+                colbert_url,
+                f"{prefix}:dense+sparse+colbert",
+                lru_bytes=r.colbert_lru_mb * 2**20,
+                name="redis-colbert-cache",
+                **common,
+            )
+        return cls(encoder, cache, colbert_cache)
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def _from_cache(
+        self, cache: EmbeddingCache, items: Sequence[EmbedItem], idx: list[int], results: list
+    ) -> list[int]:
+        """Fill what the cache has; return the indices the model must compute."""
+        keys = [_cache_key(items[i]) for i in idx]
+        found, tiers = cache.lookup(keys)
+        todo = []
+        for i, entry, tier in zip(idx, found, tiers, strict=True):
+            if entry is None or (items[i].colbert and entry[2] is None):
+                todo.append(i)
+            else:
+                colbert = entry[2].astype(np.float32) if items[i].colbert else None
+                results[i] = _result(entry[0], entry[1], colbert, tokens=0, cached=tier)
+        return todo
+
+    def embed_items(self, items: Sequence[EmbedItem]) -> list[dict[str, Any]]:
+        """One dict per item: dense, sparse ({id: w}), colbert or None, tokens, truncated, cached, error.
+
+        ``cached`` is ``None`` when the model computed the item, else the tier that served it
+        (``"lru"`` or ``"redis"``): such items never reach the model. An item the model fails on
+        carries ``error`` and zero vectors; the others are unaffected.
+        """
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[(item.input_type, item.colbert)].append(i)
+        for (input_type, colbert), idx in groups.items():
+            cache = self.colbert_cache if colbert else self.cache
+            todo = self._from_cache(cache, items, idx, results) if cache is not None else idx
+            if not todo:
+                continue
+            enc = self.encoder.encode(
+                [items[i].text for i in todo], input_type=input_type, dense=True, sparse=True, colbert=colbert
+            )
+            self.forward_batches.extend(enc.batches)
+            fresh = []
+            for row, i in enumerate(todo):
+                error = enc.errors[row] if enc.errors else None
+                half = enc.colbert[row].astype(np.float16) if colbert else None
+                results[i] = _result(
+                    enc.dense[row].copy(),  # a row view would keep the whole batch alive in the LRU
+                    enc.sparse[row],
+                    half.astype(np.float32) if half is not None else None,
+                    tokens=enc.token_counts[row],
+                    truncated=bool(enc.truncated and enc.truncated[row]),
+                    error=error,
+                )
+                if error is None:
+                    fresh.append((_cache_key(items[i]), (results[i]["dense"], enc.sparse[row], half)))
+            if cache is not None:
+                cache.set_many(fresh)
+        return results  # type: ignore[return-value]
+
+    def embed_texts(
+        self, texts: Sequence[str], *, input_type: InputType = "passage"
+    ) -> tuple[np.ndarray, list]:
+        """Dense matrix and sparse list for a batch of texts (the ingest path); fails on any item error."""
+        out = self.embed_items([EmbedItem(t, input_type) for t in texts])
+        failed = [(i, o["error"]) for i, o in enumerate(out) if o["error"]]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(texts)} texts failed to embed, first: {failed[0]}")
+        dense = np.stack([o["dense"] for o in out]) if out else np.zeros((0, self.dim), np.float32)
+        return dense, [o["sparse"] for o in out]

@@ -1,0 +1,695 @@
+"""Ingestion: read documents (a folder or git checkout of Markdown/text, a BEIR corpus), chunk, embed, write.
+
+Versions
+    A document whose chunks are unchanged is skipped (nothing embedded). A changed one gets the
+    next version: chunks whose content hash the stored version already has reuse its vectors, the
+    rest are embedded; the new version is inserted, then the older ones are deleted. Readers never
+    see a half state: the retriever keeps only each document's newest stored version (see
+    ``Retriever``), and every version is complete before it is inserted.
+
+Resilience
+    Embedding calls are retried with exponential backoff (tenacity), then split in halves to find
+    the chunks that fail. A document with a failed chunk is not written (its stored version stays
+    live) and is recorded in the meta store with the errors, so ``--retry-only`` can redo just it.
+
+Blue/green
+    Each write batch pins the physical collection behind the alias and checks the alias again
+    afterwards; if a re-embed job switched it meanwhile, the batch is written again into the new
+    collection (vectors reused), so an upsert made during a re-embed is never lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from serve_app.core.chunking import Chunk, chunk_document
+from serve_app.core.meta import MetaStore
+from serve_app.core.retrieval import passage_text
+from serve_app.core.store import ChunkRecord, MilvusStore, quote
+from serve_app.settings import ChunkSettings, IngestSettings
+
+log = logging.getLogger(__name__)
+
+EmbedFn = Callable[[list[str]], tuple[np.ndarray, list[dict[int, float]]]]
+TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".rst": "text"}
+KINDS = {"spec", "glossary", "api", "design", "faq", "other"}
+
+
+@dataclass(slots=True)
+class SourceDocument:
+    doc_id: str
+    text: str
+    fmt: str = "markdown"  # markdown | text
+    title: str = ""
+    lang: str | None = None
+    kind: str = "other"
+    source: str = ""
+    tags: list[str] = field(default_factory=list)
+
+
+def _front_matter(text: str) -> tuple[dict, str]:
+    if not text.startswith("---"):
+        return {}, text
+    end = text.find("\n---", 3)
+    if end < 0:
+        return {}, text
+    try:
+        meta = yaml.safe_load(text[3:end]) or {}
+    except yaml.YAMLError:
+        return {}, text
+    rest = text[end + 4 :]
+    return (meta if isinstance(meta, dict) else {}), rest.lstrip("\n")
+
+
+def _tags(value: object) -> list[str]:
+    if value is None:
+        return []
+    return [str(t) for t in value] if isinstance(value, list) else [str(value)]
+
+
+def _kind(value: object) -> str:
+    kind = str(value or "other").lower()
+    return kind if kind in KINDS else "other"
+
+
+def read_file(path: Path, root: Path) -> SourceDocument:
+    """One Markdown/text file; its front matter (doc_id, title, kind, tags, lang, source) wins."""
+    meta, body = _front_matter(path.read_text(encoding="utf-8", errors="replace"))
+    rel = path.relative_to(root).as_posix()
+    lang = meta.get("lang")
+    return SourceDocument(
+        doc_id=str(meta.get("doc_id") or rel),
+        text=body,
+        fmt=TEXT_SUFFIXES[path.suffix.lower()],
+        title=str(meta.get("title") or path.stem),
+        lang=str(lang) if lang in ("ja", "en") else None,
+        kind=_kind(meta.get("kind")),
+        source=str(meta.get("source") or rel),
+        tags=_tags(meta.get("tags")),
+    )
+
+
+def _git_files(root: Path) -> list[Path] | None:
+    """Tracked files of a git checkout (untracked and ignored files are not documents); None if not one."""
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        log.warning("%s looks like a git checkout but git ls-files failed; reading every file", root)
+        return None
+    return [root / name for name in out.decode("utf-8", errors="replace").split("\0") if name]
+
+
+def git_revision(root: Path) -> str | None:
+    """HEAD of a git checkout (recorded with the ingest run), or None."""
+    if not (Path(root) / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.decode().strip() or None
+
+
+def read_folder(root: Path) -> Iterator[SourceDocument]:
+    """Markdown/text files below ``root`` in path order (a git checkout: its tracked files only).
+
+    Hidden files and folders (``.git``, ``.github``, editor state) are skipped.
+    """
+    candidates = _git_files(root)
+    if candidates is None:
+        candidates = [p for p in root.rglob("*")]
+    for path in sorted(candidates):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
+            yield read_file(path, root)
+
+
+def read_beir_corpus(path: Path) -> Iterator[SourceDocument]:
+    """BEIR ``corpus.jsonl``: one passage per line with ``_id``, ``title``, ``text`` (+ lang, source)."""
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                doc_id = str(row["_id"])
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise ValueError(f"{path}:{line_no}: not a BEIR corpus line ({exc})") from exc
+            yield SourceDocument(
+                doc_id=doc_id,
+                text=str(row.get("text") or ""),
+                fmt="text",
+                title=str(row.get("title") or ""),
+                lang=row.get("lang") if row.get("lang") in ("ja", "en") else None,
+                kind=_kind(row.get("kind")),
+                source=str(row.get("source") or path.name),
+                tags=_tags(row.get("tags")),
+            )
+
+
+def iter_documents(path: Path) -> Iterator[SourceDocument]:
+    path = Path(path)
+    if path.is_file() and path.suffix == ".jsonl":
+        return read_beir_corpus(path)
+    if path.is_dir() and (path / "corpus.jsonl").is_file():
+        return read_beir_corpus(path / "corpus.jsonl")
+    if path.is_dir():
+        return read_folder(path)
+    if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
+        return iter([read_file(path, path.parent)])
+    raise ValueError(
+        f"{path}: expected a folder of .md/.txt files, a BEIR corpus.jsonl, or a folder holding one"
+    )
+
+
+def chunk_id(doc_id: str, version: int, ordinal: int) -> str:
+    return hashlib.blake2b(f"{doc_id}\0{version}\0{ordinal}".encode(), digest_size=16).hexdigest()
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+KEEP_RUNS = 50  # run records kept for --status
+TOMBSTONE_S = 7 * 86_400  # deletions remembered this long (a re-embed must not resurrect them)
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The embedder fails on everything (down, not bad input): the run stops, nothing is lost."""
+
+
+class ModelMismatch(RuntimeError):
+    """The target collection holds vectors of another model; writing ours would corrupt it."""
+
+
+@dataclass(slots=True)
+class IngestReport:
+    run_id: str = ""
+    total: int | None = None  # documents planned, when known up front
+    documents: int = 0  # documents processed so far
+    unchanged: int = 0
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    chunks_written: int = 0
+    chunks_deleted: int = 0
+    rewritten_after_switch: int = 0  # batches written again because a re-embed switched the alias
+    seconds: float = 0.0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        done = self.documents - len(self.failed)
+        return {
+            "run_id": self.run_id,
+            "documents": self.documents,
+            "pending": max((self.total or self.documents) - self.documents, 0),
+            "done": done,
+            "failed_documents": len(self.failed),
+            "success_rate": round(done / self.documents, 4) if self.documents else 1.0,
+            "unchanged": self.unchanged,
+            "added": self.added,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "chunks_embedded": self.chunks_embedded,
+            "chunks_reused": self.chunks_reused,
+            "chunks_written": self.chunks_written,
+            "chunks_deleted": self.chunks_deleted,
+            "rewritten_after_switch": self.rewritten_after_switch,
+            "seconds": round(self.seconds, 2),
+            "chunks_per_s": round(self.chunks_embedded / self.seconds, 2) if self.seconds else 0.0,
+            "failed": self.failed[:100],
+        }
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One document's new version: its records, which chunks need the model, which reuse vectors."""
+
+    doc: SourceDocument
+    version: int
+    records: list[ChunkRecord]
+    texts: list[str]
+    reuse: dict[int, str]  # record index -> chunk_id of the stored chunk with the same content hash
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+Vectors = tuple[np.ndarray, dict[int, float]]
+
+
+def embed_resilient(
+    embed: EmbedFn, texts: list[str], *, batch_size: int, settings: IngestSettings
+) -> list[Vectors | str]:
+    """Vectors per text, or the error of a text that fails even alone.
+
+    A batch is tried ``settings.attempts`` times with exponential backoff (transient faults: a
+    replica restarting, a GPU out of memory), then split in halves until the failing texts are
+    isolated; only those are lost, each with its error.
+    """
+    retrying = Retrying(
+        stop=stop_after_attempt(settings.attempts),
+        wait=wait_exponential(multiplier=settings.backoff_s, max=settings.backoff_max_s),
+        # Bad input fails the same way every time: split at once instead of waiting.
+        retry=retry_if_exception(lambda e: not isinstance(e, ValueError | TypeError)),
+        before_sleep=lambda st: log.warning(
+            "embedding a batch failed (attempt %d): %s; retrying",
+            st.attempt_number,
+            st.outcome.exception() if st.outcome else "?",
+        ),
+        reraise=True,
+    )
+    out: list[Vectors | str | None] = [None] * len(texts)
+    failures_in_a_row = 0
+
+    def solve(idx: list[int], *, retry: bool) -> None:
+        nonlocal failures_in_a_row
+        try:
+            call = lambda: embed([texts[i] for i in idx])  # noqa: E731
+            dense, sparse = retrying(call) if retry else call()
+        except Exception as exc:
+            if len(idx) == 1:
+                if not retry:  # a blip during the split deserves its own retries
+                    solve(idx, retry=True)
+                    return
+                out[idx[0]] = f"{type(exc).__name__}: {exc}"[:2000]
+                if not isinstance(exc, ValueError | TypeError):
+                    failures_in_a_row += 1
+                    if failures_in_a_row >= settings.abort_after_failures:
+                        # Not bad chunks but a dead embedder: stop instead of isolating every text.
+                        raise EmbedderUnavailable(
+                            f"{failures_in_a_row} texts in a row failed even alone after retries; last: {exc}"
+                        ) from exc
+                return
+            mid = len(idx) // 2
+            solve(idx[:mid], retry=False)
+            solve(idx[mid:], retry=False)
+            return
+        failures_in_a_row = 0
+        for i, d, s in zip(idx, dense, sparse, strict=True):
+            out[i] = (np.asarray(d, dtype=np.float32), dict(s))
+
+    for start in range(0, len(texts), batch_size):
+        solve(list(range(start, min(start + batch_size, len(texts)))), retry=True)
+    return out  # type: ignore[return-value]
+
+
+class Ingestor:
+    """Chunks, embeds in batches and writes; ``embed`` is any function texts -> (dense, sparse).
+
+    ``meta`` (optional) receives failure records and run progress; without it failures are only
+    reported. ``model_key`` guards against writing into a collection another model built.
+    """
+
+    def __init__(
+        self,
+        embed: EmbedFn,
+        store: MilvusStore,
+        chunking: ChunkSettings,
+        *,
+        settings: IngestSettings | None = None,
+        batch_size: int | None = None,
+        model_key: str | None = None,
+        meta: MetaStore | None = None,
+        origin: str = "",
+        record_runs: bool = True,
+    ) -> None:
+        self.embed = embed
+        # Part of every chunk hash (re-ingesting with another model re-embeds) and checked against
+        # the collection's model; None (tests with hand-made vectors) skips the check.
+        self.model_key = model_key
+        self.store = store
+        self.chunking = chunking
+        self.settings = settings or IngestSettings()
+        self.batch_size = batch_size or self.settings.batch_size
+        self.meta = meta
+        self.origin = origin  # where the documents came from (path, git revision, "http")
+        self.record_runs = record_runs  # run records for --status (the HTTP API keeps only failures)
+        self._vectors: dict[str, Vectors] = {}  # content hash -> vectors computed in this batch
+        self._checked_models: set[str] = set()
+        self._stale: dict[str, int] = {}  # doc_id -> newest version, for documents with older ones left
+
+    # ------------------------------------------------------------------------------ embedding
+
+    def _embed_resilient(self, texts: list[str]) -> list[Vectors | str]:
+        return embed_resilient(self.embed, texts, batch_size=self.batch_size, settings=self.settings)
+
+    # ------------------------------------------------------------------------------- planning
+
+    def _chunks(self, doc: SourceDocument) -> list[Chunk]:
+        return chunk_document(
+            doc.text,
+            fmt=doc.fmt,
+            max_chars=self.chunking.max_chars,
+            overlap_sentences=self.chunking.overlap_sentences,
+            doc_title=doc.title or None,
+        )
+
+    def _stored(self, target: str, doc_ids: Sequence[str]) -> dict[str, tuple[int, list[tuple[str, str]]]]:
+        """doc_id -> (newest stored version, its (content_hash, chunk_id) pairs in chunk order)."""
+        found: dict[str, dict[int, list[tuple[int, str, str]]]] = {}
+        ids = ", ".join(quote(d) for d in doc_ids)
+        for page in self.store.iter_rows(
+            f"doc_id in [{ids}]",
+            fields=["doc_id", "version", "ordinal", "content_hash"],
+            batch_size=5000,
+            on=target,
+        ):
+            for r in page:
+                found.setdefault(r["doc_id"], {}).setdefault(int(r["version"]), []).append(
+                    (int(r["ordinal"]), r["content_hash"], r["chunk_id"])
+                )
+        out = {}
+        for doc_id, versions in found.items():
+            newest = max(versions)
+            out[doc_id] = (newest, [(h, c) for _, h, c in sorted(versions[newest])])
+            if len(versions) > 1:
+                self._stale[doc_id] = newest
+        return out
+
+    def _plan(
+        self,
+        doc: SourceDocument,
+        chunks: list[Chunk],
+        stored: tuple[int, list[tuple[str, str]]] | None,
+        now: int,
+    ) -> _Plan | None:
+        fields = [{"title_path": list(c.title_path), "text": c.text} for c in chunks]
+        embedded = [passage_text(f) for f in fields]
+        # Metadata is in the hash too: a changed tag, kind or title reaches the index.
+        meta = f"{self.model_key or ''}|{doc.title}|{doc.kind}|{doc.source}|{','.join(doc.tags)}|{doc.lang}"
+        # Position is not in the hash: inserting a paragraph re-embeds that paragraph, not those after it.
+        hashes = [_hash(f"{meta}\n{t}") for t in embedded]
+        if stored is not None and [h for h, _ in stored[1]] == hashes:
+            return None
+        old_hashes = dict(stored[1]) if stored else {}
+        version = stored[0] + 1 if stored else 1
+        records, reuse = [], {}
+        for i, (chunk, content_hash) in enumerate(zip(chunks, hashes, strict=True)):
+            records.append(
+                ChunkRecord(
+                    chunk_id=chunk_id(doc.doc_id, version, chunk.ordinal),
+                    doc_id=doc.doc_id,
+                    version=version,
+                    ordinal=chunk.ordinal,
+                    text=chunk.text,
+                    title=doc.title,
+                    title_path=list(chunk.title_path),
+                    lang=doc.lang or chunk.lang,
+                    kind=doc.kind,
+                    source=doc.source,
+                    tags=doc.tags,
+                    updated_at=now,
+                    content_hash=content_hash,
+                    is_current=True,
+                    dense=[],
+                )
+            )
+            if content_hash in old_hashes:
+                reuse[i] = old_hashes[content_hash]
+        return _Plan(doc, version, records, embedded, reuse)
+
+    # -------------------------------------------------------------------------------- writing
+
+    def _check_model(self, target: str) -> None:
+        if self.model_key is None or target in self._checked_models:
+            return
+        stored = self.store.model_of(target)
+        if stored is None:
+            self.store.set_model(self.model_key, target)  # a collection from before models were recorded
+        elif stored != self.model_key:
+            raise ModelMismatch(
+                f"collection {target!r} holds vectors of model {stored!r}, this process embeds with"
+                f" {self.model_key!r}; run with that model (or re-embed the index with this one)"
+            )
+        self._checked_models.add(target)
+
+    def _fill_vectors(self, plans: list[_Plan], target: str, report: IngestReport) -> None:
+        reuse_ids = [cid for p in plans for cid in p.reuse.values()]
+        stored: dict[str, Vectors] = {}
+        for start in range(0, len(reuse_ids), 1000):
+            batch = reuse_ids[start : start + 1000]
+            ids = ", ".join(quote(i) for i in batch)
+            for r in self.store.query(
+                f"chunk_id in [{ids}]", limit=len(batch), fields=["chunk_id", "dense", "sparse"], on=target
+            ):
+                stored[r["chunk_id"]] = (np.asarray(r["dense"], np.float32), dict(r["sparse"]))
+        todo: list[tuple[_Plan, int]] = []
+        for p in plans:
+            for i, rec in enumerate(p.records):
+                vec = self._vectors.get(rec.content_hash)
+                if vec is None and i in p.reuse:
+                    vec = stored.get(p.reuse[i])
+                if vec is None:
+                    todo.append((p, i))
+                else:
+                    rec.dense, rec.sparse = vec
+                    report.chunks_reused += 1
+        results = self._embed_resilient([p.texts[i] for p, i in todo])
+        for (p, i), res in zip(todo, results, strict=True):
+            if isinstance(res, str):
+                p.errors[p.records[i].ordinal] = res
+                continue
+            rec = p.records[i]
+            rec.dense, rec.sparse = res
+            self._vectors[rec.content_hash] = res
+            report.chunks_embedded += 1
+
+    def _write(self, pending: list[tuple[SourceDocument, list[Chunk]]], report: IngestReport) -> None:
+        self._vectors.clear()  # kept for this batch only: a re-write after a switch reuses them
+        self._stale.clear()
+        target = self.store.resolve()
+        for attempt in range(5):
+            if attempt == 0:
+                self._write_into(target, pending, report, redo=False)
+            else:  # the documents were counted (and failures recorded) on the first pass
+                scratch = IngestReport(run_id=report.run_id)
+                self._write_into(target, pending, scratch, redo=True)
+                report.chunks_written += scratch.chunks_written
+                report.chunks_deleted += scratch.chunks_deleted
+            now_live = self.store.resolve()
+            if now_live == target:
+                return
+            # A re-embed switched the alias while this batch was written: write it again there.
+            log.warning("alias moved %s -> %s during an ingest batch; writing it again", target, now_live)
+            report.rewritten_after_switch += 1
+            target = now_live
+        raise RuntimeError("the alias kept moving during one ingest batch; giving up on it")
+
+    def _write_into(
+        self,
+        target: str,
+        pending: list[tuple[SourceDocument, list[Chunk]]],
+        report: IngestReport,
+        *,
+        redo: bool,
+    ) -> None:
+        """Write the batch into ``target``; ``redo``: again, after the alias moved (counted once)."""
+        self._check_model(target)
+        stored = self._stored(target, [d.doc_id for d, _ in pending])
+        now = int(time.time())
+        plans: list[_Plan] = []
+        for doc, chunks in pending:
+            plan = self._plan(doc, chunks, stored.get(doc.doc_id), now)
+            if plan is None:
+                report.unchanged += not redo
+                if doc.doc_id in self._stale:  # an earlier write left an older version: finish it
+                    report.chunks_deleted += self.store.delete(
+                        expr=f"doc_id == {quote(doc.doc_id)} and version < {self._stale.pop(doc.doc_id)}",
+                        on=target,
+                    )
+                continue
+            plans.append(plan)
+        self._fill_vectors(plans, target, report)
+        good = [p for p in plans if not p.errors]
+        written_docs: list[str] = []
+        # Whole documents per upsert call, so a version is never half inserted by us.
+        batch: list[ChunkRecord] = []
+        for p in good:
+            if batch and len(batch) + len(p.records) > 500:
+                report.chunks_written += self.store.upsert(batch, into=target)
+                batch = []
+            batch.extend(p.records)
+        if batch:
+            report.chunks_written += self.store.upsert(batch, into=target)
+        for p in good:
+            # The new version is complete and stored; readers take the newest, so the old can go
+            # once a search can find the new one (Milvus Lite makes inserts searchable a moment
+            # after they are acknowledged; deleting earlier could hide the document from an ANN).
+            if p.version > 1 and self._searchable(target, p):
+                report.chunks_deleted += self.store.delete(
+                    expr=f"doc_id == {quote(p.doc.doc_id)} and version < {p.version}", on=target
+                )
+            written_docs.append(p.doc.doc_id)
+            if redo:
+                continue
+            if p.version == 1:
+                report.added += 1
+            else:
+                report.updated += 1
+        failures = {
+            p.doc.doc_id: {
+                "doc_id": p.doc.doc_id,
+                "source": p.doc.source,
+                "origin": self.origin,
+                "version": p.version,
+                "chunks": len(p.records),
+                "errors": [{"ordinal": o, "error": e} for o, e in sorted(p.errors.items())][:20],
+                "run_id": report.run_id,
+                "at": now,
+            }
+            for p in plans
+            if p.errors
+        }
+        report.failed.extend({"doc_id": d, "error": f["errors"][0]["error"]} for d, f in failures.items())
+        if self.meta is not None:
+            self.meta.put_many("failed", failures)
+            self.meta.delete("failed", written_docs)
+            self.meta.delete("deleted", written_docs)  # written again after a delete: alive
+
+    def _searchable(self, target: str, plan: _Plan, timeout_s: float = 5.0) -> bool:
+        pinned = f"doc_id == {quote(plan.doc.doc_id)} and version == {plan.version}"
+        deadline = time.monotonic() + timeout_s
+        delay = 0.002
+        while True:
+            if self.store.search_dense(plan.records[0].dense, limit=1, expr=pinned, on=target):
+                return True
+            if time.monotonic() > deadline:
+                # Both versions stay stored; readers still take the newest, the next write cleans up.
+                log.warning(
+                    "version %d of %s not searchable after %.0f s", plan.version, plan.doc.doc_id, timeout_s
+                )
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    # ---------------------------------------------------------------------------------- runs
+
+    def ingest(
+        self,
+        docs: Iterable[SourceDocument],
+        *,
+        total: int | None = None,
+        progress: Callable[[IngestReport], None] | None = None,
+    ) -> IngestReport:
+        report = IngestReport(run_id=uuid.uuid4().hex[:12], total=total)
+        started = time.perf_counter()
+        started_at = int(time.time())
+        last_status = 0.0
+        self.store.ensure_collection()
+        self._record(report, "running", started_at)
+        pending: list[tuple[SourceDocument, list[Chunk]]] = []
+        seen: set[str] = set()
+        try:
+            for doc in docs:
+                if doc.doc_id in seen:  # a second document under one id would mix their chunks
+                    report.failed.append(
+                        {"doc_id": doc.doc_id, "error": "duplicate doc_id in this run; skipped"}
+                    )
+                    report.documents += 1
+                    continue
+                seen.add(doc.doc_id)
+                report.documents += 1
+                chunks = self._chunks(doc)
+                if not chunks:
+                    report.failed.append({"doc_id": doc.doc_id, "error": "document has no text; not written"})
+                    continue
+                pending.append((doc, chunks))
+                if sum(len(c) for _, c in pending) >= self.batch_size * 4:
+                    self._write(pending, report)
+                    pending = []
+                    report.seconds = time.perf_counter() - started
+                    if progress:
+                        progress(report)
+                    if time.monotonic() - last_status > self.settings.status_every_s:
+                        last_status = time.monotonic()
+                        self._record(report, "running", started_at)
+            if pending:
+                self._write(pending, report)
+            self.store.flush()
+        except BaseException as exc:
+            report.seconds = time.perf_counter() - started
+            self._record(report, f"failed: {type(exc).__name__}: {exc}"[:500], started_at, quiet=True)
+            raise
+        report.seconds = time.perf_counter() - started
+        self._record(report, "done", started_at)
+        if progress:
+            progress(report)
+        return report
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> IngestReport:
+        """Remove documents (every version); unknown ids are no error (deleting is idempotent)."""
+        report = IngestReport(run_id=uuid.uuid4().hex[:12], total=len(doc_ids))
+        started = time.perf_counter()
+        ids = list(dict.fromkeys(doc_ids))
+        if not ids:
+            return report
+        expr = f"doc_id in [{', '.join(quote(d) for d in ids)}]"
+        target = self.store.resolve()
+        for _ in range(5):
+            present = set(self.store.doc_versions(ids, on=target))
+            report.chunks_deleted += self.store.delete(expr=expr, on=target)
+            report.deleted = max(report.deleted, len(present))
+            now_live = self.store.resolve()
+            if now_live == target:
+                break
+            report.rewritten_after_switch += 1
+            target = now_live
+        report.documents = len(ids)
+        if self.meta is not None:
+            self.meta.delete("failed", ids)
+            # A re-embed running now must not copy these back from the collection it replaces.
+            now = time.time()
+            tombstones = self.meta.list("deleted")
+            expired = [d for d, t in tombstones.items() if now - t.get("at", 0) > TOMBSTONE_S]
+            self.meta.delete("deleted", expired)
+            self.meta.put_many("deleted", {d: {"at": now} for d in ids})
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _record(self, report: IngestReport, state: str, started_at: int, *, quiet: bool = False) -> None:
+        if self.meta is None or not self.record_runs:
+            return
+        try:
+            if state == "running" and not report.documents:  # a new run: keep the newest KEEP_RUNS
+                runs = self.meta.list("run")
+                old = sorted(runs, key=lambda k: runs[k].get("started_at", 0), reverse=True)[KEEP_RUNS:]
+                self.meta.delete("run", old)
+            self.meta.put(
+                "run",
+                report.run_id,
+                {
+                    **report.as_dict(),
+                    "failed": report.failed[:20],
+                    "state": state,
+                    "origin": self.origin,
+                    "collection": self.store.collection,
+                    "started_at": started_at,
+                    "updated_at": int(time.time()),
+                },
+            )
+        except Exception:
+            if not quiet:
+                raise
+            log.warning("could not record the run state", exc_info=True)

@@ -1,0 +1,312 @@
+"""Retrieval logic shared by the Searcher / Reranker deployments and the evaluation command."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serve_app.core.encoder import colbert_maxsim, lexical_score
+from serve_app.core.fusion import Candidate, RankedList, rrf_fuse
+from serve_app.core.lexical import IdfTable
+from serve_app.core.store import MAX_WINDOW, SCALAR_FIELDS, Hit, MilvusStore, build_filter, quote
+from serve_app.settings import SearchSettings
+
+_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="specrag-search")
+
+
+def _matches(fields: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """Stage-2 metadata filter on one hit (the same meaning as ``build_filter``)."""
+    for key, name in (("kinds", "kind"), ("langs", "lang"), ("doc_ids", "doc_id"), ("sources", "source")):
+        wanted = filters.get(key)
+        if wanted and fields.get(name) not in wanted:
+            return False
+    tags = filters.get("tags")
+    return not tags or bool(set(tags) & set(fields.get("tags") or []))
+
+
+@dataclass(slots=True)
+class _Search:
+    variant: int
+    channel: str
+    weight: float
+    lang: str | None  # stage 1 restricted to this language (language balance), else None
+    hits: list[Hit] = field(default_factory=list)
+    fetched: int = 0
+    top: float = 0.0  # best raw score of stage 1
+    ms: float = 0.0
+    refetched: bool = False
+
+
+class Retriever:
+    """Two-stage fan-out over every query variant x channel, concurrently, then weighted RRF.
+
+    Stage 1 is a pure ANN search per variant and channel (no metadata filter: Milvus' fastest
+    path), over-fetching ``limit x overfetch``. Stage 2 keeps each document's newest stored
+    version, applies the metadata filters and adds the document's current ``updated_at``; a
+    list that a selective filter left short is searched again with the filter pushed into
+    Milvus, so a rare kind or tag still fills the page.
+
+    Versions: an update inserts the complete new version before deleting the old one, so for a
+    moment both are stored and stage 2 makes the switch exact for readers. If the ANN ran just
+    before the new version landed and the check just after, the document's stale hits in that
+    channel are replaced by its current version's best chunk, so the document is neither
+    doubled, missing nor stale.
+    """
+
+    def __init__(self, store: MilvusStore, settings: SearchSettings, *, idf: IdfTable | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.idf = idf
+
+    async def search(
+        self,
+        vectors: Sequence[dict[str, Any]],
+        *,
+        top_k: int,
+        channels: Sequence[str] = ("dense", "sparse"),
+        filters: dict[str, Any] | None = None,
+        limit: int | None = None,
+        parallel: bool = True,
+        explain: bool = False,
+    ) -> tuple[list[Candidate], dict[str, Any]]:
+        """``vectors``: per variant ``dense``, ``sparse`` and optionally ``origin`` / ``lang``."""
+        s = self.settings
+        want = max(top_k, limit or 0)
+        fetch = min(want * s.overfetch, MAX_WINDOW)
+        filters = {k: v for k, v in (filters or {}).items() if v}
+        plan: list[_Search] = []
+        queries: list[dict[str, Any]] = []
+        for v, vec in enumerate(vectors):
+            vw = s.variant_weights.get(vec.get("origin", "original"), 1.0)
+            sparse = vec.get("sparse") or {}
+            if sparse and self.idf is not None:
+                sparse = self.idf.weigh(sparse)
+            queries.append({"dense": vec["dense"], "sparse": sparse})
+            langs: list[str | None] = [None]
+            if s.language_balance and not filters.get("langs"):
+                langs += [lg for lg in ("ja", "en") if lg != vec.get("lang")]
+            for channel, cw in (("dense", s.dense_weight), ("sparse", s.sparse_weight)):
+                if channel in channels and (channel == "dense" or sparse):
+                    plan.extend(_Search(v, channel, cw * vw, lg) for lg in langs)
+
+        loop = asyncio.get_running_loop()
+
+        def run(job: _Search, expr: str | None) -> None:
+            fn = self.store.search_dense if job.channel == "dense" else self.store.search_sparse
+            t0 = time.perf_counter()
+            job.hits = fn(queries[job.variant][job.channel], limit=fetch, expr=expr)
+            job.ms += (time.perf_counter() - t0) * 1000
+            job.fetched = len(job.hits)
+            job.top = max((h.score for h in job.hits), default=0.0)
+
+        def stage1_expr(job: _Search) -> str | None:
+            return build_filter(current_only=False, langs=job.lang) if job.lang else None
+
+        started = time.perf_counter()
+        if parallel:  # pymilvus blocks: threads let the searches overlap on the server
+            await asyncio.gather(*(loop.run_in_executor(_POOL, run, j, stage1_expr(j)) for j in plan))
+        else:
+            for job in plan:
+                run(job, stage1_expr(job))
+        searched = time.perf_counter()
+        self._weigh_sparse(plan, queries)
+        current = await self._current_only(plan, queries)
+        if filters:
+            pushed = build_filter(current_only=False, **filters)
+            short = []
+            for job in plan:
+                job.hits = [h for h in job.hits if _matches(h.fields, filters)]
+                if len(job.hits) < want and job.fetched >= fetch:
+                    short.append(job)  # the filter is selective: let Milvus apply it during the ANN
+            if short:
+                exprs = [f"({stage1_expr(j)}) and {pushed}" if j.lang else pushed for j in short]
+                await asyncio.gather(
+                    *(loop.run_in_executor(_POOL, run, j, e) for j, e in zip(short, exprs, strict=True))
+                )
+                current.update(await asyncio.to_thread(self.store.doc_versions, _doc_ids(short)))
+                for job in short:
+                    job.refetched = True
+                    job.hits = [
+                        h
+                        for h in job.hits
+                        if current.get(h.fields["doc_id"], (None,))[0] == h.fields["version"]
+                    ]
+        checked = time.perf_counter()
+        lists = [RankedList(j.variant, j.channel, j.weight, j.hits) for j in plan]
+        if len(lists) == 1:  # one list: its own order, whatever its weight
+            lists[0].weight = 1.0
+        fused = rrf_fuse(lists, k=s.rrf_k, limit=want)
+        for cand in fused:  # the document's current write time, from the versions stage 2 read
+            if newest := current.get(cand.fields["doc_id"]):
+                cand.fields["doc_updated_at"] = newest[1]
+        timings: dict[str, Any] = {
+            "search": (searched - started) * 1000,
+            "versions": (checked - searched) * 1000,
+            "fuse": (time.perf_counter() - checked) * 1000,
+            "searches": float(len(plan)),
+        }
+        for job in plan:  # the slowest search of each channel (the fan-out waits for it)
+            key = f"search_{job.channel}"
+            timings[key] = max(timings.get(key, 0.0), job.ms)
+        if explain:
+            timings["plan"] = [
+                {
+                    "variant": j.variant,
+                    "channel": j.channel,
+                    "lang": j.lang,
+                    "weight": round(j.weight, 4),
+                    "top_score": round(j.top, 4),
+                    "fetched": j.fetched,
+                    "kept": len(j.hits),
+                    "refetched": j.refetched,
+                    "ms": round(j.ms, 2),
+                }
+                for j in plan
+            ]
+        return fused, timings
+
+    def _weigh_sparse(self, plan: list[_Search], queries: list[dict[str, Any]]) -> None:
+        """Scale each sparse list by how much of the query's IDF mass its best hit matched.
+
+        With IDF and the placeholder head the best score is the summed IDF of the shared tokens, so
+        score / query mass is in [0, 1]: ~0.5 for a same-language question, ~0.1 when a Japanese
+        question meets English text and only punctuation-like tokens match (measured on the dev sets).
+        """
+        ramp = self.settings.sparse_coverage
+        if self.idf is None or ramp is None:
+            return
+        lo, hi = ramp
+        best: dict[int, float] = {}
+        for job in plan:  # the unrestricted list's best hit measures the whole corpus
+            if job.channel == "sparse" and job.lang is None:
+                best[job.variant] = job.top
+        for job in plan:
+            if job.channel != "sparse":
+                continue
+            mass = sum(queries[job.variant]["sparse"].values())
+            coverage = best.get(job.variant, job.top) / mass if mass > 0 else 0.0
+            job.weight *= min(1.0, max(0.0, (coverage - lo) / max(hi - lo, 1e-9)))
+
+    async def _current_only(
+        self, plan: list[_Search], queries: list[dict[str, Any]]
+    ) -> dict[str, tuple[int, int]]:
+        """Keep each document's newest version in every list; returns doc_id -> (version, updated_at)."""
+        doc_ids = _doc_ids(plan)
+        if not doc_ids:
+            return {}
+        current = await asyncio.to_thread(self.store.doc_versions, doc_ids)
+        for job in plan:
+            fresh = {
+                h.fields["doc_id"]
+                for h in job.hits
+                if h.fields["doc_id"] in current
+                and int(h.fields["version"]) == current[h.fields["doc_id"]][0]
+            }
+            kept: list[Hit] = []
+            replaced: set[str] = set()
+            for hit in job.hits:
+                doc_id = hit.fields["doc_id"]
+                newest = current.get(doc_id)
+                if newest is None:  # deleted since the ANN ran
+                    continue
+                if int(hit.fields["version"]) == newest[0]:
+                    kept.append(hit)
+                elif doc_id not in fresh and doc_id not in replaced:
+                    # This channel saw only the old version: rank the new one in its place.
+                    replaced.add(doc_id)
+                    expr = build_filter(current_only=False, langs=job.lang) if job.lang else None
+                    kept.extend(
+                        await asyncio.to_thread(
+                            self._best_chunk, queries[job.variant], job.channel, doc_id, newest[0], expr
+                        )
+                    )
+            unique: dict[str, Hit] = {}
+            for hit in kept:
+                unique.setdefault(hit.chunk_id, hit)
+            job.hits = list(unique.values())
+        return current
+
+    def _best_chunk(
+        self, vector: dict[str, Any], channel: str, doc_id: str, version: int, expr: str | None
+    ) -> list[Hit]:
+        """The version's best chunk for this channel, scored here from its stored vectors.
+
+        Not an ANN call: a just-inserted version may not be searchable yet on every Milvus, but
+        it is readable, and one document has few chunks.
+        """
+        rows: list[dict[str, Any]] = []
+        for attempt in range(5):  # an even newer version may replace this one meanwhile: follow it
+            if attempt:
+                time.sleep(0.01 * attempt)  # let that write finish
+            pinned = f"doc_id == {quote(doc_id)} and version == {version}"
+            rows = self.store.query(
+                f"({expr}) and {pinned}" if expr else pinned,
+                limit=MAX_WINDOW,
+                fields=[*SCALAR_FIELDS, channel],
+            )
+            newest = None if rows else self.store.doc_versions([doc_id]).get(doc_id)
+            if rows or newest is None or newest[0] == version:
+                break
+            version = newest[0]
+        if not rows:
+            return []
+        if channel == "dense":
+            q = np.asarray(vector["dense"], dtype=np.float32)
+            q = q / (np.linalg.norm(q) or 1.0)
+            scores = [float(np.dot(q, np.asarray(r["dense"], dtype=np.float32))) for r in rows]
+        else:
+            scores = [lexical_score(vector["sparse"], dict(r["sparse"])) for r in rows]
+        best = max(range(len(rows)), key=scores.__getitem__)
+        fields = {k: v for k, v in rows[best].items() if k != channel}
+        return [Hit(chunk_id=fields["chunk_id"], score=scores[best], fields=fields)]
+
+
+def _doc_ids(plan: Sequence[_Search]) -> list[str]:
+    return sorted({h.fields["doc_id"] for job in plan for h in job.hits})
+
+
+def rerank(
+    query: dict[str, Any],
+    passages: Sequence[dict[str, Any]],
+    candidates: list[Candidate],
+    settings: SearchSettings,
+    cross_scores: Sequence[float] | None = None,
+) -> list[Candidate]:
+    """Weighted mean of ColBERT MaxSim, dense and sparse, as BGE-M3's ``compute_score`` combines them,
+    plus a cross-encoder's (sigmoid) score when one is configured.
+
+    ``query`` / ``passages`` are Embedder outputs (dense, sparse, colbert) from one pass each, so
+    every candidate gets all three scores, also one that only the sparse channel found.
+    """
+    s = settings
+    ce_weight = s.cross_encoder_weight if cross_scores is not None else 0.0
+    total = max(s.colbert_weight + s.rerank_dense_weight + s.rerank_sparse_weight + ce_weight, 1e-9)
+    for i, (cand, p) in enumerate(zip(candidates, passages, strict=True)):
+        scores = {
+            "colbert": colbert_maxsim(query["colbert"], p["colbert"]),
+            "m3_dense": float(query["dense"] @ p["dense"]),
+            "m3_sparse": lexical_score(query["sparse"], p["sparse"]),
+        }
+        combined = (
+            s.colbert_weight * scores["colbert"]
+            + s.rerank_dense_weight * scores["m3_dense"]
+            + s.rerank_sparse_weight * scores["m3_sparse"]
+        )
+        if cross_scores is not None:
+            scores["cross_encoder"] = float(cross_scores[i])
+            combined += ce_weight * scores["cross_encoder"]
+        scores["rerank"] = combined / total
+        cand.channel_scores.update(scores)
+    return sorted(candidates, key=lambda c: (-c.channel_scores["rerank"], c.chunk_id))
+
+
+def passage_text(fields: dict[str, Any]) -> str:
+    """What is embedded for a chunk: the heading trail gives it context (ingest and rerank agree)."""
+    trail = " / ".join(p for p in fields.get("title_path") or [] if p)
+    return f"{trail}\n{fields['text']}" if trail else fields["text"]

@@ -1,0 +1,248 @@
+"""The real local stack with its faults at hand: restartable Milvus Lite and Redis processes, a
+fault-injecting LLM endpoint, and the Serve app with handles to kill its replicas.
+
+The reliability scenarios and the integration tests drive the same objects, so what
+``docs/RELIABILITY.md`` reports is what CI checks (with shorter loads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serve_app.devtools.local_stack import free_port, milvus_lite_server, port_open, stop_process
+from serve_app.settings import Settings
+from serve_app.testing.fakellm import FakeLLM
+
+log = logging.getLogger(__name__)
+
+
+class MilvusProcess:
+    """A ``milvus-lite server`` on a fixed port and data directory that can be stopped and started."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir, self.port = data_dir, port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._ctx: contextlib.AbstractContextManager | None = None
+
+    def start(self) -> None:
+        self._ctx = milvus_lite_server(self.data_dir, port=self.port)
+        self._ctx.__enter__()
+
+    def stop(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
+            self._ctx = None
+
+    def pids(self) -> list[int]:
+        import psutil
+
+        flag = f"--port {self.port}"
+        return [
+            p.info["pid"]
+            for p in psutil.process_iter(["pid", "cmdline"])
+            if "milvus-lite" in " ".join(p.info.get("cmdline") or [])
+            and flag in " ".join(p.info.get("cmdline") or [])
+        ]
+
+    def kill(self) -> list[int]:
+        """SIGKILL the server (no shutdown, no flush), then forget it; ``start()`` brings it back."""
+        pids = self.pids()
+        if not pids:  # nothing to kill: the scenario must not pass without its fault
+            raise RuntimeError(f"no milvus-lite server process on port {self.port}")
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        self.stop()
+        return pids
+
+
+class RedisProcess:
+    """A throw-away ``redis-server`` (no persistence) on loopback; ``kill()`` is SIGKILL."""
+
+    def __init__(self, workdir: Path, port: int | None = None, timeout_s: float = 15.0) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+        self.exe, self.workdir, self.port, self.timeout_s = exe, workdir, port or free_port(), timeout_s
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [*cmd, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + self.timeout_s
+        while not port_open("127.0.0.1", self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def kill(self) -> int:
+        """SIGKILL redis-server; raises when it is not running (the fault would not be injected)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server on port {self.port} is not running")
+        self.proc.kill()
+        self.proc.wait(5)
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+
+@dataclass
+class Stack:
+    """Handles on a running stack. ``base_url`` must be loopback (the load generator checks)."""
+
+    base_url: str
+    settings: Settings
+    milvus: MilvusProcess
+    redis: RedisProcess
+    llm: FakeLLM
+    app_name: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        """The name ``POST /v1/embeddings`` accepts for the served model (its directory's name)."""
+        return Path(self.settings.model.name_or_path).name
+
+    def client(self, timeout_s: float = 60.0) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout_s)
+
+    def replica_pids(self, deployment: str = "Embedder", tries: int = 24) -> set[int]:
+        """The process ids of a deployment's replicas (asked through its handle until each answered)."""
+        from ray import serve
+
+        handle = serve.get_deployment_handle(deployment, app_name=self.app_name)
+        pids: set[int] = set()
+        expected = self.settings.serve.embedder_replicas if deployment == "Embedder" else 1
+        for _ in range(tries):
+            pids.update(r.result(timeout_s=30)["pid"] for r in [handle.stats.remote() for _ in range(4)])
+            if len(pids) >= expected:
+                break
+        return pids
+
+    def process_tree(self) -> dict[str, list[int]]:
+        """Every process of the stack by group (for RSS sampling): milvus, redis, each Serve
+        deployment's replicas, Serve's controller and proxy, idle Ray workers, Ray's daemons."""
+        import psutil
+
+        groups: dict[str, list[int]] = {"milvus": [], "redis": []}
+        milvus = set(self.milvus.pids())
+        if self.redis.pid:
+            groups["redis"].append(self.redis.pid)
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(proc.info.get("cmdline") or [])
+            if proc.info["pid"] in milvus:
+                groups["milvus"].append(proc.info["pid"])
+            elif (label := _ray_group(cmd)) is not None:
+                groups.setdefault(label, []).append(proc.info["pid"])
+        return groups
+
+
+def _ray_group(cmd: str) -> str | None:
+    """``ray::ServeReplica:app:Embedder.method`` → ``ray: Embedder``; None for non-Ray processes."""
+    if cmd.startswith("ray::"):
+        name = cmd.split()[0][5:].split(".")[0]
+        return "ray: " + name.rsplit(":", 1)[-1] if name.startswith("ServeReplica:") else f"ray: {name}"
+    if "raylet" in cmd or "gcs_server" in cmd:
+        return "ray: raylet + gcs"
+    if "ray/_private" in cmd or "ray/dashboard" in cmd:
+        return "ray: daemons"
+    return None
+
+
+def stack_settings(
+    base: Settings, *, milvus_uri: str, redis_url: str, llm_url: str, port: int, **sections: dict[str, Any]
+) -> Settings:
+    """The settings the scenarios run under: short timeouts so faults show within a load run, and
+    no API keys (the stack is on loopback; with keys every hostile case would be a mere 401)."""
+    update: dict[str, Any] = {
+        "auth": {"keys": []},
+        "milvus": {"uri": milvus_uri, "collection": "reliability", "timeout_s": 5.0},
+        "redis": {"url": redis_url},
+        "serve": {"port": port, "embedder_replicas": 2, "embedder_num_cpus": 0.5, "log_encoding": "TEXT"},
+        "expander": {"llm_url": llm_url, "timeout_s": 1.0, "breaker_reset_s": 5.0, "glossary_refresh_s": 30},
+    }
+    for name, values in sections.items():
+        update[name] = {**update.get(name, {}), **values}
+    data = base.model_dump()
+    for name, values in update.items():
+        data[name] = {**data[name], **values}
+    return Settings.model_validate(data)
+
+
+def deploy(settings: Settings, app_name: str) -> str:
+    """Serve the app on loopback (Serve's proxy must not already run on another port)."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.start(http_options={"host": "127.0.0.1", "port": settings.serve.port})
+    serve.run(build_app(settings), name=app_name, route_prefix="/", logging_config={"log_level": "WARNING"})
+    return f"http://127.0.0.1:{settings.serve.port}"
+
+
+def ingest_samples(client: httpx.Client) -> int:
+    """The bundled sample documents through ``POST /v1/documents`` (the path the load also writes)."""
+    from serve_app.cli import SAMPLE_DOCS
+    from serve_app.core.ingest import iter_documents
+
+    docs = [
+        {"doc_id": d.doc_id, "text": d.text, "format": d.fmt, "title": d.title, "kind": d.kind}
+        for d in iter_documents(SAMPLE_DOCS)
+    ]
+    response = client.post("/v1/documents", json={"documents": docs}, timeout=600)
+    response.raise_for_status()
+    return len(docs)
+
+
+@contextlib.contextmanager
+def local_stack(home: Path, base: Settings | None = None) -> Iterator[Stack]:
+    """Start everything on loopback under ``home`` (fresh data), yield the handles, stop everything."""
+    from ray import serve
+
+    from serve_app.devtools.local_stack import local_ray
+
+    if home.exists():
+        shutil.rmtree(home)
+    milvus, redis = MilvusProcess(home / "milvus"), RedisProcess(home / "redis")
+    milvus.start()
+    try:
+        redis.start()
+        with FakeLLM(mode="ok") as llm, local_ray(num_cpus=os.cpu_count() or 2):
+            settings = stack_settings(
+                base or Settings(),
+                milvus_uri=milvus.uri,
+                redis_url=redis.url,
+                llm_url=llm.url,
+                port=free_port(),
+            )
+            try:
+                stack = Stack(deploy(settings, "reliability"), settings, milvus, redis, llm, "reliability")
+                with stack.client() as client:
+                    log.info("sample documents: %d", ingest_samples(client))
+                yield stack
+            finally:
+                serve.shutdown()
+    finally:
+        redis.stop()
+        milvus.stop()
