@@ -13,17 +13,28 @@ import asyncio
 import os
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ray import serve
 from ray.serve import metrics
 
 from serve_app.core.batching import ContinuousBatcher
-from serve_app.core.embedding import EmbeddingService, EmbedItem
+from serve_app.core.contracts import EmbedOutput
+from serve_app.core.embedding import EmbeddingService, EmbedItem, load_encoder
+from serve_app.core.encoder import InputType, M3Encoder
 from serve_app.serving.observability import BREAKER_STATES, metric
 from serve_app.settings import Settings
 
-_BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+_BATCH_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+_BATCH_MS_BOUNDARIES: list[float] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
+
+
+class _BatchKnobs(Protocol):
+    """The setters ``@serve.batch`` attaches to the method it wraps (absent from Ray's typing)."""
+
+    def set_max_batch_size(self, new_max_batch_size: int) -> None: ...
+
+    def set_batch_wait_timeout_s(self, new_batch_wait_timeout_s: float) -> None: ...
 
 
 def _redis_check(state: str) -> dict[str, str]:
@@ -38,10 +49,13 @@ class Embedder:
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (often 1): size torch explicitly.
         threads = settings.model.num_threads or os.cpu_count() or 1
         model = settings.model.model_copy(update={"num_threads": threads})
-        self.service = EmbeddingService.from_settings(settings.model_copy(update={"model": model}))
+        sized = settings.model_copy(update={"model": model})
+        # The model itself, not only the TextEncoder interface: tokens, revision and its lock are read here.
+        self.encoder: M3Encoder = load_encoder(sized)
+        self.service = EmbeddingService.from_settings(sized, self.encoder)
         self._batcher = ContinuousBatcher(self._work, max_items=settings.batch.max_batch_size)
-        self._embed_one.set_max_batch_size(settings.batch.max_batch_size)
-        self._embed_one.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
+        self._batch_knobs.set_max_batch_size(settings.batch.max_batch_size)
+        self._batch_knobs.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
         self.batch_sizes: Counter[int] = Counter()  # model steps by size (merged @serve.batch groups)
         self.forward_sizes: Counter[int] = Counter()  # forward passes by size
         self._last_ok = 0.0
@@ -57,7 +71,7 @@ class Embedder:
         self.m_batch_ms = metrics.Histogram(
             "specrag_embed_batch_ms",
             "time of one model step (cache + forward passes)",
-            boundaries=[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+            boundaries=_BATCH_MS_BOUNDARIES,
         )
         self.m_cache = metrics.Counter(
             "specrag_embed_cache_total", "cache lookups by outcome", tag_keys=("outcome",)
@@ -69,14 +83,18 @@ class Embedder:
         )
         self.m_item_errors = metrics.Counter("specrag_embed_item_errors_total", "texts the model failed on")
 
+    @property
+    def _batch_knobs(self) -> _BatchKnobs:
+        return cast(_BatchKnobs, self._embed_one)
+
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch knobs at run time through ``user_config`` (no replica restart)."""
         if "max_batch_size" in user_config:
-            self._embed_one.set_max_batch_size(int(user_config["max_batch_size"]))
+            self._batch_knobs.set_max_batch_size(int(user_config["max_batch_size"]))
             self._batcher.max_items = int(user_config["max_batch_size"])
         if "batch_wait_timeout_s" in user_config:
-            self._embed_one.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
-        encoder = self.service.encoder
+            self._batch_knobs.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        encoder = self.encoder
         if "max_tokens_per_batch" in user_config and hasattr(encoder, "max_tokens_per_batch"):
             encoder.max_tokens_per_batch = int(user_config["max_tokens_per_batch"])
         if "encode_batch_size" in user_config and hasattr(encoder, "batch_size"):
@@ -84,10 +102,10 @@ class Embedder:
 
     # Many @serve.batch groups may wait at once: the continuous batcher merges them.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=64)
-    async def _embed_one(self, items: list[EmbedItem]) -> list[dict[str, Any]]:
+    async def _embed_one(self, items: list[EmbedItem]) -> list[EmbedOutput]:
         return await self._batcher.submit(items)
 
-    def _work(self, items: list[EmbedItem]) -> list[dict[str, Any]]:
+    def _work(self, items: list[EmbedItem]) -> list[EmbedOutput]:
         """One model step (in the batcher's worker thread): cache, forward passes, bookkeeping."""
         started = time.perf_counter()
         results = self.service.embed_items(items)
@@ -96,7 +114,7 @@ class Embedder:
             self._last_ok = time.monotonic()
         return results
 
-    def _record(self, size: int, elapsed_ms: float, results: list[dict[str, Any]]) -> None:
+    def _record(self, size: int, elapsed_ms: float, results: list[EmbedOutput]) -> None:
         self.batch_sizes[size] += 1
         self.m_batch.observe(size)
         self.m_batch_ms.observe(elapsed_ms)
@@ -122,18 +140,18 @@ class Embedder:
             self._cache_seen[kind] = now
 
     async def embed(
-        self, texts: list[str], input_type: str = "passage", colbert: bool = False
-    ) -> list[dict[str, Any]]:
+        self, texts: list[str], input_type: InputType = "passage", colbert: bool = False
+    ) -> list[EmbedOutput]:
         """Each text joins the replica's dynamic batch on its own, so concurrent requests share passes."""
         return list(
             await asyncio.gather(*(self._embed_one(EmbedItem(t, input_type, colbert)) for t in texts))
         )
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
-        return self.service.encoder.tokenizer.convert_ids_to_tokens(token_ids)
+        return self.encoder.tokenizer.convert_ids_to_tokens(token_ids)
 
     def info(self) -> dict[str, Any]:
-        encoder = self.service.encoder
+        encoder = self.encoder
         return {
             "model": self.service.model_id,
             "revision": encoder.revision,
@@ -162,7 +180,7 @@ class Embedder:
         (the model itself, not the cache), and whether Redis answers."""
         out: dict[str, Any] = {}
         started = time.perf_counter()
-        if time.monotonic() - self._last_ok < 10 or self.service.encoder._lock.locked():
+        if time.monotonic() - self._last_ok < 10 or self.encoder._lock.locked():
             # Just worked, or working now: a probe would only queue behind real requests.
             out["model"] = {"status": "ok", "dim": self.service.dim, "detail": "recent or running batch"}
             cache = self.service.cache
@@ -171,9 +189,7 @@ class Embedder:
             return out
         try:
             enc = await asyncio.wait_for(
-                asyncio.to_thread(
-                    self.service.encoder.encode, ["readiness probe 準備確認"], input_type="query"
-                ),
+                asyncio.to_thread(self.encoder.encode, ["readiness probe 準備確認"], input_type="query"),
                 timeout_s,
             )
             ms = round((time.perf_counter() - started) * 1000, 2)
@@ -194,11 +210,9 @@ class Embedder:
         The probe runs off the event loop and waits behind a running batch, so a busy replica
         is never declared dead for being busy.
         """
-        if time.monotonic() - self._last_ok < 60 or self.service.encoder._lock.locked():
+        if time.monotonic() - self._last_ok < 60 or self.encoder._lock.locked():
             return  # recently worked, or working right now: busy is not dead
-        out = await asyncio.to_thread(
-            self.service.encoder.encode, ["health"], input_type="query", sparse=False
-        )
+        out = await asyncio.to_thread(self.encoder.encode, ["health"], input_type="query", sparse=False)
         if out.dense is None or out.dense.shape != (1, self.service.dim) or out.errors[0]:
             raise RuntimeError("embedder produced no vector of the expected dimension")
         self._last_ok = time.monotonic()

@@ -14,6 +14,7 @@ from typing import Any
 
 from ray import serve
 
+from serve_app.core.contracts import Expansion
 from serve_app.core.expansion import QueryExpansion, learn_glossary
 from serve_app.serving.observability import metric
 from serve_app.settings import Settings
@@ -24,7 +25,7 @@ log = logging.getLogger("ray.serve.specrag.expander")
 @serve.deployment(name="QueryExpander", max_ongoing_requests=256)
 class QueryExpander:
     def __init__(self, settings: Settings, dim: int) -> None:
-        from deployments.searcher import make_store
+        from serve_app.core.store import make_store
 
         self.settings = settings
         self.engine = QueryExpansion(settings.expander, max_chars=settings.limits.max_query_chars)
@@ -52,7 +53,7 @@ class QueryExpander:
             self._learn_error = f"{type(exc).__name__}: {str(exc)[:200]}"
             log.warning("glossary refresh failed: %s", self._learn_error)
 
-    async def expand(self, query: str, enabled: bool = True) -> dict[str, Any]:
+    async def expand(self, query: str, enabled: bool = True) -> Expansion:
         first = self.engine.glossary.learned_at == 0
         self._maybe_learn()
         if first and enabled and self._learning is not None:

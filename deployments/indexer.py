@@ -15,10 +15,9 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.searcher import make_store
 from serve_app.core.ingest import Ingestor, SourceDocument
 from serve_app.core.meta import MetaStore
-from serve_app.core.store import StoreUnavailable, quote
+from serve_app.core.store import StoreUnavailable, doc_version_filter, make_store
 from serve_app.serving.observability import metric
 from serve_app.settings import Settings
 
@@ -101,7 +100,7 @@ class Indexer:
             return None
         version, updated_at = versions[doc_id]
         rows = self.store.query(
-            f"doc_id == {quote(doc_id)} and version == {version}",
+            doc_version_filter(doc_id, version),
             limit=16_384,
             fields=["ordinal", "title", "lang", "kind", "source", "tags"],
         )

@@ -9,29 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ray import serve
 
+from serve_app.core.contracts import Fanout, QueryVector
 from serve_app.core.lexical import IdfTable, idf_enabled
 from serve_app.core.retrieval import Retriever
-from serve_app.core.store import MilvusStore, StoreUnavailable
+from serve_app.core.store import StoreUnavailable, make_store
 from serve_app.serving.observability import metric
 from serve_app.settings import Settings
-
-
-def make_store(settings: Settings, dim: int) -> MilvusStore:
-    m = settings.milvus
-    return MilvusStore(
-        m.uri,
-        m.collection,
-        dim,
-        token=m.token.get_secret_value() if m.token else None,
-        hnsw_m=m.hnsw_m,
-        hnsw_ef_construction=m.hnsw_ef_construction,
-        search_ef=m.search_ef,
-        timeout_s=m.timeout_s,
-    )
 
 
 @serve.deployment(name="Searcher", max_ongoing_requests=128)
@@ -63,10 +51,10 @@ class Searcher:
         else:  # nothing ingested yet: look again soon rather than after a whole period
             self._idf_checked = time.time() - self.settings.search.idf_refresh_s + 30
 
-    async def search(self, vectors: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    async def search(self, vectors: Sequence[QueryVector], **kwargs: Any) -> Fanout:
         self._maybe_refresh_idf()
         try:
-            candidates, timings = await self.retriever.search(vectors, **kwargs)
+            fan = await self.retriever.search(vectors, **kwargs)
         except StoreUnavailable:
             metric("milvus_errors").inc(tags={"where": "searcher", "kind": "unavailable"})
             raise
@@ -74,9 +62,9 @@ class Searcher:
             metric("milvus_errors").inc(tags={"where": "searcher", "kind": "rejected"})
             raise
         for channel in ("dense", "sparse"):
-            if f"search_{channel}" in timings:
-                metric("channel_ms").observe(timings[f"search_{channel}"], tags={"channel": channel})
-        return {"candidates": candidates, "timings_ms": timings, "searches": int(timings["searches"])}
+            if f"search_{channel}" in fan.timings_ms:
+                metric("channel_ms").observe(fan.timings_ms[f"search_{channel}"], tags={"channel": channel})
+        return fan
 
     def idf_status(self) -> dict[str, Any]:
         idf = self.retriever.idf

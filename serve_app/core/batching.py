@@ -114,7 +114,8 @@ class ContinuousBatcher:
         return await future
 
     def _take(self) -> list[tuple[list, asyncio.Future]]:
-        taken, count = [], 0
+        taken: list[tuple[list, asyncio.Future]] = []
+        count = 0
         while self._pending and (not taken or count + len(self._pending[0][0]) <= self.max_items):
             items, future = self._pending.pop(0)
             taken.append((items, future))

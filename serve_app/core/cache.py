@@ -193,11 +193,12 @@ class EmbeddingCache:
         with self._lock:
             for key, entry in keyed:
                 self._lru[key] = entry
-        if self._redis is None:
+        client = self._redis
+        if client is None:
             return
 
         def write() -> None:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             for key, entry in keyed:
                 pipe.set(key, pack(*entry), ex=self.ttl_s)
             pipe.execute()

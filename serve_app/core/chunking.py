@@ -538,8 +538,10 @@ def _line_pieces(lines: list[str], max_chars: int, header: str | None) -> list[_
     for line in lines:
         if cur and cur_len + 1 + len(line) > max_chars:
             pieces.append("\n".join(cur))
-            cur = [header] if header is not None and len(header) + 1 + len(line) <= max_chars else []
-            cur_len = len(header) if cur else -1
+            if header is not None and len(header) + 1 + len(line) <= max_chars:
+                cur, cur_len = [header], len(header)
+            else:
+                cur, cur_len = [], -1
         cur.append(line)
         cur_len += 1 + len(line)
     if cur:

@@ -9,11 +9,12 @@ import hashlib
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 import numpy as np
 
-from serve_app.core.cache import EmbeddingCache
+from serve_app.core.cache import EmbeddingCache, Entry
+from serve_app.core.contracts import EmbedOutput
 from serve_app.core.encoder import InputType, M3Encoder, TextEncoder
 from serve_app.settings import Settings
 
@@ -55,7 +56,7 @@ def _result(
     truncated: bool = False,
     cached: str | None = None,
     error: str | None = None,
-) -> dict[str, Any]:
+) -> EmbedOutput:
     return {
         "dense": dense,
         "sparse": sparse,
@@ -94,23 +95,23 @@ class EmbeddingService:
         r = settings.redis
         url = r.url.get_secret_value() if r.url else None
         prefix = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()[:16]
-        common = {
-            "ttl_s": r.ttl_s,
-            "timeout_s": r.timeout_s,
-            "fail_max": r.breaker_fail_max,
-            "reset_s": r.breaker_reset_s,
-        }
+        new_cache = partial(
+            EmbeddingCache,
+            ttl_s=r.ttl_s,
+            timeout_s=r.timeout_s,
+            fail_max=r.breaker_fail_max,
+            reset_s=r.breaker_reset_s,
+        )
         cache = colbert_cache = None
         if url is not None or r.lru_items > 0:
-            cache = EmbeddingCache(url, f"{prefix}:dense+sparse", lru_items=r.lru_items, **common)
+            cache = new_cache(url, f"{prefix}:dense+sparse", lru_items=r.lru_items)
         colbert_url = url if r.colbert_in_redis else None
         if colbert_url is not None or r.colbert_lru_mb > 0:
-            colbert_cache = EmbeddingCache(
+            colbert_cache = new_cache(
                 colbert_url,
                 f"{prefix}:dense+sparse+colbert",
                 lru_bytes=r.colbert_lru_mb * 2**20,
                 name="redis-colbert-cache",
-                **common,
             )
         return cls(encoder, cache, colbert_cache)
 
@@ -123,7 +124,11 @@ class EmbeddingService:
         return self.encoder.dim
 
     def _from_cache(
-        self, cache: EmbeddingCache, items: Sequence[EmbedItem], idx: list[int], results: list
+        self,
+        cache: EmbeddingCache,
+        items: Sequence[EmbedItem],
+        idx: list[int],
+        results: list[EmbedOutput | None],
     ) -> list[int]:
         """Fill what the cache has; return the indices the model must compute."""
         keys = [_cache_key(items[i]) for i in idx]
@@ -132,20 +137,21 @@ class EmbeddingService:
         for i, entry, tier in zip(idx, found, tiers, strict=True):
             if entry is None or (items[i].colbert and entry[2] is None):
                 todo.append(i)
-            else:
-                colbert = entry[2].astype(np.float32) if items[i].colbert else None
-                results[i] = _result(entry[0], entry[1], colbert, tokens=0, cached=tier)
+                continue
+            dense, sparse, rows = entry
+            colbert = rows.astype(np.float32) if items[i].colbert and rows is not None else None
+            results[i] = _result(dense, sparse, colbert, tokens=0, cached=tier)
         return todo
 
-    def embed_items(self, items: Sequence[EmbedItem]) -> list[dict[str, Any]]:
+    def embed_items(self, items: Sequence[EmbedItem]) -> list[EmbedOutput]:
         """One dict per item: dense, sparse ({id: w}), colbert or None, tokens, truncated, cached, error.
 
         ``cached`` is ``None`` when the model computed the item, else the tier that served it
         (``"lru"`` or ``"redis"``): such items never reach the model. An item the model fails on
         carries ``error`` and zero vectors; the others are unaffected.
         """
-        results: list[dict[str, Any] | None] = [None] * len(items)
-        groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+        results: list[EmbedOutput | None] = [None] * len(items)
+        groups: dict[tuple[InputType, bool], list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             groups[(item.input_type, item.colbert)].append(i)
         for (input_type, colbert), idx in groups.items():
@@ -157,27 +163,32 @@ class EmbeddingService:
                 [items[i].text for i in todo], input_type=input_type, dense=True, sparse=True, colbert=colbert
             )
             self.forward_batches.extend(enc.batches)
-            fresh = []
+            dense_rows, sparse_rows, colbert_rows = enc.dense, enc.sparse, enc.colbert
+            if dense_rows is None or sparse_rows is None or (colbert and colbert_rows is None):
+                raise TypeError(f"{type(self.encoder).__name__}.encode left out an output it was asked for")
+            fresh: list[tuple[str, Entry]] = []
             for row, i in enumerate(todo):
                 error = enc.errors[row] if enc.errors else None
-                half = enc.colbert[row].astype(np.float16) if colbert else None
-                results[i] = _result(
-                    enc.dense[row].copy(),  # a row view would keep the whole batch alive in the LRU
-                    enc.sparse[row],
+                half = colbert_rows[row].astype(np.float16) if colbert and colbert_rows is not None else None
+                result = _result(
+                    dense_rows[row].copy(),  # a row view would keep the whole batch alive in the LRU
+                    sparse_rows[row],
                     half.astype(np.float32) if half is not None else None,
                     tokens=enc.token_counts[row],
                     truncated=bool(enc.truncated and enc.truncated[row]),
                     error=error,
                 )
+                results[i] = result
                 if error is None:
-                    fresh.append((_cache_key(items[i]), (results[i]["dense"], enc.sparse[row], half)))
+                    fresh.append((_cache_key(items[i]), (result["dense"], sparse_rows[row], half)))
             if cache is not None:
                 cache.set_many(fresh)
-        return results  # type: ignore[return-value]
+        # Every item was filled above, by a cache or by the model.
+        return [r for r in results if r is not None]
 
     def embed_texts(
         self, texts: Sequence[str], *, input_type: InputType = "passage"
-    ) -> tuple[np.ndarray, list]:
+    ) -> tuple[np.ndarray, list[dict[int, float]]]:
         """Dense matrix and sparse list for a batch of texts (the ingest path); fails on any item error."""
         out = self.embed_items([EmbedItem(t, input_type) for t in texts])
         failed = [(i, o["error"]) for i, o in enumerate(out) if o["error"]]

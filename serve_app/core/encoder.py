@@ -3,8 +3,9 @@
 ``M3Encoder`` loads any M3-format directory (``BAAI/bge-m3`` or the offline build) with
 FlagEmbedding's own loading code, then drives the loaded model directly: FlagEmbedding's
 ``encode`` probes the batch size with an extra forward pass on every call and returns string
-token ids, neither of which a server wants. ``HashEncoder`` is the deterministic test double
-with the same interface (Haystack-style), for unit tests that must not load a model.
+token ids, neither of which a server wants. ``TextEncoder`` is the interface every node that
+embeds relies on; its deterministic test double, for tests that must not load a model, is
+``serve_app.testing.doubles.HashEncoder``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -286,13 +286,13 @@ class M3Encoder:
             ).to(self.device)
             result = self.model(batch, return_dense=dense, return_sparse=sparse, return_colbert_vecs=colbert)
             lengths = batch["attention_mask"].sum(dim=1).tolist()
-            if dense:
+            if dense and out.dense is not None:
                 out.dense[idx] = result["dense_vecs"].float().cpu().numpy()  # copied into out's rows
-            if sparse:
+            if sparse and out.sparse is not None:
                 weights = result["sparse_vecs"].squeeze(-1).float().cpu().numpy()
                 for row, i in enumerate(idx):
                     out.sparse[i] = self._lexical(ids[i], weights[row])
-            if colbert:
+            if colbert and out.colbert is not None:
                 vecs = result["colbert_vecs"].float().cpu().numpy()
                 for row, i in enumerate(idx):
                     out.colbert[i] = vecs[row, : lengths[row] - 1]  # tokens after CLS, as FlagEmbedding
@@ -303,53 +303,3 @@ class M3Encoder:
             if weight > 0 and token not in self._special_ids and weight > lexical.get(token, 0.0):
                 lexical[token] = weight
         return lexical
-
-
-_WORD = re.compile(r"[A-Za-z0-9_]+|[^\sA-Za-z0-9_]")
-
-
-class HashEncoder:
-    """Deterministic stand-in: words (and single CJK characters) hashed to random unit vectors.
-
-    Texts sharing words get similar vectors, so ranking tests mean something, yet no model loads.
-    """
-
-    def __init__(self, dim: int = 32, model_id: str = "hash-encoder") -> None:
-        self.dim = dim
-        self.model_id = model_id
-        self.revision = "hash"
-        self.max_length = 512
-        self.fingerprint = self.model_key = f"{model_id}@hash|{dim}"
-        self.calls = 0
-
-    def _token_id(self, token: str) -> int:
-        return 5 + int.from_bytes(hashlib.blake2b(token.lower().encode(), digest_size=4).digest()) % 250_000
-
-    def _vector(self, token: str) -> np.ndarray:
-        seed = int.from_bytes(hashlib.blake2b(token.lower().encode(), digest_size=8).digest())
-        v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-        return v / np.linalg.norm(v)
-
-    def encode(
-        self,
-        texts: Sequence[str],
-        *,
-        input_type: InputType = "passage",
-        dense: bool = True,
-        sparse: bool = True,
-        colbert: bool = False,
-    ) -> Encoded:
-        self.calls += 1
-        tokens = [_WORD.findall(t) or [""] for t in texts]
-        vectors = [np.stack([self._vector(tok) for tok in toks]) for toks in tokens]
-        n = len(texts)
-        out = Encoded(token_counts=[len(t) + 2 for t in tokens], truncated=[False] * n, errors=[None] * n)
-        if dense:
-            pooled = np.stack([v.mean(axis=0) for v in vectors]) if vectors else np.zeros((0, self.dim))
-            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            out.dense = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
-        if sparse:
-            out.sparse = [{self._token_id(tok): 1.0 for tok in toks if tok} for toks in tokens]
-        if colbert:
-            out.colbert = vectors
-        return out

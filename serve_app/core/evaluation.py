@@ -1,7 +1,15 @@
 """Retrieval evaluation on a BEIR-layout collection: nDCG@10, Recall@10/100, MRR@10.
 
-Runs the same engines the Serve graph wraps (encoder, Retriever, rerank) in-process, so a
-figure here is the service's ranking without HTTP in between.
+Every configuration is a ``SearchQuery`` sent through the ``SearchPipeline`` that serves
+``/v1/search``, with in-process adapters (the embedding service, the Retriever, the ColBERT
+reranker, the expansion engine) in place of the deployment handles. So a figure here is the
+ranking a client gets for the same request, without HTTP in between:
+
+- nDCG@10, R@10, MRR@10 and the language figures come from the request a client sends with no
+  options but the configuration's own (``top_k`` = ``search.top_k``, the rerank pool and stage-1
+  depth that follow from it);
+- R@100 is the recall of the same configuration asked for ``top_k=100`` without rerank: the
+  depth of the candidate list, which a rerank of the top ``rerank_candidates`` cannot change.
 """
 
 from __future__ import annotations
@@ -18,10 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.core.embedding import EmbeddingService, EmbedItem
-from serve_app.core.expansion import QueryExpansion
-from serve_app.core.fusion import Candidate
-from serve_app.core.retrieval import Retriever, passage_text, rerank
+from serve_app.core.contracts import ScoredResult
+from serve_app.core.pipeline import (
+    Expander,
+    LocalEmbedder,
+    MemoExpander,
+    OriginalOnly,
+    SearchPipeline,
+    SearchQuery,
+)
+from serve_app.core.rerank import ColbertReranker
+from serve_app.core.retrieval import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +60,8 @@ DEFAULT_CONFIGS = (
     "dense+sparse+colbert",
     "full",
 )
+DEPTH = 100  # the list R@100 is measured on
+CONCURRENCY = 8  # queries in flight (the fan-out's Milvus calls overlap in the Retriever's threads)
 
 
 @dataclass
@@ -93,10 +110,11 @@ def metrics(ranked_docs: Sequence[str], relevant: dict[str, int]) -> dict[str, f
     }
 
 
-def _doc_ranking(candidates: Sequence[Candidate]) -> list[str]:
+def doc_ranking(results: Sequence[ScoredResult]) -> list[str]:
+    """Documents in the order of their best chunk (a BEIR qrel judges documents, not chunks)."""
     seen: dict[str, None] = {}
-    for c in candidates:
-        seen.setdefault(c.fields["doc_id"], None)
+    for r in results:
+        seen.setdefault(r.candidate.fields["doc_id"], None)
     return list(seen)
 
 
@@ -107,14 +125,14 @@ def _mean(rows: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def _bias(
-    ranked: Sequence[Candidate], query: Query, relevant: dict[str, int], doc_langs: dict[str, str]
+    ranked: Sequence[ScoredResult], query: Query, relevant: dict[str, int], doc_langs: dict[str, str]
 ) -> dict[str, float]:
     """Language bias: share of the top 10 in the query's language; recall@10 per answer language."""
     top = ranked[:10]
     out: dict[str, float] = {}
     if top:
-        out["same_lang@10"] = sum(c.fields.get("lang") == query.lang for c in top) / len(top)
-    found = set(_doc_ranking(top))
+        out["same_lang@10"] = sum(r.candidate.fields.get("lang") == query.lang for r in top) / len(top)
+    found = set(doc_ranking(top))
     for lang in ("ja", "en"):
         rel = {d for d, g in relevant.items() if g > 0 and doc_langs.get(d) == lang}
         if rel:
@@ -135,106 +153,95 @@ def _spread(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
 
 
+def config_query(
+    q: Query, cfg: dict[str, Any], *, top_k: int | None = None, rerank: bool | None = None
+) -> SearchQuery:
+    """The request a client sends for configuration ``cfg``."""
+    return SearchQuery(
+        query=q.text,
+        top_k=top_k,
+        channels=tuple(cfg["channels"]),
+        rerank=bool(cfg.get("rerank")) if rerank is None else rerank,
+        expand=bool(cfg.get("expand")),
+    )
+
+
+def config_pipeline(
+    name: str, retriever: Retriever, embedder: LocalEmbedder, expander: Expander, cross_encoder: Any = None
+) -> SearchPipeline:
+    """The serving pipeline wired to in-process engines, with the configuration's setting overrides."""
+    cfg = CONFIGS[name]
+    search = retriever.settings.model_copy(update=cfg.get("search", {}))
+    r = Retriever(retriever.store, search, idf=retriever.idf if cfg.get("idf", True) else None)
+    return SearchPipeline(
+        search,
+        expander=expander,
+        embedder=embedder,
+        retriever=r,
+        reranker=ColbertReranker(embedder, search, cross_encoder),
+    )
+
+
+async def run_queries(
+    pipeline: SearchPipeline, requests: Sequence[SearchQuery], concurrency: int = CONCURRENCY
+) -> list[list[ScoredResult]]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(req: SearchQuery) -> list[ScoredResult]:
+        async with sem:
+            return (await pipeline.search(req)).results
+
+    return await asyncio.gather(*(one(r) for r in requests))
+
+
 def evaluate(
-    service: EmbeddingService,
+    service: Any,
     retriever: Retriever,
     queries: Sequence[Query],
     qrels: dict[str, dict[str, int]],
     *,
     configs: Sequence[str] = DEFAULT_CONFIGS,
-    rerank_queries: int = 100,
-    expansion: QueryExpansion | None = None,
+    rerank_queries: int | None = None,
+    expansion: Expander | None = None,
     doc_langs: dict[str, str] | None = None,
+    cross_encoder: Any = None,
 ) -> dict[str, Any]:
-    """Per configuration: overall means, breakdowns by query lang and type, and language bias."""
+    """Per configuration: overall means, breakdowns by query lang and type, language bias, and the
+    per-query document rankings (``rankings``: top 10 as served; ``rankings@100``: the depth list)."""
     doc_langs = doc_langs or {}
-    report: dict[str, Any] = {"configs": {}}
-    vectors: dict[str, dict[str, Any]] = {}  # query text -> Embedder output (dense, sparse)
-    passages: dict[str, dict[str, Any]] = {}  # chunk id -> output with ColBERT (shared by rerank configs)
-    colbert_queries: dict[str, dict[str, Any]] = {}
-
-    def encode(texts: Sequence[str]) -> None:
-        todo = list(dict.fromkeys(t for t in texts if t not in vectors))
-        for start in range(0, len(todo), 32):
-            batch = todo[start : start + 32]
-            for text, out in zip(
-                batch, service.embed_items([EmbedItem(t, "query") for t in batch]), strict=True
-            ):
-                vectors[text] = out
-
+    report: dict[str, Any] = {"configs": {}, "rankings": {}, "rankings@100": {}}
+    embedder = LocalEmbedder(service)
+    expander = MemoExpander(expansion or OriginalOnly())
     started = time.perf_counter()
-    encode([q.text for q in queries])
+    embedder.prime([q.text for q in queries], "query")
     report["encode_queries_s"] = round(time.perf_counter() - started, 2)
-    variants: dict[str, list[dict[str, Any]]] = {}
     if any(CONFIGS[c].get("expand") for c in configs):
-        if expansion is None:
-            raise ValueError("an expansion config needs a QueryExpansion")
-        t0 = time.perf_counter()
-        for q in queries:
-            variants[q.qid] = asyncio.run(expansion.expand(q.text))["variants"]
-        encode([v["text"] for vs in variants.values() for v in vs])
-        expanded = sum(len(v) > 1 for v in variants.values())
-        report["expansion"] = {
-            "queries_with_variants": expanded,
-            "variants": sum(len(v) - 1 for v in variants.values()),
-            "origins": dict(Counter(v["origin"] for vs in variants.values() for v in vs[1:])),
-            "glossary_pairs": len(expansion.glossary),
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
+        report["expansion"] = asyncio.run(_expansion_summary(expander, embedder, queries, expansion))
 
-    def plan(q: Query, expand: bool) -> list[dict[str, Any]]:
-        chosen = variants[q.qid] if expand else [{"text": q.text, "lang": q.lang, "origin": "original"}]
-        return [
-            {"dense": vectors[v["text"]]["dense"], "sparse": vectors[v["text"]]["sparse"], **v}
-            for v in chosen
-            if not vectors[v["text"]].get("error")
-        ]
-
-    async def run_all(r: Retriever, cfg: dict[str, Any], subset: Sequence[int]) -> list[list[Candidate]]:
-        sem = asyncio.Semaphore(8)
-
-        async def one(i: int) -> list[Candidate]:
-            async with sem:
-                q = queries[i]
-                cands, _ = await r.search(
-                    plan(q, bool(cfg.get("expand"))), top_k=100, channels=cfg["channels"], limit=100
-                )
-                return cands
-
-        return await asyncio.gather(*(one(i) for i in subset))
-
-    def rerank_head(q: Query, head: list[Candidate]) -> list[Candidate]:
-        if q.text not in colbert_queries:
-            colbert_queries[q.text] = service.embed_items([EmbedItem(q.text, "query", colbert=True)])[0]
-        todo = [c for c in head if c.chunk_id not in passages]
-        outs = service.embed_items([EmbedItem(passage_text(c.fields), "passage", colbert=True) for c in todo])
-        passages.update({c.chunk_id: o for c, o in zip(todo, outs, strict=True)})
-        return rerank(colbert_queries[q.text], [passages[c.chunk_id] for c in head], head, retriever.settings)
-
-    rerank_subset = _spread(len(queries), rerank_queries)
+    rerank_subset = _spread(len(queries), rerank_queries or len(queries))
     for name in configs:
         cfg = CONFIGS[name]
-        r = Retriever(
-            retriever.store,
-            retriever.settings.model_copy(update=cfg.get("search", {})),
-            idf=retriever.idf if cfg.get("idf", True) else None,
-        )
+        pipeline = config_pipeline(name, retriever, embedder, expander, cross_encoder)
         subset = rerank_subset if cfg.get("rerank") else list(range(len(queries)))
         t0 = time.perf_counter()
-        ranked = asyncio.run(run_all(r, cfg, subset))
-        if cfg.get("rerank"):
-            n = retriever.settings.rerank_candidates
-            for pos, i in enumerate(subset):
-                if pos and pos % 25 == 0:
-                    log.info("%s rerank: %d/%d queries", name, pos, len(subset))
-                ranked[pos] = rerank_head(queries[i], ranked[pos][:n]) + ranked[pos][n:]
+        ranked = asyncio.run(run_queries(pipeline, [config_query(queries[i], cfg) for i in subset]))
         elapsed = time.perf_counter() - t0
+        deep = asyncio.run(
+            run_queries(pipeline, [config_query(queries[i], cfg, top_k=DEPTH, rerank=False) for i in subset])
+        )
+        report["rankings"][name] = {
+            queries[i].qid: doc_ranking(r) for i, r in zip(subset, ranked, strict=True)
+        }
+        report["rankings@100"][name] = {
+            queries[i].qid: doc_ranking(r) for i, r in zip(subset, deep, strict=True)
+        }
         rows, by_lang, by_type = [], defaultdict(list), defaultdict(list)
         for pos, i in enumerate(subset):
             q = queries[i]
-            m = metrics(_doc_ranking(ranked[pos]), qrels[q.qid])
+            m = metrics(doc_ranking(ranked[pos]), qrels[q.qid])
             if not m:
                 continue
+            m["recall@100"] = metrics(doc_ranking(deep[pos]), qrels[q.qid])["recall@100"]
             m.update(_bias(ranked[pos], q, qrels[q.qid], doc_langs))
             rows.append(m)
             by_lang[q.lang].append(m)
@@ -247,140 +254,61 @@ def evaluate(
             "by_type": {k: {"queries": len(v), **_mean_keys(v)} for k, v in sorted(by_type.items())},
             "seconds": round(elapsed, 2),
         }
-        if (
-            not cfg.get("rerank")
-            and len(rerank_subset) < len(queries)
-            and any(CONFIGS[c].get("rerank") for c in configs)
-        ):
-            # The same metrics on the rerank configs' subset, so every row can be compared with them.
-            picked = set(rerank_subset)
-            on_subset = [
-                metrics(_doc_ranking(ranked[pos]), qrels[queries[i].qid])
-                for pos, i in enumerate(subset)
-                if i in picked
-            ]
-            report["configs"][name]["rerank_subset"] = _mean([m for m in on_subset if m])
-        if cfg.get("rerank") and len(subset) < len(queries):
-            # The same subset without rerank, so the rerank figure has a fair comparison.
-            base_cfg = {k: v for k, v in cfg.items() if k != "rerank"}
-            base = [
-                metrics(_doc_ranking(c), qrels[queries[i].qid])
-                for c, i in zip(asyncio.run(run_all(r, base_cfg, subset)), subset, strict=True)
-            ]
-            report["configs"][name]["same_queries_without_rerank"] = _mean([b for b in base if b])
+        _same_queries(
+            report, name, cfg, configs, pipeline, queries, qrels, subset, rerank_subset, ranked, deep
+        )
     return report
+
+
+def _same_queries(
+    report: dict[str, Any],
+    name: str,
+    cfg: dict[str, Any],
+    configs: Sequence[str],
+    pipeline: SearchPipeline,
+    queries: Sequence[Query],
+    qrels: dict[str, dict[str, int]],
+    subset: list[int],
+    rerank_subset: list[int],
+    ranked: list[list[ScoredResult]],
+    deep: list[list[ScoredResult]],
+) -> None:
+    """When the rerank configs ran on a subset: every row's figures on that subset too."""
+    if len(rerank_subset) >= len(queries):
+        return
+
+    def scored(results: list[ScoredResult], depth: list[ScoredResult], qid: str) -> dict[str, float]:
+        m = metrics(doc_ranking(results), qrels[qid])
+        if m:
+            m["recall@100"] = metrics(doc_ranking(depth), qrels[qid])["recall@100"]
+        return m
+
+    if not cfg.get("rerank") and any(CONFIGS[c].get("rerank") for c in configs):
+        picked = set(rerank_subset)
+        rows = [scored(ranked[p], deep[p], queries[i].qid) for p, i in enumerate(subset) if i in picked]
+        report["configs"][name]["rerank_subset"] = _mean([m for m in rows if m])
+    if cfg.get("rerank"):  # the same subset without rerank, so the rerank figure has a fair comparison
+        plain = asyncio.run(
+            run_queries(pipeline, [config_query(queries[i], cfg, rerank=False) for i in subset])
+        )
+        rows = [scored(plain[p], deep[p], queries[i].qid) for p, i in enumerate(subset)]
+        report["configs"][name]["same_queries_without_rerank"] = _mean([m for m in rows if m])
+
+
+async def _expansion_summary(
+    expander: Expander, embedder: LocalEmbedder, queries: Sequence[Query], engine: Any
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    variants = {q.qid: (await expander.expand(q.text, True))["variants"] for q in queries}
+    embedder.prime([v["text"] for vs in variants.values() for v in vs], "query")
+    return {
+        "queries_with_variants": sum(len(v) > 1 for v in variants.values()),
+        "variants": sum(len(v) - 1 for v in variants.values()),
+        "origins": dict(Counter(v["origin"] for vs in variants.values() for v in vs[1:])),
+        "glossary_pairs": len(engine.glossary) if engine is not None and hasattr(engine, "glossary") else 0,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def collection_name(dataset: Path) -> str:
     return "eval_" + re.sub(r"[^A-Za-z0-9_]", "_", dataset.resolve().name)[:60]
-
-
-def format_table(dataset: str, report: dict[str, Any]) -> str:
-    lines = [
-        f"{dataset}",
-        f"{'config':24} {'n':>5} {'nDCG@10':>8} {'R@10':>7} {'R@100':>7} {'MRR@10':>7}",
-    ]
-    for name, r in report["configs"].items():
-        lines.append(
-            f"{name:24} {r['queries']:>5} {r['ndcg@10']:>8.3f} {r['recall@10']:>7.3f} "
-            f"{r['recall@100']:>7.3f} {r['mrr@10']:>7.3f}"
-            + (f"  same-lang@10 {r['same_lang@10']:.2f}" if "same_lang@10" in r else "")
-        )
-        if "same_queries_without_rerank" in r:
-            b = r["same_queries_without_rerank"]
-            lines.append(
-                f"{'  (same, no rerank)':24} {r['queries']:>5} {b['ndcg@10']:>8.3f} {b['recall@10']:>7.3f} "
-                f"{b['recall@100']:>7.3f} {b['mrr@10']:>7.3f}"
-            )
-    return "\n".join(lines)
-
-
-_BM25 = re.compile(r"dev R@10 ([0-9.]+) / MRR(?:@10)? ([0-9.]+)")
-
-
-def baseline_from_readme(dataset: Path) -> dict[str, float] | None:
-    """The BM25 dev figures a collection's README states ("dev R@10 x / MRR y"), if it states them."""
-    readme = dataset / "README.md"
-    match = _BM25.search(readme.read_text(encoding="utf-8")) if readme.is_file() else None
-    return {"recall@10": float(match.group(1)), "mrr@10": float(match.group(2))} if match else None
-
-
-def _f(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
-
-
-def markdown_section(report: dict[str, Any], json_path: Path) -> str:
-    """One collection: every configuration, language bias, expansion, and the BM25 line."""
-    name = report["dataset"]
-    lines = [
-        f"<!-- eval:{name}:start -->",
-        f"### {name} (dev)",
-        "",
-        f"`{report.get('command', 'specrag eval')}` — {report['machine']}, {report['date']}, model"
-        f" {report['model']}. Raw: `{json_path}`.",
-        "",
-        "| configuration | queries | nDCG@10 | R@10 | R@100 | MRR@10 | same-lang@10 | R@10 en answers"
-        " | R@10 ja answers |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for config, r in report["configs"].items():
-        lines.append(
-            f"| {config} | {r['queries']} | {_f(r['ndcg@10'])} | {_f(r['recall@10'])} | {_f(r['recall@100'])}"
-            f" | {_f(r['mrr@10'])} | {_f(r.get('same_lang@10'))} | {_f(r.get('recall@10_en_answers'))}"
-            f" | {_f(r.get('recall@10_ja_answers'))} |"
-        )
-        if (b := r.get("same_queries_without_rerank")) is not None:
-            lines.append(
-                f"| — same {r['queries']} queries, no rerank | {r['queries']} | {_f(b['ndcg@10'])}"
-                f" | {_f(b['recall@10'])} | {_f(b['recall@100'])} | {_f(b['mrr@10'])} | | | |"
-            )
-    if bm25 := report.get("bm25"):
-        lines.append(
-            f"| BM25 (the collection's README) | all | | {_f(bm25['recall@10'])} | |"
-            f" {_f(bm25['mrr@10'])} | | | |"
-        )
-    if exp := report.get("expansion"):
-        lines += [
-            "",
-            f"Expansion: {exp['glossary_pairs']} glossary term pairs learned from the corpus;"
-            f" {exp['queries_with_variants']} of {len_queries(report)} queries got variants"
-            f" ({', '.join(f'{k}: {v}' for k, v in exp['origins'].items()) or 'none'}).",
-        ]
-    lines.append(f"<!-- eval:{name}:end -->")
-    return "\n".join(lines)
-
-
-def len_queries(report: dict[str, Any]) -> int:
-    return max((r["queries"] for r in report["configs"].values()), default=0)
-
-
-def summary_section(reports: Sequence[dict[str, Any]]) -> str:
-    """All collections on one table: BM25, dense only, and the full pipeline."""
-    lines = [
-        "<!-- eval:summary:start -->",
-        "| collection | BM25 R@10 / MRR@10 | dense R@10 / MRR@10 | full pipeline R@10 / MRR@10 (queries)"
-        " | full vs BM25 | full vs dense |",
-        "|---|---|---|---|---|---|",
-    ]
-    for rep in sorted(reports, key=lambda r: r["dataset"]):
-        cfg, bm25 = rep["configs"], rep.get("bm25")
-        dense, full = cfg.get("dense"), cfg.get("full")
-        if not dense or not full:
-            continue
-        # the rerank configs may run on a spread subset: compare dense on those same queries
-        base = dense.get("rerank_subset") if full["queries"] < dense["queries"] else None
-        ref = base or dense
-        versus_bm25 = (
-            f"{full['recall@10'] - bm25['recall@10']:+.3f} / {full['mrr@10'] - bm25['mrr@10']:+.3f}"
-            if bm25
-            else ""
-        )
-        lines.append(
-            f"| {rep['dataset']} | {_f(bm25 and bm25['recall@10'])} / {_f(bm25 and bm25['mrr@10'])}"
-            f" | {_f(dense['recall@10'])} / {_f(dense['mrr@10'])}"
-            f" | {_f(full['recall@10'])} / {_f(full['mrr@10'])} ({full['queries']})"
-            f" | {versus_bm25} | {full['recall@10'] - ref['recall@10']:+.3f} /"
-            f" {full['mrr@10'] - ref['mrr@10']:+.3f}{' (same queries)' if base else ''} |"
-        )
-    lines.append("<!-- eval:summary:end -->")
-    return "\n".join(lines)

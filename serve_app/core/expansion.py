@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_fixed
 
 from serve_app.core.chunking import detect_lang
+from serve_app.core.contracts import Expansion, QueryVariant
 from serve_app.settings import ExpanderSettings
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ class Variant:
     origin: str  # original | llm | glossary
     terms: tuple[tuple[str, str], ...] = ()  # glossary: the (term, replacement) pairs swapped
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"text": self.text, "lang": self.lang, "origin": self.origin}
+    def as_dict(self) -> QueryVariant:
+        out: QueryVariant = {"text": self.text, "lang": self.lang, "origin": self.origin}
         if self.terms:
             out["terms"] = [list(t) for t in self.terms]
         return out
@@ -426,27 +427,30 @@ class QueryExpansion:
             for path in settings.term_files:
                 self.glossary.load_tsv(Path(path))
 
-    async def expand(self, query: str, enabled: bool = True) -> dict[str, Any]:
+    async def expand(self, query: str, enabled: bool = True) -> Expansion:
         variants = [Variant(query, detect_lang(query), "original")]
-        info: dict[str, Any] = {"llm": "off" if self.llm is None else "skipped"}
+        llm = "off" if self.llm is None else "skipped"
         if not enabled:
-            return {"variants": [v.as_dict() for v in variants], **info}
+            return {"variants": [v.as_dict() for v in variants], "llm": llm}
+        llm_error: str | None = None
         if self.llm is not None:
             try:
                 found = await self.llm.expand(query)
                 variants += found
-                info["llm"] = "ok" if found else "empty"
+                llm = "ok" if found else "empty"
             except ExpansionError as exc:
-                info["llm"] = "fallback"
-                info["llm_error"] = str(exc)
+                llm, llm_error = "fallback", str(exc)
                 log.warning("query expansion fell back to the glossary: %s", exc)
         if self.settings.glossary:
             seen = {_key(v.text) for v in variants}
             for v in self.glossary.variants(query, self.settings.glossary_variants):
                 if _key(v.text) not in seen:
                     variants.append(v)
-        info["glossary_pairs"] = len(self.glossary)
-        return {"variants": [v.as_dict() for v in variants], **info}
+        out: Expansion = {"variants": [v.as_dict() for v in variants], "llm": llm}
+        if llm_error is not None:
+            out["llm_error"] = llm_error
+        out["glossary_pairs"] = len(self.glossary)
+        return out
 
 
 _LEARN_FIELDS = ["doc_id", "title", "title_path", "text", "kind", "lang"]
@@ -454,10 +458,12 @@ _LEARN_FIELDS = ["doc_id", "title", "title_path", "text", "kind", "lang"]
 
 def learn_glossary(store: Any, settings: ExpanderSettings) -> Glossary:
     """A fresh glossary from the term files and every current chunk of the store's collection."""
+    from serve_app.core.store import build_filter  # pymilvus loads only when learning from a store
+
     glossary = Glossary()
     for path in settings.term_files:
         glossary.load_tsv(Path(path))
     # One pass over every page: translated twins may sit on different pages.
-    pages = store.iter_rows("is_current == true", fields=_LEARN_FIELDS, batch_size=2000)
+    pages = store.iter_rows(build_filter(), fields=_LEARN_FIELDS, batch_size=2000)
     glossary.learn(row for page in pages for row in page)
     return glossary

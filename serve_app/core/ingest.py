@@ -38,7 +38,13 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from serve_app.core.chunking import Chunk, chunk_document
 from serve_app.core.meta import MetaStore
 from serve_app.core.retrieval import passage_text
-from serve_app.core.store import ChunkRecord, MilvusStore, quote
+from serve_app.core.store import (
+    ChunkRecord,
+    MilvusStore,
+    chunk_ids_filter,
+    doc_ids_filter,
+    doc_version_filter,
+)
 from serve_app.settings import ChunkSettings, IngestSettings
 
 log = logging.getLogger(__name__)
@@ -312,7 +318,7 @@ def embed_resilient(
 
     for start in range(0, len(texts), batch_size):
         solve(list(range(start, min(start + batch_size, len(texts)))), retry=True)
-    return out  # type: ignore[return-value]
+    return [o for o in out if o is not None]  # solve() filled every index (or raised)
 
 
 class Ingestor:
@@ -369,9 +375,8 @@ class Ingestor:
     def _stored(self, target: str, doc_ids: Sequence[str]) -> dict[str, tuple[int, list[tuple[str, str]]]]:
         """doc_id -> (newest stored version, its (content_hash, chunk_id) pairs in chunk order)."""
         found: dict[str, dict[int, list[tuple[int, str, str]]]] = {}
-        ids = ", ".join(quote(d) for d in doc_ids)
         for page in self.store.iter_rows(
-            f"doc_id in [{ids}]",
+            doc_ids_filter(doc_ids),
             fields=["doc_id", "version", "ordinal", "content_hash"],
             batch_size=5000,
             on=target,
@@ -450,9 +455,8 @@ class Ingestor:
         stored: dict[str, Vectors] = {}
         for start in range(0, len(reuse_ids), 1000):
             batch = reuse_ids[start : start + 1000]
-            ids = ", ".join(quote(i) for i in batch)
             for r in self.store.query(
-                f"chunk_id in [{ids}]", limit=len(batch), fields=["chunk_id", "dense", "sparse"], on=target
+                chunk_ids_filter(batch), limit=len(batch), fields=["chunk_id", "dense", "sparse"], on=target
             ):
                 stored[r["chunk_id"]] = (np.asarray(r["dense"], np.float32), dict(r["sparse"]))
         todo: list[tuple[_Plan, int]] = []
@@ -516,7 +520,7 @@ class Ingestor:
                 report.unchanged += not redo
                 if doc.doc_id in self._stale:  # an earlier write left an older version: finish it
                     report.chunks_deleted += self.store.delete(
-                        expr=f"doc_id == {quote(doc.doc_id)} and version < {self._stale.pop(doc.doc_id)}",
+                        expr=doc_version_filter(doc.doc_id, self._stale.pop(doc.doc_id), op="<"),
                         on=target,
                     )
                 continue
@@ -539,7 +543,7 @@ class Ingestor:
             # after they are acknowledged; deleting earlier could hide the document from an ANN).
             if p.version > 1 and self._searchable(target, p):
                 report.chunks_deleted += self.store.delete(
-                    expr=f"doc_id == {quote(p.doc.doc_id)} and version < {p.version}", on=target
+                    expr=doc_version_filter(p.doc.doc_id, p.version, op="<"), on=target
                 )
             written_docs.append(p.doc.doc_id)
             if redo:
@@ -548,7 +552,7 @@ class Ingestor:
                 report.added += 1
             else:
                 report.updated += 1
-        failures = {
+        failures: dict[str, dict[str, Any]] = {
             p.doc.doc_id: {
                 "doc_id": p.doc.doc_id,
                 "source": p.doc.source,
@@ -569,7 +573,7 @@ class Ingestor:
             self.meta.delete("deleted", written_docs)  # written again after a delete: alive
 
     def _searchable(self, target: str, plan: _Plan, timeout_s: float = 5.0) -> bool:
-        pinned = f"doc_id == {quote(plan.doc.doc_id)} and version == {plan.version}"
+        pinned = doc_version_filter(plan.doc.doc_id, plan.version)
         deadline = time.monotonic() + timeout_s
         delay = 0.002
         while True:
@@ -645,7 +649,7 @@ class Ingestor:
         ids = list(dict.fromkeys(doc_ids))
         if not ids:
             return report
-        expr = f"doc_id in [{', '.join(quote(d) for d in ids)}]"
+        expr = doc_ids_filter(ids)
         target = self.store.resolve()
         for _ in range(5):
             present = set(self.store.doc_versions(ids, on=target))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serve_app.core.store import SPARSE_PLACEHOLDER_TOKEN
+from serve_app.core.store import SPARSE_PLACEHOLDER_TOKEN, build_filter
 
 
 def placeholder_sparse_head(model_path: str) -> bool:
@@ -49,7 +49,7 @@ class IdfTable:
     def build(cls, store: Any) -> IdfTable:
         df: Counter[int] = Counter()
         n = 0
-        for page in store.iter_rows("is_current == true", fields=["sparse"], batch_size=2000):
+        for page in store.iter_rows(build_filter(), fields=["sparse"], batch_size=2000):
             for row in page:
                 n += 1
                 df.update(int(t) for t in (row.get("sparse") or {}) if int(t) != SPARSE_PLACEHOLDER_TOKEN)

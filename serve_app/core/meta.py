@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from operator import methodcaller
 from typing import Any
 
-from serve_app.core.store import MilvusStore, meta_collection, quote
+from serve_app.core.store import Filter, MilvusStore, meta_collection
 
 __all__ = ["MetaStore"]
 
@@ -80,7 +82,7 @@ class MetaStore:
                 if not client.has_collection(self.name, timeout=self.store.timeout_s):
                     raise  # not a lost creation race
 
-        self.store._call("meta_create", run)
+        self.store.execute("meta_create", run)
         self._ready = True
 
     @staticmethod
@@ -107,7 +109,7 @@ class MetaStore:
                     "vec": _PLACEHOLDER,
                 }
             )
-        self.store._call(
+        self.store.execute(
             "meta_put", lambda c: c.upsert(self.name, rows, timeout=self.store.timeout_s), target=self.name
         )
 
@@ -116,13 +118,13 @@ class MetaStore:
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
         self._ensure()
-        rows = self.store._call(
+        rows = self.store.execute(
             "meta_get",
             # A filter we quote, not ``ids=``: pymilvus does not escape a newline in an id it
             # turns into an expression, and document ids may hold one.
             lambda c: c.query(
                 self.name,
-                filter=f"key == {quote(self._key(kind, key))}",
+                filter=Filter.eq("key", self._key(kind, key)).expr(),
                 output_fields=["value"],
                 timeout=self.store.timeout_s,
             ),
@@ -133,13 +135,14 @@ class MetaStore:
     def list(self, kind: str, prefix: str = "", *, limit: int = 16_384) -> dict[str, dict[str, Any]]:
         """key -> value for every record of ``kind`` whose key starts with ``prefix``."""
         self._ensure()
-        expr = f"kind == {quote(kind)}"
+        flt = Filter.eq("kind", kind)
         if prefix:
             # LIKE has one wildcard (%); a literal % in the prefix cannot be escaped, so match wider
             # and filter here.
             safe = prefix.split("%", 1)[0]
-            expr += f' and key like {quote(self._key(kind, safe))[:-1]}%"'
-        rows = self.store._call(
+            flt &= Filter.prefix("key", self._key(kind, safe))
+        expr = flt.expr()
+        rows = self.store.execute(
             "meta_list",
             lambda c: c.query(
                 self.name,
@@ -154,17 +157,16 @@ class MetaStore:
         out = {r["key"][len(head) :]: json.loads(r["value"]) for r in rows}
         return {k: v for k, v in sorted(out.items()) if k.startswith(prefix)}
 
-    def delete(self, kind: str, keys: list[str]) -> None:
+    def delete(self, kind: str, keys: Sequence[str]) -> None:
         if not keys:
             return
         self._ensure()
         ids = [self._key(kind, k) for k in keys]
         for start in range(0, len(ids), 1000):
             batch = ids[start : start + 1000]
-            self.store._call(
+            expr = Filter.isin("key", batch).expr()
+            self.store.execute(
                 "meta_delete",
-                lambda c, b=batch: c.delete(
-                    self.name, filter=f"key in [{', '.join(map(quote, b))}]", timeout=self.store.timeout_s
-                ),
+                methodcaller("delete", self.name, filter=expr, timeout=self.store.timeout_s),
                 target=self.name,
             )

@@ -37,7 +37,17 @@ import numpy as np
 
 from serve_app.core.meta import MetaStore
 from serve_app.core.retrieval import passage_text
-from serve_app.core.store import SCALAR_FIELDS, ChunkRecord, MilvusStore, quote
+from serve_app.core.store import (
+    SCALAR_FIELDS,
+    ChunkRecord,
+    FilterArg,
+    MilvusStore,
+    chunk_ids_filter,
+    doc_ids_filter,
+    doc_version_filter,
+    first_chunks_filter,
+    make_store,
+)
 from serve_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,7 +130,7 @@ class EmbedWriter:
         )
         self.target = target
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
         from serve_app.core.ingest import embed_resilient
 
         rows = _rows(batch)
@@ -142,7 +152,7 @@ class EmbedWriter:
         return {"written": [len(records)], "failed": [failed], "errors": [errors]}
 
 
-def _rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+def _rows(batch: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ray Data hands columns (numpy arrays); the in-process path hands a list of row dicts."""
     if isinstance(batch, list):
         return batch
@@ -233,9 +243,7 @@ def embed_ray(
 def newest_rows(store: MilvusStore, on: str, doc_ids: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Rows of each document's newest version in ``on`` (an older one may linger mid-update)."""
     versions = store.doc_versions(doc_ids, on=on)
-    expr = ""
-    if doc_ids is not None:
-        expr = f"doc_id in [{', '.join(quote(d) for d in doc_ids)}]"
+    expr: FilterArg = None if doc_ids is None else doc_ids_filter(doc_ids)
     for page in store.iter_rows(expr, fields=list(SCALAR_FIELDS), batch_size=2000, on=on):
         for row in page:
             if versions.get(row["doc_id"], (None,))[0] == row["version"]:
@@ -272,7 +280,11 @@ def sync_documents(
         if (d not in dst_docs or (v != dst_docs[d] if exact else v > dst_docs[d]))
         and dead.get(d, -1.0) < v[1]
     )
-    removed = sorted(d for d, v in dst_docs.items() if d not in src_docs and (exact or v[1] < delete_before))
+    removed = sorted(
+        d
+        for d, v in dst_docs.items()
+        if d not in src_docs and (delete_before is None or v[1] < delete_before)  # None: exact
+    )
     copied = 0
     for start in range(0, len(changed), 200):
         ids = changed[start : start + 200]
@@ -282,7 +294,7 @@ def sync_documents(
             for i in range(0, len(rows), 1000):
                 part = rows[i : i + 1000]
                 for r in src_store.query(
-                    f"chunk_id in [{', '.join(quote(r['chunk_id']) for r in part)}]",
+                    chunk_ids_filter(r["chunk_id"] for r in part),
                     limit=len(part),
                     fields=["chunk_id", "dense", "sparse"],
                     on=src,
@@ -301,26 +313,36 @@ def sync_documents(
         for doc_id in ids:
             version = src_docs[doc_id][0]
             # Before a switch also a stale newer version goes (a document deleted and re-added).
-            others = f"version != {version}" if exact else f"version < {version}"
-            dst_store.delete(expr=f"doc_id == {quote(doc_id)} and {others}", on=dst)
+            dst_store.delete(expr=doc_version_filter(doc_id, version, op="!=" if exact else "<"), on=dst)
     deleted = 0
     for start in range(0, len(removed), 500):
         ids = removed[start : start + 500]
-        deleted += dst_store.delete(expr=f"doc_id in [{', '.join(quote(d) for d in ids)}]", on=dst)
+        deleted += dst_store.delete(expr=doc_ids_filter(ids), on=dst)
     if copied or deleted:
         dst_store.flush()
     return {"documents_copied": len(changed), "chunks_copied": copied, "documents_deleted": len(removed)}
 
 
-def _fingerprint(store: MilvusStore, on: str) -> tuple[dict[str, int], Counter]:
+def _fingerprint(store: MilvusStore, on: str) -> tuple[dict[str, int], Counter[tuple[str, int]]]:
     """doc_id -> newest version, and rows per (doc_id, version) of the newest versions."""
     versions = store.doc_versions(on=on)
-    counts: Counter = Counter()
+    counts: Counter[tuple[str, int]] = Counter()
     for page in store.iter_rows("", fields=["doc_id", "version"], batch_size=5000, on=on):
         for r in page:
             if versions.get(r["doc_id"], (None,))[0] == r["version"]:
                 counts[(r["doc_id"], r["version"])] += 1
     return {d: v for d, (v, _) in versions.items()}, counts
+
+
+def _differing_docs(
+    live_versions: dict[str, int],
+    live_counts: Counter[tuple[str, int]],
+    new_versions: dict[str, int],
+    new_counts: Counter[tuple[str, int]],
+) -> list[str]:
+    """Documents whose rows per newest version differ, or that only one side has (``_fingerprint``'s)."""
+    counts = set(live_counts.items()) ^ set(new_counts.items())  # ((doc_id, version), rows) on one side only
+    return sorted({doc_id for (doc_id, _), _n in counts} | set(live_versions) ^ set(new_versions))
 
 
 # ---------------------------------------------------------------------------------------- the job
@@ -330,8 +352,6 @@ class Reindexer:
     """Runs one re-embed of ``settings.milvus.collection``; see the module docstring for phases."""
 
     def __init__(self, settings: Settings, options: ReindexOptions, *, echo: Callable[[str], None] = print):
-        from deployments.searcher import make_store
-
         self.settings = settings
         self.options = options
         self.echo = echo
@@ -375,15 +395,13 @@ class Reindexer:
         return self._live_service
 
     def _dim_of(self, name: str) -> int:
-        desc = self.live._call("describe", lambda c: c.describe_collection(name, timeout=self.live.timeout_s))
-        for f in desc.get("fields", []):
+        for f in self.live.describe(name).get("fields", []):
             if f.get("name") == "dense":
-                return int((f.get("params") or {}).get("dim"))
+                params: dict[str, Any] = f.get("params") or {}
+                return int(params["dim"])
         raise ReindexError(f"collection {name!r} has no dense field")
 
     def _store_for(self, dim: int) -> MilvusStore:
-        from deployments.searcher import make_store
-
         return make_store(self.settings, dim)
 
     # ------------------------------------------------------------------------------------ run
@@ -607,9 +625,7 @@ class Reindexer:
             if live_versions == new_versions and live_counts == new_counts:
                 break
             if attempt == 2:
-                differ = sorted(
-                    {d for d, _ in (live_counts ^ new_counts)} | set(live_versions) ^ set(new_versions)
-                )
+                differ = _differing_docs(live_versions, live_counts, new_versions, new_counts)
                 v["reason"] = f"counts differ for {len(differ)} documents (first: {differ[:5]})"
                 return False, v
             # Writers are busy: catch up once more and compare again.
@@ -624,7 +640,9 @@ class Reindexer:
         n = self.settings.reindex.sample_queries
         rows = [
             r
-            for page in target_store.iter_rows("ordinal == 0", fields=["text"], batch_size=5000, on=target)
+            for page in target_store.iter_rows(
+                first_chunks_filter(), fields=["text"], batch_size=5000, on=target
+            )
             for r in page
         ]
         if n == 0 or not rows:
@@ -712,7 +730,6 @@ class Reindexer:
 
 def rollback(settings: Settings, *, echo: Callable[[str], None] = print) -> str:
     """Point the alias back at the collection the last re-embed replaced; copy writes made since."""
-    from deployments.searcher import make_store
     from serve_app.core.embedding import EmbeddingService
 
     live = make_store(settings, 1)

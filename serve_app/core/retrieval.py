@@ -11,10 +11,20 @@ from typing import Any
 
 import numpy as np
 
+from serve_app.core.contracts import Fanout, QueryVector
 from serve_app.core.encoder import colbert_maxsim, lexical_score
 from serve_app.core.fusion import Candidate, RankedList, rrf_fuse
 from serve_app.core.lexical import IdfTable
-from serve_app.core.store import MAX_WINDOW, SCALAR_FIELDS, Hit, MilvusStore, build_filter, quote
+from serve_app.core.store import (
+    MAX_WINDOW,
+    SCALAR_FIELDS,
+    Filter,
+    Hit,
+    Store,
+    and_,
+    build_filter,
+    doc_version_filter,
+)
 from serve_app.settings import SearchSettings
 
 _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="specrag-search")
@@ -59,14 +69,14 @@ class Retriever:
     doubled, missing nor stale.
     """
 
-    def __init__(self, store: MilvusStore, settings: SearchSettings, *, idf: IdfTable | None = None) -> None:
+    def __init__(self, store: Store, settings: SearchSettings, *, idf: IdfTable | None = None) -> None:
         self.store = store
         self.settings = settings
         self.idf = idf
 
     async def search(
         self,
-        vectors: Sequence[dict[str, Any]],
+        vectors: Sequence[QueryVector],
         *,
         top_k: int,
         channels: Sequence[str] = ("dense", "sparse"),
@@ -74,7 +84,7 @@ class Retriever:
         limit: int | None = None,
         parallel: bool = True,
         explain: bool = False,
-    ) -> tuple[list[Candidate], dict[str, Any]]:
+    ) -> Fanout:
         """``vectors``: per variant ``dense``, ``sparse`` and optionally ``origin`` / ``lang``."""
         s = self.settings
         want = max(top_k, limit or 0)
@@ -97,7 +107,7 @@ class Retriever:
 
         loop = asyncio.get_running_loop()
 
-        def run(job: _Search, expr: str | None) -> None:
+        def run(job: _Search, expr: Filter | None) -> None:
             fn = self.store.search_dense if job.channel == "dense" else self.store.search_sparse
             t0 = time.perf_counter()
             job.hits = fn(queries[job.variant][job.channel], limit=fetch, expr=expr)
@@ -105,7 +115,7 @@ class Retriever:
             job.fetched = len(job.hits)
             job.top = max((h.score for h in job.hits), default=0.0)
 
-        def stage1_expr(job: _Search) -> str | None:
+        def stage1_expr(job: _Search) -> Filter | None:
             return build_filter(current_only=False, langs=job.lang) if job.lang else None
 
         started = time.perf_counter()
@@ -125,7 +135,7 @@ class Retriever:
                 if len(job.hits) < want and job.fetched >= fetch:
                     short.append(job)  # the filter is selective: let Milvus apply it during the ANN
             if short:
-                exprs = [f"({stage1_expr(j)}) and {pushed}" if j.lang else pushed for j in short]
+                exprs = [and_(stage1_expr(j), pushed) for j in short]
                 await asyncio.gather(
                     *(loop.run_in_executor(_POOL, run, j, e) for j, e in zip(short, exprs, strict=True))
                 )
@@ -145,17 +155,17 @@ class Retriever:
         for cand in fused:  # the document's current write time, from the versions stage 2 read
             if newest := current.get(cand.fields["doc_id"]):
                 cand.fields["doc_updated_at"] = newest[1]
-        timings: dict[str, Any] = {
+        timings: dict[str, float] = {
             "search": (searched - started) * 1000,
             "versions": (checked - searched) * 1000,
             "fuse": (time.perf_counter() - checked) * 1000,
-            "searches": float(len(plan)),
         }
         for job in plan:  # the slowest search of each channel (the fan-out waits for it)
             key = f"search_{job.channel}"
             timings[key] = max(timings.get(key, 0.0), job.ms)
+        described = None
         if explain:
-            timings["plan"] = [
+            described = [
                 {
                     "variant": j.variant,
                     "channel": j.channel,
@@ -169,7 +179,7 @@ class Retriever:
                 }
                 for j in plan
             ]
-        return fused, timings
+        return Fanout(fused, timings, len(plan), described)
 
     def _weigh_sparse(self, plan: list[_Search], queries: list[dict[str, Any]]) -> None:
         """Scale each sparse list by how much of the query's IDF mass its best hit matched.
@@ -233,7 +243,7 @@ class Retriever:
         return current
 
     def _best_chunk(
-        self, vector: dict[str, Any], channel: str, doc_id: str, version: int, expr: str | None
+        self, vector: dict[str, Any], channel: str, doc_id: str, version: int, expr: Filter | None
     ) -> list[Hit]:
         """The version's best chunk for this channel, scored here from its stored vectors.
 
@@ -244,9 +254,9 @@ class Retriever:
         for attempt in range(5):  # an even newer version may replace this one meanwhile: follow it
             if attempt:
                 time.sleep(0.01 * attempt)  # let that write finish
-            pinned = f"doc_id == {quote(doc_id)} and version == {version}"
+            pinned = doc_version_filter(doc_id, version)
             rows = self.store.query(
-                f"({expr}) and {pinned}" if expr else pinned,
+                pinned if expr is None else expr & pinned,
                 limit=MAX_WINDOW,
                 fields=[*SCALAR_FIELDS, channel],
             )

@@ -15,6 +15,19 @@ Vectors
     sparse: ``SPARSE_FLOAT_VECTOR``, ``SPARSE_INVERTED_INDEX``, metric IP (the only sparse index
     Milvus Lite has).
 
+Filters
+    The store owns its query language: every expression is a ``Filter`` built by the helpers in
+    the "filters" section below (``build_filter``, ``doc_ids_filter``, ``doc_version_filter``, ...);
+    ``Filter.expr()`` renders the Milvus string and ``Filter.matches`` evaluates it on a row dict.
+    Store methods take ``Filter | str | None``; nobody outside this module writes Milvus syntax.
+
+Interface
+    ``Store`` (a Protocol) is what the retriever needs: the two ANN searches, ``doc_versions`` and
+    ``query``, with structured filters.  ``MilvusStore`` implements it; the in-memory double is
+    ``serve_app.testing.doubles.FakeStore``.  ``make_store`` builds a ``MilvusStore`` from settings.
+    Code that keeps its own collection next to the alias (``MetaStore``) runs raw client calls
+    through ``MilvusStore.execute``, which applies the store's reconnects and error mapping.
+
 Errors
     Unreachable/slow/not-ready Milvus -> ``StoreUnavailable`` (HTTP 503); a filter expression or
     argument Milvus rejects -> ``ValueError`` (HTTP 400); anything else propagates unchanged.
@@ -24,15 +37,20 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from operator import methodcaller
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import pymilvus  # noqa: F401  (configures its loggers when imported: ours must come after)
+
+if TYPE_CHECKING:
+    from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
 # pymilvus logs every failed call at ERROR (an outage floods the logs); failures are mapped to
@@ -47,7 +65,25 @@ MODEL_PROPERTY = "specrag.model"
 
 T = TypeVar("T")
 
-__all__ = ["ChunkRecord", "Hit", "MilvusStore", "StoreUnavailable", "build_filter"]
+__all__ = [
+    "ChunkRecord",
+    "Clause",
+    "Filter",
+    "FilterArg",
+    "Hit",
+    "MilvusStore",
+    "Store",
+    "StoreUnavailable",
+    "and_",
+    "build_filter",
+    "chunk_ids_filter",
+    "doc_ids_filter",
+    "doc_version_filter",
+    "filter_expr",
+    "first_chunks_filter",
+    "make_store",
+    "newest_versions",
+]
 
 # --------------------------------------------------------------------------------------------- schema
 
@@ -172,6 +208,191 @@ def _as_list(values: str | Iterable[str] | None) -> list[str]:
     return [str(v) for v in values]
 
 
+# -------------------------------------------------------------------------------------------- filters
+#
+# Every Milvus boolean expression specrag sends is built here, as a value rather than a string:
+#
+#     Filter  := Clause ("and" Clause)*         (no clause: no constraint)
+#     Clause  := field "==" | "!=" | "<" literal
+#              | field "in" "[" string, ... "]"  (one value renders as "==", none matches nothing)
+#              | field "like" "<prefix>%"        (prefix match; "%" cannot be escaped, so refused)
+#              | any-tag: tags_key like "%|hex|%" ("or" of several, in parentheses)
+#
+# ``Filter.expr()`` gives the Milvus string; ``Filter.matches(row)`` evaluates the same meaning on a
+# row dict, so an in-memory double (``serve_app.testing.doubles.FakeStore``) never parses Milvus
+# syntax.  Filters combine with ``&`` / ``and_`` (plain concatenation: every clause is an atom, so
+# no parentheses are needed).  Builders:
+#
+#     build_filter(...)                 metadata filters of a search (kinds, langs, tags, ...)
+#     doc_ids_filter(ids)               rows of these documents, any version
+#     chunk_ids_filter(ids)             rows with these chunk ids
+#     doc_version_filter(doc, v, op=)   one document's rows with version ==, < or != v
+#     first_chunks_filter()             the ordinal-0 row of every version (publishes a version)
+#     Filter.eq/ne/lt/isin/prefix       single atoms on any field (the meta collection uses these)
+#
+# Store methods take ``Filter | str | None``: a string is sent as it is (hand-written expressions,
+# e.g. ``array_contains(tags, "x")`` in tests and operator tooling); code in specrag passes Filters.
+
+FilterOp = Literal["==", "!=", "<", "in", "prefix", "any_tag"]
+_OPS: tuple[str, ...] = ("==", "!=", "<", "in", "prefix", "any_tag")
+
+
+def _literal(value: str | int | bool) -> str:
+    if isinstance(value, bool | np.bool_):  # before int: bool is an int
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):  # numpy ints too, never quoted as text
+        return str(int(value))
+    if isinstance(value, str):
+        return quote(value)
+    raise TypeError(f"a filter literal is a str, int or bool, not {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Clause:
+    """One atom of a filter: ``field`` compared with literal(s).
+
+    ``==``/``!=``/``<`` take one literal (str, int or bool); ``in`` a tuple of strings; ``prefix`` a
+    string without ``%``; ``any_tag`` (field ``tags``) a non-empty tuple of tags, matched exactly
+    through the hidden ``tags_key`` mirror.
+    """
+
+    field: str
+    op: FilterOp
+    value: str | int | bool | tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.field):  # field names go into the expression unquoted
+            raise ValueError(f"invalid field name {self.field!r}")
+        if self.op not in _OPS:
+            raise ValueError(f"unknown filter operator {self.op!r}")
+        if self.op in ("in", "any_tag"):
+            if not isinstance(self.value, tuple):
+                raise TypeError(f"{self.op!r} takes a tuple of strings, got {type(self.value).__name__}")
+            if self.op == "any_tag" and not self.value:
+                raise ValueError("any_tag needs at least one tag")
+        elif isinstance(self.value, tuple):
+            raise TypeError(f"{self.op!r} takes one literal, got a tuple")
+        else:
+            _literal(self.value)  # refuses a float, None, ... now rather than when rendered
+        if self.op == "prefix" and "%" in str(self.value):
+            raise ValueError("a LIKE prefix cannot contain '%' (Milvus has no escape for it)")
+
+    def expr(self) -> str:
+        if self.op == "in":
+            assert isinstance(self.value, tuple)
+            return f"{self.field} in [{', '.join(quote(v) for v in self.value)}]"
+        if self.op == "prefix":
+            return f'{self.field} like {quote(str(self.value))[:-1]}%"'
+        if self.op == "any_tag":
+            assert isinstance(self.value, tuple)
+            # Same meaning as array_contains(_any)(tags, ...), but on the VARCHAR mirror ``tags_key``:
+            # Milvus Lite evaluates ARRAY/JSON predicates row by row with whole rows materialised
+            # (~0.4 s per search over 5k rows at dim 1024) while LIKE on a VARCHAR costs ~nothing.
+            likes = [f'{TAGS_KEY_FIELD} like "%{tag_key(v)}%"' for v in self.value]
+            return likes[0] if len(likes) == 1 else f"({' or '.join(likes)})"
+        assert not isinstance(self.value, tuple)
+        return f"{self.field} {self.op} {_literal(self.value)}"
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        """What Milvus would answer for ``row`` (a stored row: the fields ``record_to_row`` writes)."""
+        if self.op == "any_tag":
+            assert isinstance(self.value, tuple)
+            if TAGS_KEY_FIELD in row:
+                key = str(row[TAGS_KEY_FIELD])
+            elif "tags" in row:
+                key = tags_key(row["tags"] or ())
+            else:
+                raise ValueError("filter on tags, which the row lacks")
+            return any(tag_key(t) in key for t in self.value)
+        if self.field not in row:
+            raise ValueError(f"filter on {self.field!r}, which the row lacks")
+        value = row[self.field]
+        if self.op == "==":
+            return bool(value == self.value)
+        if self.op == "!=":
+            return bool(value != self.value)
+        if self.op == "<":
+            return bool(value < self.value)
+        if self.op == "in":
+            assert isinstance(self.value, tuple)
+            return value in self.value
+        return str(value).startswith(str(self.value))  # prefix
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A conjunction of ``Clause``s; see the grammar above. Immutable, hashable, comparable."""
+
+    clauses: tuple[Clause, ...] = ()
+
+    @classmethod
+    def eq(cls, field: str, value: str | int | bool) -> Filter:
+        return cls((Clause(field, "==", value),))
+
+    @classmethod
+    def ne(cls, field: str, value: str | int | bool) -> Filter:
+        return cls((Clause(field, "!=", value),))
+
+    @classmethod
+    def lt(cls, field: str, value: int) -> Filter:
+        return cls((Clause(field, "<", int(value)),))
+
+    @classmethod
+    def isin(cls, field: str, values: str | Iterable[str]) -> Filter:
+        """``field`` equals any of ``values`` (deduplicated; one value: ``==``; none: matches nothing)."""
+        items = tuple(dict.fromkeys(_as_list(values)))
+        if len(items) == 1:
+            return cls.eq(field, items[0])
+        return cls((Clause(field, "in", items),))
+
+    @classmethod
+    def prefix(cls, field: str, text: str) -> Filter:
+        """``field`` starts with ``text`` (LIKE; ``text`` must not contain ``%``)."""
+        return cls((Clause(field, "prefix", str(text)),))
+
+    @classmethod
+    def any_tag(cls, tags: str | Iterable[str]) -> Filter:
+        """Rows carrying any of ``tags`` (exact, case-sensitive; empty tags are ignored)."""
+        return cls((Clause("tags", "any_tag", tuple(t for t in dict.fromkeys(_as_list(tags)) if t)),))
+
+    def __and__(self, other: Filter) -> Filter:
+        if not isinstance(other, Filter):
+            return NotImplemented
+        return Filter(self.clauses + other.clauses)
+
+    def expr(self) -> str:
+        """The Milvus boolean expression ("" when nothing constrains)."""
+        return " and ".join(c.expr() for c in self.clauses)
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        """``row`` satisfies every clause (``ValueError`` for a field the row lacks, as Milvus)."""
+        return all(c.matches(row) for c in self.clauses)
+
+    def __str__(self) -> str:
+        return self.expr()
+
+
+#: what the store's methods accept as a filter: structured, a hand-written expression, or nothing.
+FilterArg = Filter | str | None
+
+
+def and_(*filters: Filter | None) -> Filter | None:
+    """The conjunction of the given filters (``None``s skipped); ``None`` when nothing constrains."""
+    clauses = tuple(c for f in filters if f is not None for c in f.clauses)
+    return Filter(clauses) if clauses else None
+
+
+def filter_expr(flt: FilterArg) -> str:
+    """The Milvus string for a store method's filter argument ("" for none)."""
+    if flt is None:
+        return ""
+    if isinstance(flt, Filter):
+        return flt.expr()
+    if isinstance(flt, str):
+        return flt
+    raise TypeError(f"a filter is a Filter, a string or None, not {type(flt).__name__}")
+
+
 def build_filter(
     *,
     current_only: bool = True,
@@ -180,30 +401,47 @@ def build_filter(
     langs: str | Iterable[str] | None = None,
     tags: str | Iterable[str] | None = None,
     sources: str | Iterable[str] | None = None,
-) -> str | None:
-    """A Milvus boolean expression; clauses joined with ``and``; ``None`` when nothing constrains.
+) -> Filter | None:
+    """A search's metadata filter; clauses joined with ``and``; ``None`` when nothing constrains.
 
     ``doc_ids``/``kinds``/``langs``/``sources`` match any of the values; ``tags`` matches rows carrying *any*
     of the tags (exactly, case-sensitive).  ``None`` or an empty sequence means "no constraint" for
-    that field.  Hand-written expressions may use ``array_contains(tags, "x")`` too (slower on Lite).
+    that field (unlike ``doc_ids_filter``, where an empty list matches nothing).  Hand-written
+    expressions may use ``array_contains(tags, "x")`` too (slower on Lite).
     """
-    clauses: list[str] = []
+    parts: list[Filter] = []
     if current_only:
-        clauses.append("is_current == true")
+        parts.append(Filter.eq("is_current", True))
     for name, values in (("doc_id", doc_ids), ("kind", kinds), ("lang", langs), ("source", sources)):
-        items = list(dict.fromkeys(_as_list(values)))
-        if len(items) == 1:
-            clauses.append(f"{name} == {quote(items[0])}")
-        elif items:
-            clauses.append(f"{name} in [{', '.join(quote(v) for v in items)}]")
-    tag_items = [t for t in dict.fromkeys(_as_list(tags)) if t]
+        items = _as_list(values)
+        if items:
+            parts.append(Filter.isin(name, items))
+    tag_items = [t for t in _as_list(tags) if t]
     if tag_items:
-        # Same meaning as array_contains(_any)(tags, ...), but on the VARCHAR mirror ``tags_key``:
-        # Milvus Lite evaluates ARRAY/JSON predicates row by row with whole rows materialised
-        # (~0.4 s per search over 5k rows at dim 1024) while LIKE on a VARCHAR costs ~nothing.
-        likes = [f'{TAGS_KEY_FIELD} like "%{tag_key(v)}%"' for v in tag_items]
-        clauses.append(likes[0] if len(likes) == 1 else f"({' or '.join(likes)})")
-    return " and ".join(clauses) if clauses else None
+        parts.append(Filter.any_tag(tag_items))
+    return and_(*parts)
+
+
+def doc_ids_filter(doc_ids: str | Iterable[str]) -> Filter:
+    """Rows of these documents, every version (an empty list matches nothing)."""
+    return Filter.isin("doc_id", doc_ids)
+
+
+def chunk_ids_filter(chunk_ids: str | Iterable[str]) -> Filter:
+    """Rows with these chunk ids (an empty list matches nothing)."""
+    return Filter.isin("chunk_id", chunk_ids)
+
+
+def doc_version_filter(doc_id: str, version: int, *, op: Literal["==", "<", "!="] = "==") -> Filter:
+    """One document's rows whose version is ``==`` (pinned), ``<`` (older) or ``!=`` (other) ``version``."""
+    if op not in ("==", "<", "!="):
+        raise ValueError(f"unknown version comparison {op!r}")
+    return Filter.eq("doc_id", doc_id) & Filter((Clause("version", op, int(version)),))
+
+
+def first_chunks_filter() -> Filter:
+    """The ordinal-0 row of every version: one or two rows per document (see ``doc_versions``)."""
+    return Filter.eq("ordinal", 0)
 
 
 def tag_key(tag: str) -> str:
@@ -215,8 +453,14 @@ def tags_key(tags: Iterable[str]) -> str:
     return "".join(tag_key(t) for t in dict.fromkeys(tags) if t)
 
 
-def _ids_filter(ids: Sequence[str]) -> str:
-    return f"chunk_id in [{', '.join(quote(i) for i in ids)}]"
+def newest_versions(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """doc_id -> (newest version, its updated_at) among ``rows`` (``doc_id``, ``version``, ``updated_at``)."""
+    out: dict[str, tuple[int, int]] = {}
+    for r in rows:
+        entry = (int(r["version"]), int(r["updated_at"]))
+        if r["doc_id"] not in out or entry > out[r["doc_id"]]:
+            out[r["doc_id"]] = entry
+    return out
 
 
 def truncate_utf8(text: str, max_bytes: int) -> str:
@@ -348,9 +592,10 @@ def _is_connection_failure(exc: BaseException) -> bool:
 
 def _reason(exc: BaseException) -> str:
     message = getattr(exc, "message", None)
-    if not message and callable(getattr(exc, "details", None)):
+    details = getattr(exc, "details", None)  # a grpc.RpcError's
+    if not message and callable(details):
         try:
-            message = exc.details()
+            message = details()
         except Exception:
             message = None
     return str(message or exc or type(exc).__name__).strip()
@@ -464,6 +709,20 @@ class MilvusStore:
                 raise ValueError(f"Milvus rejected {op}: {_reason(exc)}") from exc
             raise
 
+    def execute(self, op: str, fn: Callable[[Any], T], *, target: str | None = None) -> T:
+        """Run ``fn(client)``, one raw pymilvus ``MilvusClient`` operation, the way every method here does.
+
+        The client is created lazily; a collection found released (code 101) is loaded and ``fn``
+        retried once (``target``: the collection ``fn`` works on, the alias by default); failures are
+        mapped as the module docstring says (``StoreUnavailable`` / ``ValueError``), and a broken
+        channel is dropped so the next call reconnects.  ``op`` names the operation in logs and errors.
+
+        For parts of the store component that keep their own collection next to the alias (the
+        meta store); pass ``timeout=store.timeout_s`` to client calls.  Chunk reads and writes use the
+        typed methods instead.
+        """
+        return self._call(op, fn, target=target)
+
     def ping(self) -> None:
         self._call("ping", lambda c: c.get_server_version(timeout=self.timeout_s))
 
@@ -527,14 +786,13 @@ class MilvusStore:
     def _check_schema(self, desc: dict[str, Any]) -> None:
         fields = {f.get("name"): f for f in desc.get("fields", [])}
         name = desc.get("collection_name", "?")
-        dense = fields.get(DENSE_FIELD)
         missing = [f for f in (*SCALAR_FIELDS, TAGS_KEY_FIELD, DENSE_FIELD, SPARSE_FIELD) if f not in fields]
         if missing:
             raise ValueError(
                 f"collection {name!r} lacks fields {missing}; it was not created by this version of"
                 " specrag (re-index into a new collection)"
             )
-        existing = int((dense.get("params") or {}).get("dim", -1))
+        existing = int((fields[DENSE_FIELD].get("params") or {}).get("dim", -1))
         if existing != self.dim:
             raise ValueError(
                 f"collection {name!r} stores dense vectors of dim {existing}, but the model produces"
@@ -631,6 +889,15 @@ class MilvusStore:
 
         return self._call("resolve", run)
 
+    def describe(self, name: str | None = None) -> dict[str, Any]:
+        """Milvus' description of collection ``name`` (the alias by default).
+
+        Has ``collection_name`` (the physical name behind an alias), ``fields`` (with ``params``,
+        e.g. the dense field's ``dim``) and ``properties``.
+        """
+        target = name or self.collection
+        return self._call("describe", lambda c: self._describe(c, target))
+
     def model_of(self, name: str | None = None) -> str | None:
         """The model key stored on a collection (None for one created without it)."""
 
@@ -706,7 +973,7 @@ class MilvusStore:
         for start in range(0, len(rows), UPSERT_BATCH):
             batch = rows[start : start + UPSERT_BATCH]
             result = self._call(
-                "upsert", lambda c, b=batch: c.upsert(target, b, timeout=self.timeout_s), target=target
+                "upsert", methodcaller("upsert", target, batch, timeout=self.timeout_s), target=target
             )
             written += int(_result_count(result, "upsert_count", len(batch)))
         if rows:
@@ -714,7 +981,7 @@ class MilvusStore:
         return written
 
     def delete(
-        self, *, chunk_ids: Sequence[str] | None = None, expr: str | None = None, on: str | None = None
+        self, *, chunk_ids: Sequence[str] | None = None, expr: FilterArg = None, on: str | None = None
     ) -> int:
         """Delete by ids or by filter (exactly one). Returns the number of rows that matched.
 
@@ -725,19 +992,20 @@ class MilvusStore:
             raise ValueError("pass exactly one of chunk_ids or expr")
         target = on or self.collection
         if expr is not None:
-            if not expr.strip():
+            text = filter_expr(expr)
+            if not text.strip():
                 raise ValueError("an empty expr would delete everything; refusing")
-            filters = [expr]
+            filters = [text]
         else:
             ids = list(dict.fromkeys(str(i) for i in chunk_ids or ()))
-            filters = [_ids_filter(ids[i : i + _ID_BATCH]) for i in range(0, len(ids), _ID_BATCH)]
+            filters = [chunk_ids_filter(ids[i : i + _ID_BATCH]).expr() for i in range(0, len(ids), _ID_BATCH)]
         deleted = 0
         for flt in filters:
             matched = self.count(flt, on=target)
             if matched:
                 self._call(
                     "delete",
-                    lambda c, f=flt: c.delete(target, filter=f, timeout=self.timeout_s),
+                    methodcaller("delete", target, filter=flt, timeout=self.timeout_s),
                     target=target,
                 )
                 deleted += matched
@@ -751,17 +1019,18 @@ class MilvusStore:
         """
         targets = set(self._dirty) or {self.collection}
         for name in sorted(targets):
-            self._call("flush", lambda c, n=name: c.flush(n, timeout=self.timeout_s), target=name)
+            self._call("flush", methodcaller("flush", name, timeout=self.timeout_s), target=name)
         self._dirty -= targets
 
     # --------------------------------------------------------------------------------------- reads
     # ``on`` reads a given physical collection instead of the alias (re-index, validation).
 
-    def count(self, expr: str | None = None, *, on: str | None = None) -> int:
+    def count(self, expr: FilterArg = None, *, on: str | None = None) -> int:
         target = on or self.collection
+        text = filter_expr(expr)
         result = self._call(
             "count",
-            lambda c: c.query(target, filter=expr or "", output_fields=["count(*)"], timeout=self.timeout_s),
+            lambda c: c.query(target, filter=text, output_fields=["count(*)"], timeout=self.timeout_s),
             target=target,
         )
         return int(result[0]["count(*)"]) if result else 0
@@ -773,20 +1042,18 @@ class MilvusStore:
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), _ID_BATCH):
             batch = ids[start : start + _ID_BATCH]
-            rows = self._call(
-                "get",
-                lambda c, b=batch: c.get(
-                    target, ids=b, output_fields=list(SCALAR_FIELDS), timeout=self.timeout_s
-                ),
-                target=target,
-            )
+
+            def get_batch(c: Any, b: list[str] = batch) -> list[dict[str, Any]]:
+                return c.get(target, ids=b, output_fields=list(SCALAR_FIELDS), timeout=self.timeout_s)
+
+            rows = self._call("get", get_batch, target=target)
             for row in rows:
                 found[str(row["chunk_id"])] = _plain(dict(row))
         return [found[i] for i in ids if i in found]
 
     def query(
         self,
-        expr: str,
+        expr: FilterArg,
         *,
         limit: int = 1000,
         fields: Sequence[str] | None = None,
@@ -795,18 +1062,17 @@ class MilvusStore:
         _check_limit(limit)
         target = on or self.collection
         output = list(fields) if fields else list(SCALAR_FIELDS)
+        text = filter_expr(expr)
         rows = self._call(
             "query",
-            lambda c: c.query(
-                target, filter=expr or "", output_fields=output, limit=limit, timeout=self.timeout_s
-            ),
+            lambda c: c.query(target, filter=text, output_fields=output, limit=limit, timeout=self.timeout_s),
             target=target,
         )
         return [_plain(dict(r)) for r in rows]
 
     def iter_rows(
         self,
-        expr: str = "",
+        expr: FilterArg = None,
         *,
         fields: Sequence[str] | None = None,
         batch_size: int = 1000,
@@ -815,10 +1081,11 @@ class MilvusStore:
         """Every row matching ``expr``, in pages (a plain query stops at 16384 rows)."""
         target = on or self.collection
         output = list(dict.fromkeys(["chunk_id", *(fields or SCALAR_FIELDS)]))
+        text = filter_expr(expr)
         iterator = self._call(
             "query_iterator",
             lambda c: c.query_iterator(
-                target, batch_size=batch_size, filter=expr, output_fields=output, timeout=self.timeout_s
+                target, batch_size=batch_size, filter=text, output_fields=output, timeout=self.timeout_s
             ),
             target=target,
         )
@@ -838,7 +1105,7 @@ class MilvusStore:
 
         Every version has an ordinal-0 chunk, so this reads one or two rows per document.
         """
-        expr = "ordinal == 0"
+        expr = first_chunks_filter()
         fields = ["doc_id", "version", "updated_at"]
         if doc_ids is None:
             rows = [r for page in self.iter_rows(expr, fields=fields, batch_size=5000, on=on) for r in page]
@@ -847,14 +1114,8 @@ class MilvusStore:
             if not ids:
                 return {}
             # One plain query (the search path calls this): a few rows per document at most.
-            expr += f" and doc_id in [{', '.join(quote(d) for d in ids)}]"
-            rows = self.query(expr, limit=MAX_WINDOW, fields=fields, on=on)
-        out: dict[str, tuple[int, int]] = {}
-        for r in rows:
-            entry = (int(r["version"]), int(r["updated_at"]))
-            if r["doc_id"] not in out or entry > out[r["doc_id"]]:
-                out[r["doc_id"]] = entry
-        return out
+            rows = self.query(expr & doc_ids_filter(ids), limit=MAX_WINDOW, fields=fields, on=on)
+        return newest_versions(rows)
 
     def _search(
         self,
@@ -863,17 +1124,18 @@ class MilvusStore:
         field_name: str,
         params: dict[str, Any],
         limit: int,
-        expr: str | None,
+        expr: FilterArg,
         on: str | None = None,
     ) -> list[Hit]:
         target = on or self.collection
+        text = filter_expr(expr)
         result = self._call(
             op,
             lambda c: c.search(
                 target,
                 data=[data],
                 anns_field=field_name,
-                filter=expr or "",
+                filter=text,
                 limit=limit,
                 output_fields=list(SCALAR_FIELDS),
                 search_params=params,
@@ -887,14 +1149,19 @@ class MilvusStore:
         return {"metric_type": "IP", "params": {"ef": max(self.search_ef, limit)}}
 
     def search_dense(
-        self, vector: Sequence[float], *, limit: int, expr: str | None = None, on: str | None = None
+        self,
+        vector: Sequence[float] | np.ndarray,
+        *,
+        limit: int,
+        expr: FilterArg = None,
+        on: str | None = None,
     ) -> list[Hit]:
         _check_limit(limit)
         query = _normalize(vector, self.dim)
         return self._search("search_dense", query, DENSE_FIELD, self._dense_params(limit), limit, expr, on)
 
     def search_sparse(
-        self, weights: dict[int, float], *, limit: int, expr: str | None = None, on: str | None = None
+        self, weights: dict[int, float], *, limit: int, expr: FilterArg = None, on: str | None = None
     ) -> list[Hit]:
         _check_limit(limit)
         query = _clean_sparse(weights, for_query=True)
@@ -904,11 +1171,11 @@ class MilvusStore:
 
     def hybrid_search(
         self,
-        vector: Sequence[float],
+        vector: Sequence[float] | np.ndarray,
         weights: dict[int, float] | None,
         *,
         limit: int,
-        expr: str | None = None,
+        expr: FilterArg = None,
         ranker: Literal["rrf", "weighted"] = "rrf",
         rrf_k: int = 60,
         weights_dense_sparse: tuple[float, float] = (1.0, 0.3),
@@ -925,9 +1192,10 @@ class MilvusStore:
             raise ValueError(f"unknown ranker {ranker!r}")
         dense = _normalize(vector, self.dim)
         sparse = _clean_sparse(weights, for_query=True)
+        text = None if expr is None else filter_expr(expr)
         reqs = [
             AnnSearchRequest(
-                data=[dense], anns_field=DENSE_FIELD, param=self._dense_params(limit), limit=limit, expr=expr
+                data=[dense], anns_field=DENSE_FIELD, param=self._dense_params(limit), limit=limit, expr=text
             )
         ]
         leg_weights = [float(weights_dense_sparse[0])]
@@ -938,7 +1206,7 @@ class MilvusStore:
                     anns_field=SPARSE_FIELD,
                     param={"metric_type": "IP"},
                     limit=limit,
-                    expr=expr,
+                    expr=text,
                 )
             )
             leg_weights.append(float(weights_dense_sparse[1]))
@@ -955,6 +1223,58 @@ class MilvusStore:
             ),
         )
         return _hits(result)
+
+
+def make_store(settings: Settings, dim: int) -> MilvusStore:
+    """The store of ``settings.milvus`` (alias, connection, HNSW, timeout) for ``dim``-d dense vectors."""
+    m = settings.milvus
+    return MilvusStore(
+        m.uri,
+        m.collection,
+        dim,
+        token=m.token.get_secret_value() if m.token else None,
+        hnsw_m=m.hnsw_m,
+        hnsw_ef_construction=m.hnsw_ef_construction,
+        search_ef=m.search_ef,
+        timeout_s=m.timeout_s,
+    )
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the retriever reads from a chunk store; ``MilvusStore`` and ``FakeStore`` implement it.
+
+    Filters are structured (``Filter``, built by this module's helpers), never Milvus strings, so
+    an in-memory implementation can evaluate them (``Filter.matches``).  Semantics, as Milvus has them:
+
+    ``search_dense``
+        the ``limit`` rows nearest to ``vector`` by inner product, both L2-normalised (cosine),
+        best first; every filtered row is a candidate whatever its score.
+    ``search_sparse``
+        the ``limit`` best rows by lexical score (sum of weight products over shared tokens,
+        ``encoder.lexical_score``); only rows sharing a query token score at all, the placeholder
+        token never matches, and a query without usable weights finds nothing.
+    ``doc_versions``
+        doc_id -> (newest stored version, its updated_at), read from the ordinal-0 rows.
+    ``query``
+        up to ``limit`` rows matching ``expr`` with ``fields`` (all scalar fields by default) and
+        always ``chunk_id``; no order.
+    Hits carry the scalar fields (``SCALAR_FIELDS``), never vectors.
+    """
+
+    def search_dense(
+        self, vector: Sequence[float] | np.ndarray, *, limit: int, expr: Filter | None = None
+    ) -> list[Hit]: ...
+
+    def search_sparse(
+        self, weights: dict[int, float], *, limit: int, expr: Filter | None = None
+    ) -> list[Hit]: ...
+
+    def doc_versions(self, doc_ids: Sequence[str] | None = None) -> dict[str, tuple[int, int]]: ...
+
+    def query(
+        self, expr: Filter, *, limit: int = 1000, fields: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]: ...
 
 
 def meta_collection(alias: str) -> str:

@@ -3,6 +3,10 @@
 Milvus Lite runs as a *server* process (not a ``.db`` file) because the Searcher replicas,
 the ingest driver and Ray job workers are separate processes, and a Lite ``.db`` file opens
 in one process only.
+
+Every launcher the commands, benchmarks, reliability suite and integration tests use is here,
+once: ``milvus_lite_server`` / ``MilvusProcess``, ``RedisProcess`` / ``temporary_redis``,
+``local_ray``, and ``serve_http`` / ``start_serve`` + ``deploy_app`` for Serve.
 """
 
 from __future__ import annotations
@@ -16,13 +20,21 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from serve_app.settings import RAY_WORKER_PORTS
 
+if TYPE_CHECKING:
+    from serve_app.settings import Settings
+
 log = logging.getLogger(__name__)
+
+# The bundled documents `specrag up` ingests; the benchmarks and the reliability stack use them too.
+SAMPLE_DOCS = Path(__file__).parents[1] / "sample_docs"
 
 # What Ray 2.60 needs to stay local, quiet and unauthenticated on a developer machine: usage stats
 # off, token auth off (else the dashboard API answers 401), no binding beyond loopback, no hub calls.
@@ -167,3 +179,146 @@ def local_ray(num_cpus: int | None = None, dashboard: bool = False) -> Iterator[
         yield
     finally:
         ray.shutdown()
+
+
+class MilvusProcess:
+    """A ``milvus-lite server`` on a fixed port and data directory that can be stopped and started."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir, self.port = data_dir, port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._ctx: contextlib.AbstractContextManager | None = None
+
+    def start(self) -> None:
+        self._ctx = milvus_lite_server(self.data_dir, port=self.port)
+        self._ctx.__enter__()
+
+    def stop(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
+            self._ctx = None
+
+    def pids(self) -> list[int]:
+        import psutil
+
+        flag = f"--port {self.port}"
+        return [
+            p.info["pid"]
+            for p in psutil.process_iter(["pid", "cmdline"])
+            if "milvus-lite" in " ".join(p.info.get("cmdline") or [])
+            and flag in " ".join(p.info.get("cmdline") or [])
+        ]
+
+    def kill(self) -> list[int]:
+        """SIGKILL the server (no shutdown, no flush), then forget it; ``start()`` brings it back."""
+        pids = self.pids()
+        if not pids:  # nothing to kill: the scenario must not pass without its fault
+            raise RuntimeError(f"no milvus-lite server process on port {self.port}")
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        self.stop()
+        return pids
+
+
+class RedisProcess:
+    """A throw-away ``redis-server`` (no persistence) on loopback; ``kill()`` is SIGKILL.
+
+    The one Redis launcher (the embed benchmark's ``temporary_redis``, the reliability stack and
+    the integration tests' ``redis_server`` fixture). Restartable, because the reliability
+    scenarios kill it and start it again on the same port; in its own session like the Milvus
+    Lite server, so a terminal's Ctrl-C reaches only the driver, which then stops it.
+    """
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, timeout_s: float = 15.0, binary: str = "redis-server"
+    ) -> None:
+        exe = shutil.which(binary)
+        if exe is None:
+            raise RuntimeError(f"{binary} is not installed (apt-get install -y redis-server)")
+        self.exe, self.workdir, self.port, self.timeout_s = exe, workdir, port or free_port(), timeout_s
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [*cmd, "--dir", str(self.workdir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + self.timeout_s
+        while not port_open("127.0.0.1", self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                stop_process(self.proc)
+                raise RuntimeError(f"redis-server did not start on 127.0.0.1:{self.port}")
+            time.sleep(0.05)
+
+    def kill(self) -> int:
+        """SIGKILL redis-server; raises when it is not running (the fault would not be injected)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server on port {self.port} is not running")
+        self.proc.kill()
+        self.proc.wait(5)
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+
+@contextlib.contextmanager
+def temporary_redis(binary: str = "redis-server", timeout_s: float = 15.0) -> Iterator[str]:
+    """A :class:`RedisProcess` in a temporary directory; yields its URL and stops it on exit."""
+    with tempfile.TemporaryDirectory(prefix="specrag-redis-") as workdir:
+        redis = RedisProcess(Path(workdir), timeout_s=timeout_s, binary=binary)
+        redis.start()
+        try:
+            yield redis.url
+        finally:
+            redis.stop()
+
+
+# Serve's own access and replica logs at WARNING: the benchmarks and the reliability stack would
+# otherwise print a line per request into the driver's output.
+QUIET_SERVE_LOGS: dict[str, Any] = {"log_level": "WARNING"}
+
+
+def start_serve(host: str, port: int, logging_config: dict[str, Any] | None = None) -> str:
+    """Start Serve (its HTTP proxy on ``host:port``) in the running Ray; returns the base URL.
+
+    Serve's proxy must not already run on another port. Whoever starts it calls ``serve.shutdown()``;
+    :func:`serve_http` does both.
+    """
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+    return f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def serve_http(host: str, port: int, logging_config: dict[str, Any] | None = None) -> Iterator[str]:
+    """:func:`start_serve` inside ``local_ray()`` (or any running Ray); Serve is shut down on exit."""
+    from ray import serve
+
+    try:
+        yield start_serve(host, port, logging_config)
+    finally:
+        serve.shutdown()
+
+
+def deploy_app(
+    settings: Settings, name: str, route_prefix: str = "/", logging_config: dict[str, Any] | None = None
+) -> None:
+    """``serve.run`` of the application graph built from ``settings`` (Serve already started)."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.run(build_app(settings), name=name, route_prefix=route_prefix, logging_config=logging_config)

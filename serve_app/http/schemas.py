@@ -86,7 +86,7 @@ class SearchResult(BaseModel):
         default_factory=list,
         description="With explain: variant, channel and rank of every list that found it.",
     )
-    updated_at: int = Field(0, description="When this version of the document was written (epoch s).")
+    updated_at: int = Field(default=0, description="When this version of the document was written (epoch s).")
 
 
 class QueryVariant(BaseModel):
@@ -131,10 +131,12 @@ class Embedding(BaseModel):
     sparse: dict[str, float] | None = Field(default=None, description="token id -> weight")
     sparse_tokens: dict[str, float] | None = Field(default=None, description="token string -> weight")
     colbert: list[list[float]] | None = None
-    tokens: int = Field(0, description="tokens the model read (0 when served from the cache)")
-    truncated: bool = Field(False, description="cut at a sentence end to fit the model's max length")
-    cached: str | None = Field(None, description="lru | redis when served from a cache")
-    error: str | None = Field(None, description="why this item has no vectors; the others are unaffected")
+    tokens: int = Field(default=0, description="tokens the model read (0 when served from the cache)")
+    truncated: bool = Field(default=False, description="cut at a sentence end to fit the model's max length")
+    cached: str | None = Field(default=None, description="lru | redis when served from a cache")
+    error: str | None = Field(
+        default=None, description="why this item has no vectors; the others are unaffected"
+    )
 
 
 class EmbedResponse(BaseModel):

@@ -103,13 +103,12 @@ class Guard:
 class AuthMiddleware:
     """ASGI: answers 401/403/429 before the app; the key's name goes to ``scope['state']``."""
 
-    guard: Guard | None = None  # set by the ingress replica from its settings
-
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, guard: Guard | None = None) -> None:
         self.app = app
+        self.guard = guard
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        guard = AuthMiddleware.guard
+        guard = self.guard
         if scope["type"] != "http" or guard is None:
             await self.app(scope, receive, send)
             return

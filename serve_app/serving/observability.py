@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-STAGE_MS_BOUNDARIES = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
+STAGE_MS_BOUNDARIES: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
 KNOWN_ENDPOINTS = {"/v1/search", "/v1/embed", "/v1/embeddings", "/v1/documents", "/healthz", "/readyz"}
 
 
@@ -22,7 +22,7 @@ def _metrics() -> dict[str, Any]:
         "requests": metrics.Counter(
             "specrag_http_requests_total",
             "HTTP requests by endpoint and status",
-            tag_keys=("endpoint", "status"),
+            tag_keys=("endpoint", "status"),  # type: ignore[arg-type]  # ray.serve.metrics types it Tuple[str]
         ),
         "stage_ms": metrics.Histogram(
             "specrag_stage_ms",
@@ -51,7 +51,7 @@ def _metrics() -> dict[str, Any]:
         "milvus_errors": metrics.Counter(
             "specrag_milvus_errors_total",
             "failed Milvus calls by deployment and kind",
-            tag_keys=("where", "kind"),
+            tag_keys=("where", "kind"),  # type: ignore[arg-type]  # ray.serve.metrics types it Tuple[str]
         ),
         "breaker": metrics.Gauge(
             "specrag_redis_breaker_state",
@@ -92,13 +92,12 @@ def endpoint_label(path: str) -> str:
 class RequestMetrics:
     """ASGI: counts every response by endpoint and status (401/403/429/413 included)."""
 
-    enabled = False  # switched on inside the ingress replica, where Ray's metrics exist
-
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, enabled: bool = True) -> None:
         self.app = app
+        self.enabled = enabled  # off where Ray's metrics do not exist (an app outside a replica)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not RequestMetrics.enabled:
+        if scope["type"] != "http" or not self.enabled:
             await self.app(scope, receive, send)
             return
         status = {"code": 500}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from typing import Any
@@ -11,8 +12,6 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-
-from serve_app.devtools.local_stack import free_port
 
 
 class FakeLLM:
@@ -45,7 +44,7 @@ class FakeLLM:
             return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
         self.app = app
-        self.port = port or free_port()
+        self.port = port or _ephemeral_port()
 
     @property
     def url(self) -> str:
@@ -74,3 +73,10 @@ class FakeLLM:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _ephemeral_port() -> int:
+    """A free loopback port from the kernel's ephemeral range (above Ray's worker ports 10002-19999)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.devtools.local_stack import free_port
+from serve_app.devtools.local_stack import MilvusProcess, RedisProcess, free_port
 from serve_app.devtools.model_build import SIDECAR, build_offline_model
-from serve_app.devtools.reliability.stack import MilvusProcess, RedisProcess
 from serve_app.settings import ModelSettings
 
 

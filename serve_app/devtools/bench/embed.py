@@ -3,8 +3,9 @@
 One run on one machine: the in-process baseline first (Ray not started, so the two never share
 the cores), then a local Ray + Serve app driven over HTTP at several concurrency levels, one text
 per request like independent clients. Texts are unique per phase (a ``#NN`` tag), so no cache
-tier in the Embedder can answer them. Pure helpers (workload, percentiles, deltas, tables,
-Markdown) sit apart from the runners that need the model or Ray, and are unit-tested.
+tier in the Embedder can answer them. Pure helpers (workload, deltas, tables, Markdown; the
+percentiles and the section swap are ``devtools.common``'s) sit apart from the runners that need
+the model or Ray, and are unit-tested.
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ import gc
 import logging
 import math
 import os
-import platform
 import random
 import re
 import shlex
 import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.core.chunking import detect_lang, split_sentences
+from serve_app.devtools.common import latency_summary, machine_facts, percentile, replace_section
 from serve_app.settings import Settings
 
 log = logging.getLogger("specrag.bench")
@@ -242,30 +241,6 @@ def parse_levels(spec: str) -> list[int]:
 # Figures (pure)
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo = math.floor(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def latency_summary(seconds: Sequence[float]) -> dict[str, float | None]:
-    def ms(v: float | None) -> float | None:
-        return None if v is None else round(v * 1000, 1)
-
-    return {
-        "p50": ms(percentile(seconds, 50)),
-        "p95": ms(percentile(seconds, 95)),
-        "p99": ms(percentile(seconds, 99)),
-        "mean": ms(statistics.fmean(seconds)) if seconds else None,
-        "max": ms(max(seconds)) if seconds else None,
-    }
-
-
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -473,17 +448,6 @@ def markdown_section(report: Mapping[str, Any], json_path: str) -> str:
         end,
     ]
     return "\n".join(lines)
-
-
-def replace_section(document: str, section: str) -> str:
-    """Swap the section marked like ``section`` (markers included), or append it when absent."""
-    mark_start, mark_end = section.split("\n", 1)[0], section.rstrip("\n").rsplit("\n", 1)[-1]
-    start, end = document.find(mark_start), document.find(mark_end)
-    if start < 0 and end < 0:
-        return document.rstrip("\n") + ("\n\n" if document.strip() else "") + section + "\n"
-    if start < 0 or end < start:
-        raise ValueError(f"unbalanced {mark_start} / {mark_end} markers")
-    return document[:start] + section + document[end + len(mark_end) :]
 
 
 def contention_notes(
@@ -789,32 +753,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:300]}"
 
 
-@contextlib.contextmanager
-def temporary_redis(binary: str = "redis-server", timeout_s: float = 10.0) -> Iterator[str]:
-    """A throw-away Redis on a free loopback port outside Ray's range, no persistence; stopped on exit."""
-    from serve_app.devtools.local_stack import free_port, port_open, stop_process
-
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="specrag-bench-redis-") as workdir:
-        cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        proc = subprocess.Popen(
-            [*cmd, "--dir", workdir],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + timeout_s
-            while not port_open("127.0.0.1", port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port}")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            stop_process(proc)
-
-
 @dataclass
 class LevelResult:
     concurrency: int
@@ -899,29 +837,10 @@ def embedder_stats() -> dict[str, Any]:
     return serve.get_deployment_handle(DEPLOYMENT, app_name=APP_NAME).stats.remote().result(timeout_s=30)
 
 
-@contextlib.contextmanager
-def local_serve(http_port: int) -> Iterator[None]:
-    """``local_stack.local_ray`` plus Serve on loopback, its access logs kept out of this driver."""
-    from ray import serve
-
-    from serve_app.devtools.local_stack import local_ray
-
-    with local_ray():
-        try:
-            serve.start(
-                http_options={"host": "127.0.0.1", "port": http_port}, logging_config={"log_level": "WARNING"}
-            )
-            yield
-        finally:
-            serve.shutdown()
-
-
 def _deploy(settings: Settings) -> None:
-    from ray import serve
+    from serve_app.devtools.local_stack import QUIET_SERVE_LOGS, deploy_app
 
-    from serve_app.app import build_app
-
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", logging_config={"log_level": "WARNING"})
+    deploy_app(settings, APP_NAME, logging_config=QUIET_SERVE_LOGS)
 
 
 def _wait_ready(url: str, text: str, timeout_s: float = 120.0) -> None:
@@ -972,10 +891,7 @@ def _machine(
     import torch
 
     return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
+        **machine_facts(),
         "torch": torch.__version__,
         "ray": ray.__version__,
         "device": model_info.get("device"),
@@ -992,7 +908,13 @@ def run_embed_bench(
     """The whole benchmark; returns the report and writes ``options.out`` (and the Markdown section)."""
     import json
 
-    from serve_app.devtools.local_stack import free_port
+    from serve_app.devtools.local_stack import (
+        QUIET_SERVE_LOGS,
+        free_port,
+        local_ray,
+        serve_http,
+        temporary_redis,
+    )
 
     notes: list[str] = []
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -1035,7 +957,7 @@ def run_embed_bench(
         http_port = free_port()
         url = f"http://127.0.0.1:{http_port}/v1/embed"
         echo(f"starting Ray + Serve on 127.0.0.1:{http_port} ...")
-        with local_serve(http_port):
+        with local_ray(), serve_http("127.0.0.1", http_port, QUIET_SERVE_LOGS):
             _deploy(plain)
             warm = tag(workload.texts[: options.warmup], PHASE_SERVE_WARM)
             _wait_ready(url, warm[0])

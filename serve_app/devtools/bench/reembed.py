@@ -9,8 +9,6 @@ double (a re-embed reads only texts), so setting it up costs seconds, not a thir
 from __future__ import annotations
 
 import json
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.devtools.bench.embed import replace_section
+from serve_app.devtools.common import machine_description, replace_section
 from serve_app.settings import Settings
 
 MARK_START = "<!-- bench:reembed:start -->"
@@ -75,12 +73,12 @@ def _total(parts: list[dict], extra_s: float = 0.0) -> dict:
 
 
 def run_reembed_bench(settings: Settings, options: ReembedBenchOptions, echo: Callable[[str], None]) -> dict:
-    from deployments.searcher import make_store
     from serve_app.core.embedding import EmbeddingService
-    from serve_app.core.encoder import HashEncoder
     from serve_app.core.ingest import Ingestor, iter_documents
     from serve_app.core.reindex import EmbedWriter, embed_ray, model_settings, newest_rows
+    from serve_app.core.store import make_store
     from serve_app.devtools.local_stack import free_port, local_ray, milvus_lite_server
+    from serve_app.testing.doubles import HashEncoder
 
     probe = EmbeddingService.from_settings(model_settings(settings, None))
     dim, model = probe.dim, probe.model_id
@@ -147,7 +145,7 @@ def run_reembed_bench(settings: Settings, options: ReembedBenchOptions, echo: Ca
         "ratio": round(ray_phase["chunks_per_s"] / local["chunks_per_s"], 3)
         if local["chunks_per_s"]
         else None,
-        "machine": f"{platform.machine()} cpus={os.cpu_count()}",
+        "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),
         "command": options.command,
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.core.retrieval import Retriever
-from serve_app.devtools.bench.embed import replace_section
+from serve_app.devtools.common import machine_description, percentile, replace_section
 
 MARK_START = "<!-- bench:search:start -->"
 MARK_END = "<!-- bench:search:end -->"
@@ -27,8 +26,11 @@ MODES = ("sequential", "gather", "hybrid_search")
 
 
 def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    """``common.percentile`` (linear interpolation) of a mode's timings, which are never empty."""
+    value = percentile(values, q)
+    if value is None:
+        raise ValueError("no timings recorded")
+    return value
 
 
 async def _hybrid(
@@ -76,7 +78,8 @@ def run_search_bench(
             ms = (time.perf_counter() - t0) * 1000
             stage1[mode].append(ms)
         else:
-            _, timings = await retriever.search(batch, top_k=top_k, limit=top_k, parallel=mode == "gather")
+            fan = await retriever.search(batch, top_k=top_k, limit=top_k, parallel=mode == "gather")
+            timings = fan.timings_ms
             ms = (time.perf_counter() - t0) * 1000
             stage1[mode].append(timings["search"])
             if mode == "gather":
@@ -106,9 +109,9 @@ def run_search_bench(
     for m in MODES:
         report[m] = {
             "mean_ms": round(statistics.fmean(times[m]), 2),
-            "p50_ms": round(_pct(times[m], 0.5), 2),
-            "p95_ms": round(_pct(times[m], 0.95), 2),
-            "stage1_p50_ms": round(_pct(stage1[m], 0.5), 2),
+            "p50_ms": round(_pct(times[m], 50), 2),
+            "p95_ms": round(_pct(times[m], 95), 2),
+            "stage1_p50_ms": round(_pct(stage1[m], 50), 2),
         }
     # Stage 1 is what the modes do differently; hybrid_search has no stage 2 of its own.
     report["sequential_over_gather"] = round(
@@ -117,8 +120,8 @@ def run_search_bench(
     report["hybrid_over_gather"] = round(
         report["hybrid_search"]["stage1_p50_ms"] / report["gather"]["stage1_p50_ms"], 2
     )
-    report["gather_stage2_p50_ms"] = round(_pct(stage2, 0.5), 2)
-    report["machine"] = f"{platform.machine()} cpus={__import__('os').cpu_count()}"
+    report["gather_stage2_p50_ms"] = round(_pct(stage2, 50), 2)
+    report["machine"] = machine_description()
     report["date"] = time.strftime("%Y-%m-%d")
     return report
 

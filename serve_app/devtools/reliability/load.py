@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from serve_app.devtools.bench.embed import latency_summary
+from serve_app.devtools.common import latency_summary
 
 QUERIES: dict[str, list[str]] = {
     "ja": [

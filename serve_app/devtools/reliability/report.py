@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from serve_app.devtools.bench.embed import replace_section
+from serve_app.devtools.common import replace_section
 
 INJECTED = {
     "baseline": "nothing (reference)",

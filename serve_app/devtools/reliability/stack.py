@@ -1,5 +1,6 @@
-"""The real local stack with its faults at hand: restartable Milvus Lite and Redis processes, a
-fault-injecting LLM endpoint, and the Serve app with handles to kill its replicas.
+"""The real local stack with its faults at hand: restartable Milvus Lite and Redis processes (from
+``devtools.local_stack``), a fault-injecting LLM endpoint, and the Serve app with handles to kill
+its replicas.
 
 The reliability scenarios and the integration tests drive the same objects, so what
 ``docs/RELIABILITY.md`` reports is what CI checks (with shorter loads).
@@ -11,9 +12,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,90 +19,21 @@ from typing import Any
 
 import httpx
 
-from serve_app.devtools.local_stack import free_port, milvus_lite_server, port_open, stop_process
+from serve_app.devtools.local_stack import (
+    QUIET_SERVE_LOGS,
+    SAMPLE_DOCS,
+    MilvusProcess,
+    RedisProcess,
+    deploy_app,
+    free_port,
+    local_ray,
+    serve_http,
+    start_serve,
+)
 from serve_app.settings import Settings
 from serve_app.testing.fakellm import FakeLLM
 
 log = logging.getLogger(__name__)
-
-
-class MilvusProcess:
-    """A ``milvus-lite server`` on a fixed port and data directory that can be stopped and started."""
-
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.data_dir, self.port = data_dir, port or free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self._ctx: contextlib.AbstractContextManager | None = None
-
-    def start(self) -> None:
-        self._ctx = milvus_lite_server(self.data_dir, port=self.port)
-        self._ctx.__enter__()
-
-    def stop(self) -> None:
-        if self._ctx is not None:
-            self._ctx.__exit__(None, None, None)
-            self._ctx = None
-
-    def pids(self) -> list[int]:
-        import psutil
-
-        flag = f"--port {self.port}"
-        return [
-            p.info["pid"]
-            for p in psutil.process_iter(["pid", "cmdline"])
-            if "milvus-lite" in " ".join(p.info.get("cmdline") or [])
-            and flag in " ".join(p.info.get("cmdline") or [])
-        ]
-
-    def kill(self) -> list[int]:
-        """SIGKILL the server (no shutdown, no flush), then forget it; ``start()`` brings it back."""
-        pids = self.pids()
-        if not pids:  # nothing to kill: the scenario must not pass without its fault
-            raise RuntimeError(f"no milvus-lite server process on port {self.port}")
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        self.stop()
-        return pids
-
-
-class RedisProcess:
-    """A throw-away ``redis-server`` (no persistence) on loopback; ``kill()`` is SIGKILL."""
-
-    def __init__(self, workdir: Path, port: int | None = None, timeout_s: float = 15.0) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-        self.exe, self.workdir, self.port, self.timeout_s = exe, workdir, port or free_port(), timeout_s
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [*cmd, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + self.timeout_s
-        while not port_open("127.0.0.1", self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.05)
-
-    def kill(self) -> int:
-        """SIGKILL redis-server; raises when it is not running (the fault would not be injected)."""
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server on port {self.port} is not running")
-        self.proc.kill()
-        self.proc.wait(5)
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
 
 @dataclass
@@ -191,19 +120,15 @@ def stack_settings(
 
 
 def deploy(settings: Settings, app_name: str) -> str:
-    """Serve the app on loopback (Serve's proxy must not already run on another port)."""
-    from ray import serve
-
-    from serve_app.app import build_app
-
-    serve.start(http_options={"host": "127.0.0.1", "port": settings.serve.port})
-    serve.run(build_app(settings), name=app_name, route_prefix="/", logging_config={"log_level": "WARNING"})
-    return f"http://127.0.0.1:{settings.serve.port}"
+    """Serve the app on loopback in the running Ray (Serve's proxy must not already run on another
+    port); the caller shuts Serve down. ``local_stack`` does all of it itself."""
+    url = start_serve("127.0.0.1", settings.serve.port)
+    deploy_app(settings, app_name, logging_config=QUIET_SERVE_LOGS)
+    return url
 
 
 def ingest_samples(client: httpx.Client) -> int:
     """The bundled sample documents through ``POST /v1/documents`` (the path the load also writes)."""
-    from serve_app.cli import SAMPLE_DOCS
     from serve_app.core.ingest import iter_documents
 
     docs = [
@@ -218,10 +143,6 @@ def ingest_samples(client: httpx.Client) -> int:
 @contextlib.contextmanager
 def local_stack(home: Path, base: Settings | None = None) -> Iterator[Stack]:
     """Start everything on loopback under ``home`` (fresh data), yield the handles, stop everything."""
-    from ray import serve
-
-    from serve_app.devtools.local_stack import local_ray
-
     if home.exists():
         shutil.rmtree(home)
     milvus, redis = MilvusProcess(home / "milvus"), RedisProcess(home / "redis")
@@ -236,13 +157,12 @@ def local_stack(home: Path, base: Settings | None = None) -> Iterator[Stack]:
                 llm_url=llm.url,
                 port=free_port(),
             )
-            try:
-                stack = Stack(deploy(settings, "reliability"), settings, milvus, redis, llm, "reliability")
+            with serve_http("127.0.0.1", settings.serve.port) as url:
+                deploy_app(settings, "reliability", logging_config=QUIET_SERVE_LOGS)
+                stack = Stack(url, settings, milvus, redis, llm, "reliability")
                 with stack.client() as client:
                     log.info("sample documents: %d", ingest_samples(client))
                 yield stack
-            finally:
-                serve.shutdown()
     finally:
         redis.stop()
         milvus.stop()

@@ -13,12 +13,12 @@ import time
 import pytest
 
 from serve_app.core.embedding import EmbeddingService
-from serve_app.core.encoder import HashEncoder
 from serve_app.core.ingest import Ingestor, SourceDocument
 from serve_app.core.meta import MetaStore
 from serve_app.core.retrieval import Retriever
 from serve_app.core.store import MilvusStore
 from serve_app.settings import ChunkSettings, IngestSettings, SearchSettings
+from serve_app.testing.doubles import HashEncoder
 
 pytestmark = pytest.mark.integration
 
@@ -157,7 +157,7 @@ def test_readers_never_see_a_document_missing_doubled_or_stale(milvus: dict):
         try:
             while not stop.is_set():
                 floor = acknowledged[0]
-                found, _ = loop.run_until_complete(retriever.search(vectors, top_k=10))
+                found = loop.run_until_complete(retriever.search(vectors, top_k=10)).candidates
                 hot = {c.fields["version"] for c in found if c.fields["doc_id"] == "hot"}
                 searches[0] += 1
                 if not hot:
@@ -225,11 +225,11 @@ def test_a_writer_killed_between_upsert_calls_leaves_no_half_version(milvus: dic
 
     embed = CountingEmbed()
     dense, sparse = embed.service.embed_texts(["quota bucket number 3"], input_type="query")
-    found, _ = asyncio.run(
+    found = asyncio.run(
         Retriever(store, SearchSettings(top_k=10)).search(
             [{"dense": dense[0], "sparse": sparse[0]}], top_k=10
         )
-    )
+    ).candidates
     assert found and {c.fields["version"] for c in found} == {1}, "only the whole old version is served"
 
 

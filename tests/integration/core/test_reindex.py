@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from serve_app.core.embedding import EmbeddingService
-from serve_app.core.encoder import HashEncoder
 from serve_app.core.ingest import Ingestor, SourceDocument
 from serve_app.core.meta import MetaStore
 from serve_app.core.reindex import sync_documents
 from serve_app.core.store import MilvusStore
 from serve_app.settings import ChunkSettings, Settings
+from serve_app.testing.doubles import HashEncoder
 
 pytestmark = pytest.mark.integration
 

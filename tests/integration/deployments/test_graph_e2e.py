@@ -15,9 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_app.cli import SAMPLE_DOCS
 from serve_app.core.ingest import Ingestor, iter_documents
-from serve_app.devtools.local_stack import free_port
+from serve_app.devtools.local_stack import SAMPLE_DOCS, free_port
 from serve_app.http.security import hash_key, new_key
 from serve_app.settings import Settings
 from serve_app.testing.fakellm import FakeLLM
@@ -41,8 +40,8 @@ def service(ray_local, model_dir: Path, milvus: dict, redis_url: str, llm: FakeL
     """The app with three API keys; the client sends the admin key unless a test says otherwise."""
     from ray import serve
 
-    from deployments.searcher import make_store
     from serve_app.app import build_app
+    from serve_app.core.store import make_store
 
     port = free_port()
     settings = Settings(

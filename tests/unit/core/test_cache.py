@@ -6,8 +6,9 @@ import numpy as np
 
 from serve_app.core.cache import EmbeddingCache, entry_bytes, pack, unpack
 from serve_app.core.embedding import EmbeddingService, EmbedItem
-from serve_app.core.encoder import HashEncoder, colbert_maxsim
+from serve_app.core.encoder import colbert_maxsim
 from serve_app.settings import Settings
+from serve_app.testing.doubles import HashEncoder
 
 
 def test_pack_roundtrip() -> None:

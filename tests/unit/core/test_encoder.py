@@ -3,10 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve_app.core.encoder import HashEncoder, colbert_maxsim, lexical_score
+from serve_app.core.encoder import colbert_maxsim, lexical_score
 from serve_app.core.fusion import Candidate
 from serve_app.core.retrieval import passage_text, rerank
 from serve_app.settings import SearchSettings
+from serve_app.testing.doubles import HashEncoder
 
 
 def test_hash_encoder_is_deterministic_and_ranks_overlap_higher() -> None:

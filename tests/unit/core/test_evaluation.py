@@ -6,16 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.core.evaluation import (
-    Query,
-    _bias,
-    _spread,
-    baseline_from_readme,
-    markdown_section,
-    metrics,
-    summary_section,
-)
+from serve_app.core.contracts import ScoredResult
+from serve_app.core.evaluation import Query, _bias, _spread, metrics
 from serve_app.core.fusion import Candidate
+from serve_app.devtools.eval_report import baseline_from_readme, markdown_section, summary_section
 
 
 def test_metrics_on_a_known_ranking() -> None:
@@ -29,8 +23,8 @@ def test_metrics_on_a_known_ranking() -> None:
 
 def test_language_bias_and_recall_by_answer_language() -> None:
     ranked = [
-        Candidate("1", {"doc_id": "ja1", "lang": "ja"}),
-        Candidate("2", {"doc_id": "en9", "lang": "en"}),
+        ScoredResult(1, Candidate("1", {"doc_id": "ja1", "lang": "ja"}), 0.9),
+        ScoredResult(2, Candidate("2", {"doc_id": "en9", "lang": "en"}), 0.5),
     ]
     q = Query("q", "質問", "ja", "faq")
     out = _bias(ranked, q, {"ja1": 1, "en1": 1}, {"ja1": "ja", "en1": "en"})

@@ -1,23 +1,22 @@
 """Retriever: two stages (pure ANN, then versions + metadata filters), fusion weights, IDF weighting.
 
-``FakeStore`` answers like Milvus from an in-memory table (brute-force dense inner product and
-shared-token sparse scores, ``build_filter`` expressions interpreted for the fields used here), so
+``FakeStore`` (``serve_app.testing.doubles``) answers like Milvus from an in-memory table
+(dense inner product, lexical sparse scores, the store's structured filters evaluated as such), so
 what is tested is the Retriever's logic; the real Milvus path runs in the integration tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
-import numpy as np
 import pytest
 
 from serve_app.core.lexical import IdfTable
 from serve_app.core.retrieval import Retriever
-from serve_app.core.store import Hit
+from serve_app.core.store import doc_ids_filter
 from serve_app.settings import SearchSettings
+from serve_app.testing.doubles import FakeStore
 
 
 def _row(doc: str, version: int, kind: str, lang: str, vec: list[float], tokens: list[int]) -> dict[str, Any]:
@@ -32,63 +31,17 @@ def _row(doc: str, version: int, kind: str, lang: str, vec: list[float], tokens:
         "source": f"{doc}.md",
         "tags": [],
         "updated_at": 100 + version,
-        "dense": np.asarray(vec, dtype=np.float32) / np.linalg.norm(vec),
+        "is_current": True,
+        "dense": vec,
         "sparse": dict.fromkeys(tokens, 1.0),
     }
-
-
-class FakeStore:
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.rows = rows
-        self.exprs: list[str | None] = []
-
-    def _ok(self, row: dict[str, Any], expr: str | None) -> bool:
-        if not expr:
-            return True
-        for field, values in re.findall(r'(\w+) (?:==|in) \[?("[^\]]*"|"[^"]*")\]?', expr):
-            if row[field] not in re.findall(r'"([^"]*)"', values):
-                return False
-        return True
-
-    def _hits(self, scored: list[tuple[float, dict[str, Any]]], limit: int) -> list[Hit]:
-        scored = sorted((s for s in scored if s[0] > 0), key=lambda s: -s[0])[:limit]
-        scalar = lambda r: {k: v for k, v in r.items() if k not in ("dense", "sparse")}  # noqa: E731
-        return [Hit(r["chunk_id"], s, scalar(r)) for s, r in scored]
-
-    def search_dense(self, vector: Any, *, limit: int, expr: str | None = None) -> list[Hit]:
-        self.exprs.append(expr)
-        q = np.asarray(vector, dtype=np.float32)
-        return self._hits([(float(q @ r["dense"]) + 1, r) for r in self.rows if self._ok(r, expr)], limit)
-
-    def search_sparse(self, weights: dict[int, float], *, limit: int, expr: str | None = None) -> list[Hit]:
-        self.exprs.append(expr)
-        scored = [(sum(w for t, w in weights.items() if t in r["sparse"]), r) for r in self.rows]
-        return self._hits([(s, r) for s, r in scored if self._ok(r, expr)], limit)
-
-    def doc_versions(self, doc_ids: list[str]) -> dict[str, tuple[int, int]]:
-        out: dict[str, tuple[int, int]] = {}
-        for r in self.rows:
-            if r["doc_id"] in doc_ids and (r["doc_id"] not in out or r["version"] > out[r["doc_id"]][0]):
-                out[r["doc_id"]] = (r["version"], r["updated_at"])
-        return out
-
-    def query(self, expr: str, *, limit: int, fields: list[str]) -> list[dict[str, Any]]:
-        doc = re.search(r'doc_id == "([^"]+)"', expr)
-        version = re.search(r"version == (\d+)", expr)
-        return [
-            {k: r[k] for k in (*fields, "chunk_id") if k in r}
-            for r in self.rows
-            if doc and r["doc_id"] == doc.group(1) and version and r["version"] == int(version.group(1))
-        ]
-
-    def iter_rows(self, expr: str, *, fields: list[str], batch_size: int) -> Any:
-        yield [{"sparse": r["sparse"]} for r in self.rows]
 
 
 def _search(
     retriever: Retriever, vectors: list[dict[str, Any]], **kw: Any
 ) -> tuple[list[Any], dict[str, Any]]:
-    return asyncio.run(retriever.search(vectors, **{"top_k": 3, **kw}))
+    fan = asyncio.run(retriever.search(vectors, **{"top_k": 3, **kw}))
+    return fan.candidates, {**fan.timings_ms, "searches": float(fan.searches), "plan": fan.plan}
 
 
 @pytest.fixture
@@ -174,3 +127,47 @@ def test_sequential_and_parallel_fan_out_agree(store: FakeStore) -> None:
     a, _ = _search(r, vectors, parallel=True)
     b, _ = _search(r, vectors, parallel=False)
     assert [c.chunk_id for c in a] == [c.chunk_id for c in b]
+
+
+def test_a_channel_that_saw_only_the_old_version_ranks_the_new_one_in_its_place() -> None:
+    # Version 2 of "doc" no longer has token 99: the sparse ANN finds only version 1, which stage 2
+    # replaces by version 2's best chunk, scored from its stored vectors (no shared token: 0).
+    store = FakeStore(
+        [_row("doc", 1, "spec", "en", [1, 0, 0], [99]), _row("doc", 2, "spec", "en", [1, 0, 0], [98])]
+    )
+    r = Retriever(store, SearchSettings())
+    fused, _ = _search(r, [{"dense": [1, 0, 0], "sparse": {99: 1.0}}], channels=("sparse",))
+    assert [c.chunk_id for c in fused] == ["doc-v2"]
+    assert fused[0].fields["version"] == 2 and "sparse" not in fused[0].fields
+    assert fused[0].fields["doc_updated_at"] == 102
+
+
+def test_the_replacement_keeps_the_language_restriction_of_its_search() -> None:
+    # "doc" was Japanese in version 1 and is English in version 2: the Japanese-only search found
+    # version 1, and its replacement must come from Japanese rows too, so that list ends up empty.
+    rows = [
+        _row("doc", 1, "spec", "ja", [1, 0, 0], [99]),
+        _row("doc", 2, "spec", "en", [1, 0, 0], [98]),
+        _row("other", 1, "spec", "en", [0.9, 0.1, 0], [99]),
+    ]
+    store = FakeStore(rows)
+    r = Retriever(store, SearchSettings(language_balance=True))
+    vectors = [{"dense": [1, 0, 0], "sparse": {99: 1.0}, "lang": "en"}]
+    fused, t = _search(r, vectors, channels=("sparse",), explain=True, parallel=False)
+    assert [(s["channel"], s["lang"], s["kept"]) for s in t["plan"]] == [
+        ("sparse", None, 2),
+        ("sparse", "ja", 0),
+    ]
+    assert store.exprs == [None, 'lang == "ja"']
+    assert {c.chunk_id for c in fused} == {"doc-v2", "other-v1"}
+
+
+def test_a_document_deleted_since_the_ann_ran_is_dropped(store: FakeStore) -> None:
+    class Deleting(FakeStore):
+        def doc_versions(self, doc_ids=None):  # the delete lands between stage 1 and stage 2
+            self.delete(expr=doc_ids_filter(["gloss"]))
+            return super().doc_versions(doc_ids)
+
+    racing = Deleting(store.rows)
+    fused, _ = _search(Retriever(racing, SearchSettings()), [{"dense": [0.2, 1, 0], "sparse": {13: 1.0}}])
+    assert "gloss" not in {c.fields["doc_id"] for c in fused} and fused

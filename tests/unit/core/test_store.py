@@ -13,11 +13,21 @@ from serve_app.core.store import (
     SPARSE_PLACEHOLDER_TOKEN,
     TEXT_MAX,
     ChunkRecord,
+    Clause,
+    Filter,
     MilvusStore,
+    Store,
     StoreUnavailable,
     _classify,
     _clean_sparse,
+    and_,
     build_filter,
+    chunk_ids_filter,
+    doc_ids_filter,
+    doc_version_filter,
+    filter_expr,
+    first_chunks_filter,
+    make_store,
     quote,
     record_to_row,
     tag_key,
@@ -51,17 +61,23 @@ def _record(**over) -> ChunkRecord:
 # ------------------------------------------------------------------------------------- build_filter
 
 
+def _expr(**kw) -> str | None:
+    """``build_filter(**kw)`` as the Milvus string (``None`` when it constrains nothing)."""
+    flt = build_filter(**kw)
+    return None if flt is None else flt.expr()
+
+
 def test_build_filter_default_is_current_only():
-    assert build_filter() == "is_current == true"
-    assert build_filter(current_only=False) is None
+    assert _expr() == "is_current == true"
+    assert _expr(current_only=False) is None
 
 
 def test_build_filter_sources():
-    assert build_filter(current_only=False, sources=["a.md", "b.md"]) == 'source in ["a.md", "b.md"]'
+    assert _expr(current_only=False, sources=["a.md", "b.md"]) == 'source in ["a.md", "b.md"]'
 
 
 def test_build_filter_combines_with_and():
-    expr = build_filter(doc_ids=["a", "b"], kinds=["spec"], langs=["ja", "en"], tags=["x"])
+    expr = _expr(doc_ids=["a", "b"], kinds=["spec"], langs=["ja", "en"], tags=["x"])
     assert expr == (
         'is_current == true and doc_id in ["a", "b"] and kind == "spec" and lang in ["ja", "en"]'
         ' and tags_key like "%|78|%"'
@@ -69,7 +85,7 @@ def test_build_filter_combines_with_and():
 
 
 def test_build_filter_multiple_tags_match_any():
-    assert build_filter(current_only=False, tags=["a", "b", "a"]) == (
+    assert _expr(current_only=False, tags=["a", "b", "a"]) == (
         '(tags_key like "%|61|%" or tags_key like "%|62|%")'
     )
 
@@ -91,19 +107,118 @@ def test_build_filter_empty_and_none_mean_no_constraint():
 
 
 def test_build_filter_accepts_a_single_string():
-    assert build_filter(current_only=False, kinds="api") == 'kind == "api"'
+    assert _expr(current_only=False, kinds="api") == 'kind == "api"'
 
 
 def test_build_filter_escapes_quotes_and_backslashes():
-    expr = build_filter(current_only=False, doc_ids=['a"b\\c'])
+    expr = _expr(current_only=False, doc_ids=['a"b\\c'])
     assert expr == 'doc_id == "a\\"b\\\\c"'
     # an injection attempt stays inside the literal
     evil = 'x" or kind != "'
-    assert build_filter(current_only=False, doc_ids=[evil]) == 'doc_id == "x\\" or kind != \\""'
+    assert _expr(current_only=False, doc_ids=[evil]) == 'doc_id == "x\\" or kind != \\""'
 
 
 def test_quote_escapes_control_characters_and_keeps_japanese():
     assert quote("改行\nタブ\t") == '"改行\\nタブ\\t"'
+
+
+# ------------------------------------------------------------------------------- filter builders
+# Each builder renders exactly the expression the hand-written f-string it replaced produced
+# (modulo ``in [one]`` -> ``== one``), so what Milvus receives is unchanged.
+
+
+def test_doc_and_chunk_id_filters():
+    assert doc_ids_filter(["a", "b", "a"]).expr() == 'doc_id in ["a", "b"]'
+    assert doc_ids_filter(["a"]).expr() == 'doc_id == "a"'
+    assert doc_ids_filter("a").expr() == 'doc_id == "a"'
+    assert chunk_ids_filter(iter(["c#0", "c#1"])).expr() == 'chunk_id in ["c#0", "c#1"]'
+    # unlike build_filter, an empty id list matches nothing (never "everything")
+    nothing = doc_ids_filter([])
+    assert nothing.expr() == "doc_id in []"
+    assert not nothing.matches({"doc_id": "a"})
+
+
+def test_doc_version_filter():
+    assert doc_version_filter('d"1', 3).expr() == 'doc_id == "d\\"1" and version == 3'
+    assert doc_version_filter("d", 3, op="<").expr() == 'doc_id == "d" and version < 3'
+    assert doc_version_filter("d", 3, op="!=").expr() == 'doc_id == "d" and version != 3'
+    with pytest.raises(ValueError, match="version comparison"):
+        doc_version_filter("d", 3, op=">")  # type: ignore[arg-type]
+    assert first_chunks_filter().expr() == "ordinal == 0"
+
+
+def test_filters_combine_without_parentheses():
+    pinned = doc_version_filter("d", 2)
+    lang = build_filter(current_only=False, langs="ja")
+    assert lang is not None
+    assert (lang & pinned).expr() == 'lang == "ja" and doc_id == "d" and version == 2'
+    assert and_(None, pinned) == pinned
+    assert and_(lang, None, pinned) == lang & pinned
+    assert and_() is None and and_(None, None) is None and and_(Filter()) is None
+    with pytest.raises(TypeError):
+        pinned & "version == 2"  # type: ignore[operator]
+    tags = build_filter(current_only=False, tags=["a", "b"])
+    assert tags is not None
+    assert (tags & pinned).expr().startswith('(tags_key like "%|61|%" or tags_key like "%|62|%") and ')
+
+
+def test_filters_are_values():
+    assert doc_ids_filter(["a"]) == Filter.eq("doc_id", "a")
+    assert hash(build_filter(tags=["x"])) == hash(build_filter(tags=["x"]))
+    assert str(doc_version_filter("d", 1)) == doc_version_filter("d", 1).expr()
+    assert Filter().expr() == ""
+
+
+def test_atoms_for_any_collection():
+    # the meta store's filters (its collection has ``key`` and ``kind``)
+    assert Filter.eq("key", "failed:a\nb").expr() == 'key == "failed:a\\nb"'
+    assert (Filter.eq("kind", "run") & Filter.prefix("key", 'run:x"')).expr() == (
+        'kind == "run" and key like "run:x\\"%"'
+    )
+    assert Filter.isin("key", ["a", "b"]).expr() == 'key in ["a", "b"]'
+    assert Filter.ne("version", 2).expr() == "version != 2"
+    assert Filter.lt("version", 2).expr() == "version < 2"
+    assert Filter.eq("is_current", False).expr() == "is_current == false"
+    assert Filter.eq("version", np.int64(3)).expr() == "version == 3", "a numpy int is a number, not text"
+    with pytest.raises(TypeError, match="literal"):
+        Filter.eq("version", 1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="%"):
+        Filter.prefix("key", "50%")
+    with pytest.raises(ValueError, match="field name"):
+        Filter.eq("kind == 1 or kind", "x")  # field names are never a way in
+    with pytest.raises(ValueError, match="operator"):
+        Clause("kind", "like", "x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Clause("kind", "in", "x")
+    with pytest.raises(ValueError, match="at least one"):
+        Filter.any_tag(["", ""])
+
+
+def test_matches_evaluates_what_milvus_would():
+    row = record_to_row(_record(tags=["screen", "設計"], version=3, kind="design"), dim=4)
+    assert build_filter(kinds=["design", "api"], langs="ja", tags=["設計"]).matches(row)
+    assert not build_filter(tags=["scree"]).matches(row), "tags match exactly"
+    assert build_filter(tags=["nope", "screen"]).matches(row), "any of the tags"
+    assert doc_version_filter("doc1", 3).matches(row)
+    assert doc_version_filter("doc1", 4, op="<").matches(row)
+    assert not doc_version_filter("doc1", 3, op="!=").matches(row)
+    assert not first_chunks_filter().matches({**row, "ordinal": 2})
+    assert Filter.prefix("source", "docs/").matches(row) and not Filter.prefix("source", "doc/").matches(row)
+    assert not build_filter().matches({**row, "is_current": False})
+    # without the hidden mirror, the tags themselves are used (same meaning)
+    plain = {k: v for k, v in row.items() if k != "tags_key"}
+    assert build_filter(tags=["screen"]).matches(plain)
+    with pytest.raises(ValueError, match="lacks"):
+        Filter.eq("title", "x").matches({"chunk_id": "c"})
+    assert Filter().matches({})
+
+
+def test_filter_expr_accepts_filters_strings_and_none():
+    assert filter_expr(None) == ""
+    assert filter_expr('array_contains(tags, "x")') == 'array_contains(tags, "x")'
+    assert filter_expr(doc_ids_filter(["a"])) == 'doc_id == "a"'
+    with pytest.raises(TypeError):
+        filter_expr(42)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------- row conversion
@@ -260,3 +375,97 @@ def test_call_maps_errors_and_drops_only_broken_clients():
     store._client = other
     with pytest.raises(MilvusException):
         store.ping()
+
+
+class _RecordingClient:
+    """Answers every call with an empty result and remembers the filters it was sent."""
+
+    def __init__(self) -> None:
+        self.filters: list[str] = []
+        self.described: list[str] = []
+
+    def query(self, name, filter="", output_fields=None, limit=None, timeout=None):
+        self.filters.append(filter)
+        return [{"count(*)": 2}] if output_fields == ["count(*)"] else []
+
+    def search(self, name, data, anns_field, filter="", **kwargs):
+        self.filters.append(filter)
+        return [[]]
+
+    def delete(self, name, filter="", timeout=None):
+        self.filters.append(f"delete: {filter}")
+
+    def describe_collection(self, name, timeout=None):
+        self.described.append(name)
+        return {"collection_name": f"{name}_20240101000000", "fields": []}
+
+    def close(self) -> None:
+        pass
+
+
+def test_store_methods_send_the_rendered_filter():
+    store = MilvusStore("http://127.0.0.1:1", "specrag", dim=4)
+    client = store._client = _RecordingClient()
+    store.count(doc_ids_filter(["a"]))
+    store.count('kind == "api"')  # a hand-written expression goes as it is
+    store.count()
+    store.query(doc_version_filter("a", 2), fields=["chunk_id"])
+    store.search_dense([1.0, 0, 0, 0], limit=3, expr=build_filter(kinds="api"))
+    store.search_sparse({7: 1.0}, limit=3, expr=None)
+    assert store.delete(expr=doc_version_filter("a", 2, op="<")) == 2
+    assert store.delete(chunk_ids=["c#0", "c#1"]) == 2
+    assert store.doc_versions(["a", "b"]) == {}
+    assert client.filters == [
+        'doc_id == "a"',
+        'kind == "api"',
+        "",
+        'doc_id == "a" and version == 2',
+        'is_current == true and kind == "api"',
+        "",
+        'doc_id == "a" and version < 2',  # the count taken right before deleting
+        'delete: doc_id == "a" and version < 2',
+        'chunk_id in ["c#0", "c#1"]',
+        'delete: chunk_id in ["c#0", "c#1"]',
+        'ordinal == 0 and doc_id in ["a", "b"]',
+    ]
+    with pytest.raises(ValueError, match="empty expr"):
+        store.delete(expr=Filter())
+
+
+def test_describe_and_execute_are_the_public_way_to_raw_calls():
+    store = MilvusStore("http://127.0.0.1:1", "specrag", dim=4)
+    client = store._client = _RecordingClient()
+    assert store.describe()["collection_name"] == "specrag_20240101000000"
+    assert store.describe("specrag_x")["collection_name"] == "specrag_x_20240101000000"
+    assert client.described == ["specrag", "specrag_x"]
+    assert store.execute("raw", lambda c: c is client)
+    store._client = _FakeClient(MilvusException(2, "Fail connecting to server"))
+    with pytest.raises(StoreUnavailable, match="Milvus raw failed"):
+        store.execute("raw", lambda c: c.query("x"))
+    store._client = _FakeClient(MilvusException(6, "unexpected character"))
+    with pytest.raises(ValueError, match="Milvus rejected raw"):
+        store.execute("raw", lambda c: c.query("x"))
+
+
+def test_make_store_uses_the_milvus_settings():
+    from serve_app.settings import Settings
+
+    settings = Settings(
+        milvus={
+            "uri": "http://milvus:19530",
+            "collection": "docs",
+            "token": "t0k",
+            "timeout_s": 4.0,
+            "search_ef": 64,
+        }
+    )
+    store = make_store(settings, 8)
+    assert isinstance(store, MilvusStore) and isinstance(store, Store)
+    assert (store.uri, store.collection, store.dim, store.timeout_s) == (
+        "http://milvus:19530",
+        "docs",
+        8,
+        4.0,
+    )
+    assert store.search_ef == 64 and store._token == "t0k"
+    assert store.hnsw_m == settings.milvus.hnsw_m

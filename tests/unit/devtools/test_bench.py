@@ -6,13 +6,15 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from serve_app.cli import SAMPLE_DOCS, app
+from serve_app.devtools import common
 from serve_app.devtools.bench import embed as bench
+from serve_app.devtools.common import replace_section
+from serve_app.devtools.local_stack import SAMPLE_DOCS
 
 
 @pytest.fixture(scope="module")
@@ -110,21 +112,6 @@ def test_parse_levels_rejects(spec: str) -> None:
 # Figures
 
 
-def test_percentile_matches_linear_interpolation() -> None:
-    values = [5.0, 1.0, 3.0, 2.0, 4.0]
-    assert bench.percentile(values, 50) == 3.0
-    assert bench.percentile(values, 0) == 1.0 and bench.percentile(values, 100) == 5.0
-    assert bench.percentile(values, 95) == pytest.approx(4.8)
-    assert bench.percentile([7.0], 99) == 7.0
-    assert bench.percentile([], 50) is None
-
-
-def test_latency_summary_in_milliseconds() -> None:
-    summary = bench.latency_summary([0.010, 0.020, 0.030])
-    assert summary["p50"] == 20.0 and summary["max"] == 30.0 and summary["mean"] == 20.0
-    assert bench.latency_summary([]) == {"p50": None, "p95": None, "p99": None, "mean": None, "max": None}
-
-
 def test_numeric_delta_through_histograms_and_nested_counters() -> None:
     before = {"batch_sizes": {1: 4, 8: 2}, "forward_batches": 10, "cache": {"hits": 1}, "model": "m"}
     after = {"batch_sizes": {1: 4, 8: 5, 32: 3}, "forward_batches": 19, "cache": {"hits": 4}, "model": "m"}
@@ -205,29 +192,11 @@ def test_markdown_section_carries_command_table_and_markers() -> None:
     assert "not measured (no redis)" in section and "median 0.05 ms" in section
 
 
-def test_replace_section_appends_then_replaces_in_place() -> None:
-    doc = "# Benchmarks\n\n## Retrieval\n\ntext\n"
-    first = bench.replace_section(doc, f"{bench.MARK_START}\nv1\n{bench.MARK_END}")
-    assert first.startswith(doc.rstrip("\n") + "\n\n" + bench.MARK_START) and first.endswith(
-        bench.MARK_END + "\n"
-    )
-    tail = "\n## Later section\nkept\n"
-    second = bench.replace_section(first + tail, f"{bench.MARK_START}\nv2\n{bench.MARK_END}")
-    assert "v1" not in second and "v2" in second
-    assert second.startswith(doc.rstrip("\n")) and second.endswith(tail)
-    assert second.count(bench.MARK_START) == 1
-    assert bench.replace_section("", "S") == "S\n"
-    with pytest.raises(ValueError):
-        bench.replace_section(
-            f"{bench.MARK_END}\n{bench.MARK_START}", f"{bench.MARK_START}\nS\n{bench.MARK_END}"
-        )
-
-
 def test_sections_per_texts_per_request_coexist() -> None:
     one = "\n".join([*bench.markers(1)[:1], "one", bench.markers(1)[1]])
     four = "\n".join([bench.markers(4)[0], "four", bench.markers(4)[1]])
-    doc = bench.replace_section(bench.replace_section("", one), four)
-    doc = bench.replace_section(doc, one.replace("one", "ONE"))
+    doc = replace_section(replace_section("", one), four)
+    doc = replace_section(doc, one.replace("one", "ONE"))
     assert "ONE" in doc and "four" in doc and "one\n" not in doc
 
 
@@ -305,21 +274,6 @@ def test_drive_stops_after_max_seconds() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def test_bench_embed_rejects_bad_levels_before_loading_anything() -> None:
-    result = CliRunner().invoke(app, ["bench", "embed", "--concurrency", "0,8"])
-    assert result.exit_code == 2
-    assert "concurrency" in result.output
-
-
-def test_bench_group_lists_embed() -> None:
-    result = CliRunner().invoke(app, ["bench", "--help"])
-    assert result.exit_code == 0 and "embed" in result.output
-
-
-# --------------------------------------------------------------------------------------------------
 # Batch figures and CPU contention
 
 
@@ -363,3 +317,73 @@ def test_cpu_meter_sees_this_process_working() -> None:
     if figures is None:  # not Linux
         pytest.skip("no /proc")
     assert 0 < figures["busy"] <= 1 and 0 <= figures["other"] <= figures["busy"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Fan-out benchmark (bench search) against a fake retriever
+
+
+class _FakeStore:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def hybrid_search(self, dense, sparse, *, limit, rrf_k, weights_dense_sparse):
+        self.calls += 1
+        return [{"id": "d"}] * 3
+
+
+class _FakeRetriever:
+    """``search`` reports the call count as its ANN time (gather) or a constant (sequential); its
+    answer has only the ``timings_ms`` the benchmark reads (``core.contracts.Fanout``)."""
+
+    def __init__(self) -> None:
+        self.settings = SimpleNamespace(overfetch=2, rrf_k=60, sparse_weight=0.5)
+        self.store = _FakeStore()
+        self.calls = {"gather": 0, "sequential": 0}
+
+    async def search(self, batch, *, top_k, limit, parallel):
+        mode = "gather" if parallel else "sequential"
+        self.calls[mode] += 1
+        ann = float(self.calls[mode]) if parallel else 9.0
+        return SimpleNamespace(timings_ms={"search": ann, "versions": 0.5, "fuse": 0.25})
+
+
+def test_search_bench_reports_linear_interpolation_percentiles() -> None:
+    from serve_app.devtools.bench import search
+
+    retriever = _FakeRetriever()
+    vectors = [{"dense": [0.0], "sparse": {}} for _ in range(8)]
+    report = search.run_search_bench(retriever, vectors, requests=4, variants=2, echo=lambda _: None)
+    assert report["requests"] == 4 and report["searches_per_request"] == 4
+    assert retriever.calls == {"gather": 6, "sequential": 6}  # two warm-up rounds, then 4 timed
+    assert retriever.store.calls == 6 * 2  # one hybrid_search per variant
+    # gather's ANN times of the timed rounds are 3, 4, 5, 6: the median is 4.5 (nearest rank said 5)
+    assert report["gather"]["stage1_p50_ms"] == 4.5
+    assert report["sequential"]["stage1_p50_ms"] == 9.0
+    assert report["sequential_over_gather"] == 2.0
+    assert report["gather_stage2_p50_ms"] == 0.75
+    assert report["machine"] == common.machine_description()
+    assert "p95_ms" in report["hybrid_search"] and report["hybrid_search"]["p50_ms"] >= 0
+
+
+def test_search_bench_percentile_is_the_shared_one() -> None:
+    from serve_app.devtools.bench import search
+
+    assert search._pct([1.0, 2.0, 3.0, 4.0], 50) == 2.5 == common.percentile([1.0, 2.0, 3.0, 4.0], 50)
+    assert search._pct([10.0, 20.0], 95) == pytest.approx(19.5)
+    with pytest.raises(ValueError):
+        search._pct([], 50)
+
+
+def test_embed_and_load_figures_use_the_shared_percentiles() -> None:
+    from serve_app.devtools.reliability import load
+
+    assert bench.percentile is common.percentile
+    assert bench.latency_summary is load.latency_summary is common.latency_summary
+
+
+def test_embed_report_machine_starts_with_the_shared_facts() -> None:
+    machine = bench._machine({"device": "cpu", "dtype": "float32", "torch_threads": 2}, 0.1, [0.5, 0.4, 0.3])
+    assert {k: machine[k] for k in common.machine_facts()} == common.machine_facts()
+    assert machine["device"] == "cpu" and machine["cpu_busy_before_run"] == 0.1
+    assert {"torch", "ray", "loadavg_before_run"} <= set(machine)

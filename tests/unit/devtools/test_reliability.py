@@ -325,21 +325,3 @@ def test_refusals_name_their_reason_in_every_shape() -> None:
         "vector store unavailable: connect refused"
     )
     assert _reason('{"detail": null}') == "" and _reason("[1]") == "" and _reason("{}") == ""
-
-
-def test_body_parse_errors_and_unknown_routes_answer_in_the_service_error_shape() -> None:
-    """FastAPI answers an undecodable body with a bare 400 and Starlette a 404 with ``detail``;
-    the ingress turns both into ``{"error": reason}`` and names why the body could not be read."""
-    from fastapi.testclient import TestClient
-
-    from deployments.ingress import api
-
-    client = TestClient(api, raise_server_exceptions=False)
-    j = {"content-type": "application/json"}
-    bad_utf8 = client.post("/v1/search", content=b'{"query": "\xff token"}', headers=j)
-    assert bad_utf8.status_code == 400
-    assert bad_utf8.json()["error"].startswith("request body is not valid UTF-8 (byte 11")
-    nested = client.post("/v1/search", content=b'{"query": ' + b"[" * 5000 + b"]" * 5000 + b"}", headers=j)
-    assert (nested.status_code, nested.json()) == (400, {"error": "request body is nested too deeply"})
-    assert client.get("/v1/nothing").json() == {"error": "Not Found"}
-    assert client.put("/v1/search").headers["allow"] == "POST"

@@ -43,10 +43,8 @@ def client():
     async def ready() -> dict:
         return {"status": "healthy"}
 
-    app.add_middleware(AuthMiddleware)
-    AuthMiddleware.guard = Guard(_settings(rate=3))
+    app.add_middleware(AuthMiddleware, guard=Guard(_settings(rate=3)))
     yield TestClient(app)
-    AuthMiddleware.guard = None
 
 
 def test_scopes_by_route():

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.reranker import cross_encoder_scores, load_cross_encoder
 from serve_app.core.fusion import Candidate
+from serve_app.core.rerank import cross_encoder_scores, load_cross_encoder
 from serve_app.core.retrieval import rerank
 from serve_app.settings import SearchSettings
 

@@ -1,23 +1,27 @@
-"""``specrag reliability ...`` and ``specrag bench load``: the reliability suite's commands.
+"""``specrag reliability run|fuzz|soak``: the reliability suite (``devtools.reliability``).
 
 Each starts the real local stack on loopback (fresh data under ``--home``), runs, prints a table
-and rewrites its own section of ``docs/RELIABILITY.md`` (or ``docs/BENCHMARKS.md``) plus its
-part of the raw JSON.
+and rewrites its own section of ``docs/RELIABILITY.md`` plus its part of the raw JSON.
+``specrag bench load`` (in ``cli.bench``) runs the same stack under the mixed load alone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import os
-import platform
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from serve_app.cli.common import ensure_model, prepare
+from serve_app.devtools.common import command_line, machine_description
 from serve_app.settings import DEFAULT_HOME
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from serve_app.devtools.reliability.stack import Stack
+    from serve_app.settings import Settings
 
 reliability_app = typer.Typer(
     no_args_is_help=True, help="Fault injection, fuzzing and soak runs against the real local stack."
@@ -27,26 +31,15 @@ OutOpt = Annotated[Path, typer.Option(help="Raw figures (JSON; only this command
 MdOpt = Annotated[Path, typer.Option(help="Markdown whose section this command rewrites.")]
 RAW = Path("docs/benchmarks/reliability.json")
 DOC = Path("docs/RELIABILITY.md")
+# What the reliability figures ran on besides the host (``machine_description``'s suffix).
+STACK_MACHINE = ", no GPU (Milvus Lite server, local Ray)"
 
 
-def _prepare(verbose: bool) -> None:
-    from serve_app.cli import _ensure_model, _logging, _settings
-    from serve_app.devtools.local_stack import apply_local_env
+def local_stack(home: Path, settings: Settings) -> AbstractContextManager[Stack]:
+    """``devtools.reliability.stack.local_stack``, imported only when a command runs (it pulls in Ray)."""
+    from serve_app.devtools.reliability.stack import local_stack as start
 
-    _logging(verbose)
-    apply_local_env()
-    _ensure_model(_settings())
-
-
-def _stack(home: Path):
-    from serve_app.cli import _settings
-    from serve_app.devtools.reliability.stack import local_stack
-
-    return local_stack(home, _settings())
-
-
-def _machine() -> str:
-    return f"{os.cpu_count()} CPU, {platform.machine()}, no GPU (Milvus Lite server, local Ray)"
+    return start(home, settings)
 
 
 @reliability_app.command("run")
@@ -70,14 +63,15 @@ def run(
         raise typer.BadParameter(
             f"unknown {unknown}; choose from {', '.join(SCENARIOS)}", param_hint="--scenario"
         )
-    _prepare(verbose)
+    settings = prepare(verbose)
+    ensure_model(settings)
     previous = json.loads(out.read_text()).get("scenarios", {}) if out.exists() else {}
     results: dict[str, dict] = {}
-    with _stack(home) as stack:
+    with local_stack(home, settings) as stack:
         for name in names:
             typer.echo(f"--- {name}")
             result = SCENARIOS[name](stack, duration, rate)
-            result.update(duration_s=duration, rate=rate, machine=_machine())
+            result.update(duration_s=duration, rate=rate, machine=machine_description(STACK_MACHINE))
             result["command"] = scenario_command(name, result)
             results[name] = result
             failed = [c for c, ok in result["checks"].items() if not ok]
@@ -108,16 +102,16 @@ def soak_cmd(
     verbose: bool = False,
 ) -> None:
     """A steady mixed load for ``--minutes`` with RSS (by process group) and latency sampled."""
-    from serve_app.cli import _command_line
     from serve_app.devtools.reliability.report import merge_json, soak_section, write
     from serve_app.devtools.reliability.soak import soak
 
-    _prepare(verbose)
-    with _stack(home) as stack:
+    settings = prepare(verbose)
+    ensure_model(settings)
+    with local_stack(home, settings) as stack:
         report = soak(stack, minutes, rate, sample_s, warmup_s)
-    report["machine"] = _machine()
+    report["machine"] = machine_description(STACK_MACHINE)
     merge_json(out, "soak", report)
-    write(markdown, soak_section(report, _command_line("specrag reliability soak")))
+    write(markdown, soak_section(report, command_line("specrag reliability soak")))
     for role, m in report["memory"].items():
         typer.echo(
             f"{role:8} RSS {m['after_warmup_mib']} → {m['end_mib']} MiB ({m['slope_mib_per_min']} MiB/min)"
@@ -139,15 +133,15 @@ def fuzz_cmd(
     verbose: bool = False,
 ) -> None:
     """Bad input: fixed hostile cases, then schemathesis over the OpenAPI schema (no 5xx, no hang)."""
-    from serve_app.cli import _command_line
     from serve_app.devtools.reliability.fuzz import bad_inputs, schemathesis_run
     from serve_app.devtools.reliability.report import badinput_section, fuzz_section, merge_json, write
 
-    _prepare(verbose)
-    with _stack(home) as stack:
+    settings = prepare(verbose)
+    ensure_model(settings)
+    with local_stack(home, settings) as stack:
         bad = bad_inputs(stack.base_url, stack.model_name, body_limit=stack.settings.limits.max_body_bytes)
         fuzz = schemathesis_run(stack.base_url, max_examples, home / "schemathesis")
-    command = _command_line("specrag reliability fuzz")
+    command = command_line("specrag reliability fuzz")
     merge_json(out, "bad_input", bad)
     merge_json(out, "fuzz", fuzz)
     write(markdown, badinput_section(bad, command))
@@ -157,56 +151,3 @@ def fuzz_cmd(
     typer.echo(f"written: {out}, {markdown}")
     if not (bad["passed"] and fuzz["passed"]):
         raise typer.Exit(1)
-
-
-def bench_load(
-    duration: Annotated[float, typer.Option(min=5, help="Seconds of load.")] = 120.0,
-    rate: Annotated[float, typer.Option(min=0.1, help="Requests per second (open loop).")] = 1.5,
-    mix: Annotated[
-        str, typer.Option(help="Shares, e.g. search=6,embed=3,ingest=1.")
-    ] = "search=6,embed=3,ingest=1",
-    url: Annotated[
-        str | None, typer.Option(help="A running service on loopback; default: start the local stack.")
-    ] = None,
-    home: HomeOpt = DEFAULT_HOME / "reliability",
-    out: OutOpt = Path("docs/benchmarks/load.json"),
-    markdown: MdOpt = Path("docs/BENCHMARKS.md"),
-    verbose: bool = False,
-) -> None:
-    """Mixed load (searches ja/en/mixed, embeddings, writes): throughput, p50/p95/p99, errors."""
-    import contextlib
-    from dataclasses import asdict
-
-    from serve_app.cli import _command_line
-    from serve_app.devtools.bench.embed import replace_section
-    from serve_app.devtools.reliability.load import LoadRun, Mix
-    from serve_app.devtools.reliability.report import load_rows, load_section
-
-    try:
-        shares = Mix.parse(mix)
-        if url:
-            LoadRun(url)  # refuses anything but loopback before any work
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    _prepare(verbose)
-    with contextlib.ExitStack() as stack_ctx:
-        base = url or stack_ctx.enter_context(_stack(home)).base_url
-        result = asyncio.run(LoadRun(base, duration_s=duration, rate=rate, mix=shares, timeout_s=60.0).run())
-    report = {
-        "rate": rate,
-        "duration_s": duration,
-        "mix": asdict(shares),
-        "summary": result.summary(),
-        "verify": result.verify,
-        "machine": _machine(),
-        "command": _command_line("specrag bench load"),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    text = markdown.read_text(encoding="utf-8") if markdown.exists() else ""
-    markdown.write_text(replace_section(text, load_section(report, str(out))), encoding="utf-8")
-    typer.echo("\n".join(load_rows(report["summary"])))
-    typer.echo(f"written: {out}, {markdown}")
-
-
-logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,84 @@
+"""Typed contracts between the engines, the search pipeline and the Serve graph.
+
+These are the shapes that cross a boundary (a Ray call, a port of the ``SearchPipeline``): the
+embedder's per-item output, query variants, the expansion report, one fan-out's result. They are
+TypedDicts where the value already travels as a plain dict (cheap to pickle, no conversion at the
+hop) and dataclasses where it is built and read in Python only. Checked by mypy in ``make test``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, NotRequired, TypedDict
+
+import numpy as np
+
+from serve_app.core.fusion import Candidate
+
+InputType = Literal["query", "passage"]
+Channel = Literal["dense", "sparse"]
+
+
+class EmbedOutput(TypedDict):
+    """One embedded text: what ``EmbeddingService.embed_items`` and the Embedder return per item."""
+
+    dense: np.ndarray  # normalised, float32
+    sparse: dict[int, float]  # token id -> lexical weight
+    colbert: np.ndarray | None  # (tokens, dim) float32 rows when asked for, else None
+    tokens: int  # tokens the model read (0 when a cache served it)
+    truncated: bool
+    cached: str | None  # None: computed; else the cache tier that served it ("lru" | "redis")
+    error: str | None  # the model failed on this item (its vectors are zeros)
+
+
+class QueryVariant(TypedDict):
+    """One text the fan-out searches for: the original query or a rewrite of it."""
+
+    text: str
+    lang: str
+    origin: str  # original | llm | glossary
+    terms: NotRequired[list[list[str]]]  # glossary: the [term, replacement] pairs swapped
+
+
+class Expansion(TypedDict):
+    """The expander's answer: the variants (original first) and the state of its sources."""
+
+    variants: list[QueryVariant]
+    llm: str  # off | skipped | ok | empty | fallback | error
+    llm_error: NotRequired[str]
+    glossary_pairs: NotRequired[int]
+    error: NotRequired[str]  # the expander itself failed (the pipeline searched the original only)
+
+
+class QueryVector(TypedDict):
+    """One variant's vectors as the fan-out takes them."""
+
+    dense: np.ndarray | list[float]
+    sparse: dict[int, float]
+    origin: NotRequired[str]
+    lang: NotRequired[str]
+
+
+@dataclass(slots=True)
+class Fanout:
+    """What one two-stage fan-out returns: fused candidates and its stage timings.
+
+    ``timings_ms`` has ``search`` (stage 1, wall), ``versions`` (stage 2), ``fuse`` and the slowest
+    search per channel (``search_dense`` / ``search_sparse``); ``plan`` describes every search of
+    the fan-out and is filled only when explain was asked for.
+    """
+
+    candidates: list[Candidate]
+    timings_ms: dict[str, float]
+    searches: int
+    plan: list[dict[str, Any]] | None = None
+
+
+@dataclass(slots=True)
+class ScoredResult:
+    """A ranked result of a search: the candidate, the score it is ordered by, and every score."""
+
+    rank: int
+    candidate: Candidate
+    score: float
+    scores: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,65 @@
+"""The HTTP API's app factory: settings and a backend in, a FastAPI app out.
+
+``create_app`` builds a fresh app per call (nothing at import time), with one router per feature
+(``routes/``), the error mapping (``errors.py``) and the middleware configured by arguments. The
+backend is whatever answers the routes: the Ingress deployment over its graph handles in Serve
+(``deployments/ingress.py``), or an in-process double in a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from fastapi import FastAPI
+
+from serve_app.core.contracts import EmbedOutput, InputType
+from serve_app.core.pipeline import SearchPipeline
+from serve_app.http.errors import install_error_handlers
+from serve_app.http.middleware import BodyLimit
+from serve_app.http.security import AuthMiddleware, Guard
+from serve_app.settings import Settings
+
+
+class Backend(Protocol):
+    """What the routes need from the service behind them."""
+
+    pipeline: SearchPipeline
+
+    async def model_info(self) -> dict[str, Any]: ...
+
+    async def embed(
+        self, texts: list[str], input_type: InputType, colbert: bool = False
+    ) -> list[EmbedOutput]: ...
+
+    async def token_strings(self, ids: list[int]) -> list[str]: ...
+
+    async def readiness(self, timeout_s: float) -> dict[str, dict[str, Any]]: ...
+
+    async def upsert_documents(self, docs: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+    async def get_document(self, doc_id: str) -> dict[str, Any] | None: ...
+
+    async def delete_documents(self, doc_ids: list[str]) -> dict[str, Any]: ...
+
+
+def create_app(settings: Settings, backend: Backend, *, metrics: bool = False) -> FastAPI:
+    """``metrics``: count every response into Ray's metrics (only inside a Serve replica)."""
+    from serve_app.http.routes import documents, embeddings, health, search
+
+    app = FastAPI(
+        title="specrag",
+        version="0.1.0",
+        description="Retrieval over living ja/en system-development knowledge (BGE-M3 + Milvus, Ray Serve).",
+    )
+    app.state.settings, app.state.backend = settings, backend
+    install_error_handlers(app)
+    for feature in (health, search, documents, embeddings):
+        app.include_router(feature.router)
+    # Starlette runs the last added outermost: count every response, then authenticate, then size.
+    app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
+    app.add_middleware(AuthMiddleware, guard=Guard(settings.auth))
+    if metrics:
+        from serve_app.serving.observability import RequestMetrics
+
+        app.add_middleware(RequestMetrics)
+    return app

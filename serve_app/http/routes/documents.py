@@ -1,0 +1,60 @@
+"""``POST /v1/documents``, ``GET`` and ``DELETE /v1/documents/{doc_id}``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serve_app.http.errors import ClientError
+from serve_app.http.routes import BackendDep, SettingsDep
+from serve_app.http.schemas import DeleteResponse, DocumentInfo, DocumentsRequest, DocumentsResponse
+from serve_app.settings import Settings
+
+router = APIRouter()
+
+
+def check_limits(body: DocumentsRequest, s: Settings) -> None:
+    lim = s.limits
+    if len(body.documents) > lim.max_documents:
+        raise ClientError(413, f"at most {lim.max_documents} documents per request")
+    ids = [d.doc_id for d in body.documents]
+    if len(set(ids)) != len(ids):
+        raise ClientError(422, "a doc_id appears twice in this request")
+    if too_long := [d.doc_id for d in body.documents if len(d.text) > lim.max_document_chars]:
+        raise ClientError(413, f"documents longer than {lim.max_document_chars} characters", too_long[:10])
+
+
+@router.post(
+    "/v1/documents",
+    response_model=DocumentsResponse,
+    summary="Add or update documents (idempotent: unchanged documents are not re-embedded).",
+)
+async def put_documents(body: DocumentsRequest, s: SettingsDep, b: BackendDep) -> DocumentsResponse:
+    """A known ``doc_id`` gets a new version; only chunks whose content changed are embedded.
+
+    Searches see the old version until the new one is completely written, then only the new
+    one. A document whose chunks fail to embed is listed in ``failed`` and keeps its stored
+    version; the others are written.
+    """
+    check_limits(body, s)
+    docs = [{**d.model_dump(exclude={"format"}), "fmt": d.format} for d in body.documents]
+    report = await b.upsert_documents(docs)
+    if report["failed"] and len(report["failed"]) == len(docs) and not report["unchanged"]:
+        raise ClientError(503, "no document could be embedded", report["failed"][:10])
+    return DocumentsResponse(**{k: v for k, v in report.items() if k in DocumentsResponse.model_fields})
+
+
+@router.get(
+    "/v1/documents/{doc_id:path}", response_model=DocumentInfo, summary="A document's current version."
+)
+async def get_document(doc_id: str, b: BackendDep) -> DocumentInfo:
+    info = await b.get_document(doc_id)
+    if info is None:
+        raise ClientError(404, f"no document {doc_id!r}")
+    return DocumentInfo(**info)
+
+
+@router.delete(
+    "/v1/documents/{doc_id:path}", response_model=DeleteResponse, summary="Remove a document (idempotent)."
+)
+async def delete_document(doc_id: str, b: BackendDep) -> DeleteResponse:
+    return DeleteResponse(**await b.delete_documents([doc_id]))

@@ -1,0 +1,66 @@
+"""``POST /v1/search``: the wire request to a ``SearchQuery``, the ``SearchOutcome`` back to JSON."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serve_app.core.contracts import ScoredResult
+from serve_app.core.pipeline import SearchOutcome, SearchQuery
+from serve_app.http.errors import ClientError
+from serve_app.http.routes import BackendDep, SettingsDep
+from serve_app.http.schemas import QueryVariant, SearchRequest, SearchResponse, SearchResult
+
+router = APIRouter()
+
+
+def to_query(body: SearchRequest) -> SearchQuery:
+    return SearchQuery(
+        query=body.query,
+        top_k=body.top_k,
+        filters=body.filters.model_dump(exclude_none=True) if body.filters else None,
+        channels=tuple(body.channels),
+        rerank=body.rerank,
+        expand=body.expand,
+        explain=body.explain,
+    )
+
+
+def to_result(r: ScoredResult, explain: bool) -> SearchResult:
+    f = r.candidate.fields
+    return SearchResult(
+        rank=r.rank,
+        chunk_id=r.candidate.chunk_id,
+        doc_id=f["doc_id"],
+        version=f["version"],
+        title=f.get("title", ""),
+        title_path=list(f.get("title_path") or []),
+        text=f["text"],
+        lang=f.get("lang", ""),
+        kind=f.get("kind", ""),
+        source=f.get("source", ""),
+        tags=list(f.get("tags") or []),
+        score=r.score,
+        scores=r.scores,
+        found_by=r.candidate.found_by if explain else [],
+        updated_at=int(f.get("doc_updated_at") or f.get("updated_at") or 0),
+    )
+
+
+def to_response(outcome: SearchOutcome, model: str, explain: bool) -> SearchResponse:
+    return SearchResponse(
+        query=outcome.query,
+        results=[to_result(r, explain) for r in outcome.results],
+        variants=[QueryVariant.model_validate(v) for v in outcome.variants],
+        timings_ms=outcome.timings_ms,
+        model=model,
+        degraded=outcome.degraded,
+        explain=outcome.explain,
+    )
+
+
+@router.post("/v1/search", response_model=SearchResponse, summary="Hybrid search with rerank.")
+async def search(body: SearchRequest, s: SettingsDep, b: BackendDep) -> SearchResponse:
+    if len(body.query) > s.limits.max_query_chars:
+        raise ClientError(413, f"query longer than {s.limits.max_query_chars} characters")
+    outcome = await b.pipeline.search(to_query(body))
+    return to_response(outcome, (await b.model_info())["model"], body.explain)

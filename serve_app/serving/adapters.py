@@ -1,0 +1,99 @@
+"""The search pipeline's ports over the graph's deployment handles.
+
+Each adapter turns a Ray failure into the core's own error, so the pipeline and the HTTP layer
+never look into Ray's exception wrapping: a dead replica is retried (idempotent calls only,
+``handles.call_idempotent``), an unreachable embedder is ``EmbedderUnavailable``, and the
+store's own errors are found in the cause chain and raised as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.core.contracts import EmbedOutput, Expansion, Fanout, InputType, QueryVector
+from serve_app.core.fusion import Candidate
+from serve_app.core.pipeline import EmbedderUnavailable, SearchObserver, SearchRejected
+from serve_app.core.store import StoreUnavailable
+from serve_app.serving.handles import call_idempotent, find_cause
+from serve_app.serving.observability import metric, observe_stages
+
+log = logging.getLogger("ray.serve.specrag.ingress")
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str | None:
+    return str(exc).splitlines()[0][:limit] if str(exc) else None
+
+
+class HandleExpander:
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def expand(self, query: str, enabled: bool = True) -> Expansion:
+        return await self.handle.expand.remote(query, enabled)
+
+
+class HandleEmbedder:
+    """Embedding calls are idempotent: a replica that died meanwhile is retried on another."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def embed(
+        self, texts: list[str], input_type: InputType, colbert: bool = False
+    ) -> list[EmbedOutput]:
+        try:
+            return await call_idempotent(self.handle.embed, texts, input_type, colbert)
+        except Exception as exc:
+            log.exception("embedder call failed")
+            raise EmbedderUnavailable(first_line(exc) or type(exc).__name__) from exc
+
+
+class HandleRetriever:
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def search(
+        self,
+        vectors: Sequence[QueryVector],
+        *,
+        top_k: int,
+        channels: Sequence[str],
+        filters: dict[str, Any] | None,
+        limit: int,
+        explain: bool,
+    ) -> Fanout:
+        try:
+            return await self.handle.search.remote(
+                vectors, top_k=top_k, channels=channels, filters=filters, limit=limit, explain=explain
+            )
+        except Exception as exc:
+            if (unavailable := find_cause(exc, StoreUnavailable)) is not None:
+                raise StoreUnavailable(str(unavailable)) from exc
+            if (rejected := find_cause(exc, ValueError)) is not None:
+                raise SearchRejected(str(rejected)) from exc
+            raise
+
+
+class HandleReranker:
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]:
+        return await self.handle.rerank.remote(query, candidates)
+
+
+class ServeMetrics(SearchObserver):
+    """Counts the pipeline's events into Ray's metrics (exported by the replica)."""
+
+    def expander_failed(self, reason: str) -> None:
+        metric("expander_fallbacks").inc(tags={"reason": reason})
+
+    def stage_degraded(self, stage: str) -> None:
+        metric("degraded").inc(tags={"stage": stage})
+
+    def completed(self, timings_ms: dict[str, float]) -> None:
+        observe_stages(timings_ms)
