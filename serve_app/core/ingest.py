@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from serve_app.core.batching import run_isolating_failures
 from serve_app.core.chunking import Chunk, chunk_document
 from serve_app.core.meta import MetaStore
 from serve_app.core.retrieval import passage_text
@@ -289,36 +290,41 @@ def embed_resilient(
     out: list[Vectors | str | None] = [None] * len(texts)
     failures_in_a_row = 0
 
-    def solve(idx: list[int], *, retry: bool) -> None:
+    def run(idx: list[int], *, whole: bool) -> None:
         nonlocal failures_in_a_row
-        try:
-            call = lambda: embed([texts[i] for i in idx])  # noqa: E731
-            dense, sparse = retrying(call) if retry else call()
-        except Exception as exc:
-            if len(idx) == 1:
-                if not retry:  # a blip during the split deserves its own retries
-                    solve(idx, retry=True)
-                    return
-                out[idx[0]] = f"{type(exc).__name__}: {exc}"[:2000]
-                if not isinstance(exc, ValueError | TypeError):
-                    failures_in_a_row += 1
-                    if failures_in_a_row >= settings.abort_after_failures:
-                        # Not bad chunks but a dead embedder: stop instead of isolating every text.
-                        raise EmbedderUnavailable(
-                            f"{failures_in_a_row} texts in a row failed even alone after retries; last: {exc}"
-                        ) from exc
-                return
-            mid = len(idx) // 2
-            solve(idx[:mid], retry=False)
-            solve(idx[mid:], retry=False)
-            return
+        call = lambda: embed([texts[i] for i in idx])  # noqa: E731
+        if whole:  # the batch as planned gets the retries; the halves of a split go straight on
+            dense, sparse = retrying(call)
+        elif len(idx) == 1:
+            try:
+                dense, sparse = call()
+            except Exception:  # a blip during the split deserves its own retries
+                dense, sparse = retrying(call)
+        else:
+            dense, sparse = call()
         failures_in_a_row = 0
         for i, d, s in zip(idx, dense, sparse, strict=True):
             out[i] = (np.asarray(d, dtype=np.float32), dict(s))
 
+    def failed(i: int, exc: BaseException) -> None:
+        nonlocal failures_in_a_row
+        out[i] = f"{type(exc).__name__}: {exc}"[:2000]
+        if not isinstance(exc, ValueError | TypeError):
+            failures_in_a_row += 1
+            if failures_in_a_row >= settings.abort_after_failures:
+                # Not bad chunks but a dead embedder: stop instead of isolating every text.
+                raise EmbedderUnavailable(
+                    f"{failures_in_a_row} texts in a row failed even alone after retries; last: {exc}"
+                ) from exc
+
+    def planned(batch: list[int]) -> Callable[[list[int]], None]:
+        return lambda idx: run(idx, whole=idx is batch)
+
     for start in range(0, len(texts), batch_size):
-        solve(list(range(start, min(start + batch_size, len(texts)))), retry=True)
-    return [o for o in out if o is not None]  # solve() filled every index (or raised)
+        batch = list(range(start, min(start + batch_size, len(texts))))
+        # The bisection the encoder uses for out-of-memory and bad inputs, with retries around it.
+        run_isolating_failures(batch, planned(batch), failed)
+    return [o for o in out if o is not None]  # every index is filled (or it raised)
 
 
 class Ingestor:

@@ -81,6 +81,8 @@ def stack(ray_local, model_dir: Path, milvus: dict):
             time.sleep(0.5)
         yield {"client": client, "settings": settings, "service": service, "store": store}
     serve.delete("parity")
+    # The next module starts Serve with its proxy on its own port: this instance must go.
+    serve.shutdown()
 
 
 def test_http_search_and_the_evaluation_path_rank_identically(stack) -> None:

@@ -82,6 +82,8 @@ def service(ray_local, model_dir: Path, milvus: dict, redis_url: str, llm: FakeL
             "model_key": model_key,
         }
     serve.delete("e2e")
+    # The next module starts Serve with its proxy on its own port: this instance must go.
+    serve.shutdown()
 
 
 def _top(client: httpx.Client, query: str, **options) -> dict:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from serve_app.core.contracts import ScoredResult
 from serve_app.core.evaluation import Query, _bias, _spread, metrics
 from serve_app.core.fusion import Candidate
-from serve_app.devtools.eval_report import baseline_from_readme, markdown_section, summary_section
 
 
 def test_metrics_on_a_known_ranking() -> None:
@@ -37,30 +34,36 @@ def test_spread_keeps_both_ends_and_is_exact() -> None:
     assert len(_spread(703, 200)) == 200
 
 
-def test_baseline_and_markdown(tmp_path: Path) -> None:
-    (tmp_path / "README.md").write_text("* BM25: dev R@10 0.949 / MRR 0.842; holdout 0.963 / 0.857.\n")
-    assert baseline_from_readme(tmp_path) == {"recall@10": 0.949, "mrr@10": 0.842}
-    assert baseline_from_readme(tmp_path / "missing") is None
-    row = {"queries": 4, "ndcg@10": 0.5, "recall@10": 0.6, "recall@100": 0.9, "mrr@10": 0.4}
-    full = {**row, "queries": 2, "recall@10": 0.99, "mrr@10": 0.9, "same_queries_without_rerank": row}
-    report = {
-        "dataset": "toy",
-        "command": "specrag eval toy",
-        "machine": "m",
-        "date": "d",
-        "model": "e5",
-        "bm25": {"recall@10": 0.949, "mrr@10": 0.842},
-        "configs": {
-            "dense": {**row, "rerank_subset": {**row, "recall@10": 0.7, "mrr@10": 0.5}},
-            "full": full,
-        },
-    }
-    section = markdown_section(report, Path("docs/benchmarks/eval-toy.json"))
-    assert section.startswith("<!-- eval:toy:start -->") and section.endswith("<!-- eval:toy:end -->")
-    assert "| full | 2 | 0.500 | 0.990 | 0.900 | 0.900 |" in section and "BM25" in section
-    summary = summary_section([report])
-    # full vs dense compares the same queries (the rerank subset)
-    assert (
-        "| toy | 0.949 / 0.842 | 0.600 / 0.400 | 0.990 / 0.900 (2) | +0.041 / +0.058 | +0.290 / +0.400"
-        in summary
+def test_every_configuration_runs_through_the_serving_pipeline() -> None:
+    """With honest doubles (hash vectors, in-memory store): each configuration is a request to
+    ``SearchPipeline``; the served top 10 and the depth-100 list are both recorded per query."""
+    from serve_app.core.embedding import EmbeddingService
+    from serve_app.core.evaluation import DEFAULT_CONFIGS, evaluate
+    from serve_app.core.retrieval import Retriever
+    from serve_app.settings import SearchSettings
+    from serve_app.testing.doubles import FakeStore, HashEncoder
+
+    texts = {f"d{i}": f"topic{i} alpha{i % 3} beta{i % 5} gamma" for i in range(30)}
+    service = EmbeddingService(HashEncoder(16))
+    dense, sparse = service.embed_texts(list(texts.values()))
+    rows = [
+        {
+            "chunk_id": f"{d}#0", "doc_id": d, "version": 1, "ordinal": 0, "text": t, "title": "",
+            "title_path": [], "lang": "en", "kind": "other", "source": "", "tags": [], "updated_at": 1,
+            "content_hash": d, "is_current": True, "dense": dense[i], "sparse": sparse[i],
+        }
+        for i, (d, t) in enumerate(texts.items())
+    ]  # fmt: skip
+    queries = [Query(f"q{i}", f"topic{i} alpha{i % 3}", "en", "t") for i in range(0, 30, 3)]
+    qrels = {q.qid: {f"d{q.qid[1:]}": 1} for q in queries}
+    report = evaluate(
+        service, Retriever(FakeStore(rows), SearchSettings()), queries, qrels, configs=DEFAULT_CONFIGS
     )
+    for name in DEFAULT_CONFIGS:
+        assert report["configs"][name]["queries"] == len(queries)
+        assert all(len(r) <= 10 for r in report["rankings"][name].values())
+        deep, top = report["rankings@100"][name], report["rankings"][name]
+        assert all(len(deep[q]) >= len(top[q]) for q in top), "the depth list is the deeper one"
+    assert all(len(r) == 30 for r in report["rankings@100"]["dense"].values()), "all 30 within depth 100"
+    assert report["configs"]["dense"]["mrr@10"] == 1.0, "a query's own words find its document first"
+    assert report["configs"]["full"]["recall@100"] == 1.0

@@ -61,3 +61,22 @@ def test_batches_are_bounded(batch_size: int):
     embed = FakeEmbed()
     embed_resilient(embed, ["x"] * 10, batch_size=batch_size, settings=FAST)
     assert max(embed.calls) <= batch_size
+
+
+def test_only_the_planned_batch_and_single_texts_are_retried():
+    """The whole batch gets its retries, the halves of a split one try each, and a text alone one
+    try plus its retries (a blip during the split is not taken for a bad chunk)."""
+    embed = FakeEmbed()
+    out = embed_resilient(embed, ["a", "b", "c", "BAD"], batch_size=4, settings=FAST)
+    assert [isinstance(o, str) for o in out] == [False, False, False, True]
+    # 3 tries of 4, halves [a b] ok and [c BAD] once, then c ok, BAD once + 3 retries
+    assert embed.calls == [4, 4, 4, 2, 2, 1, 1, 1, 1, 1]
+
+
+def test_a_dead_embedder_stops_the_run_instead_of_isolating_every_text():
+    from serve_app.core.ingest import EmbedderUnavailable
+
+    embed = FakeEmbed(transient=10_000)
+    with pytest.raises(EmbedderUnavailable, match="in a row"):
+        embed_resilient(embed, [f"t{i}" for i in range(64)], batch_size=64, settings=FAST)
+    assert len(embed.calls) < 64 * 4, "stopped after abort_after_failures texts"
