@@ -8,6 +8,7 @@ routes themselves live in ``serve_app/http``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.core.contracts import EmbedOutput, InputType
 from serve_app.core.ingest import ModelMismatch
-from serve_app.core.pipeline import EmbedderUnavailable, SearchPipeline
+from serve_app.core.pipeline import SearchPipeline
 from serve_app.core.store import StoreUnavailable
 from serve_app.http.app import create_app
 from serve_app.http.errors import BackendUnavailable
@@ -27,10 +28,11 @@ from serve_app.serving.adapters import (
     HandleRetriever,
     ServeMetrics,
     first_line,
-    log,
 )
 from serve_app.serving.handles import find_cause
 from serve_app.settings import Settings
+
+log = logging.getLogger("ray.serve.specrag.ingress")
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256)
@@ -68,11 +70,7 @@ class Ingress:
 
     async def model_info(self) -> dict[str, Any]:
         if self._model_info is None:
-            try:
-                self._model_info = await self.embedder.info.remote()
-            except Exception as exc:
-                log.exception("embedder call failed")
-                raise EmbedderUnavailable(first_line(exc) or type(exc).__name__) from exc
+            self._model_info = await self._embed_port.info()
         return self._model_info
 
     async def embed(
@@ -81,11 +79,7 @@ class Ingress:
         return await self._embed_port.embed(texts, input_type, colbert)
 
     async def token_strings(self, ids: list[int]) -> list[str]:
-        try:
-            return await self.embedder.token_strings.remote(ids)
-        except Exception as exc:
-            log.exception("embedder call failed")
-            raise EmbedderUnavailable(first_line(exc) or type(exc).__name__) from exc
+        return await self._embed_port.token_strings(ids)
 
     async def readiness(self, timeout_s: float) -> dict[str, dict[str, Any]]:
         async def ask(response: Any) -> dict[str, Any]:

@@ -114,8 +114,7 @@ def bench_search(
 
     from serve_app.core.embedding import EmbeddingService, EmbedItem
     from serve_app.core.evaluation import collection_name, load_queries
-    from serve_app.core.lexical import IdfTable, idf_enabled
-    from serve_app.core.retrieval import Retriever
+    from serve_app.core.local import local_retriever
     from serve_app.devtools.bench.search import format_table, run_search_bench, write_markdown
 
     settings = prepare(verbose)
@@ -130,13 +129,8 @@ def bench_search(
         {"dense": o["dense"], "sparse": o["sparse"]}
         for o in service.embed_items([EmbedItem(t, "query") for t in texts])
     ]
-    idf = (
-        IdfTable.build(store)
-        if idf_enabled(settings.search.sparse_idf, settings.model.name_or_path)
-        else None
-    )
     report = run_search_bench(
-        Retriever(store, settings.search, idf=idf),
+        local_retriever(settings, store),
         vectors,
         requests=requests,
         variants=variants,

@@ -51,11 +51,9 @@ def evaluate_cmd(
 
     from serve_app.core.embedding import EmbeddingService
     from serve_app.core.evaluation import CONFIGS, collection_name, evaluate, load_queries
-    from serve_app.core.expansion import QueryExpansion, learn_glossary
     from serve_app.core.ingest import Ingestor, iter_documents
-    from serve_app.core.lexical import IdfTable, idf_enabled
+    from serve_app.core.local import local_expansion, local_retriever
     from serve_app.core.rerank import load_cross_encoder
-    from serve_app.core.retrieval import Retriever
     from serve_app.devtools.common import command_line, machine_description
     from serve_app.devtools.eval_report import (
         baseline_from_readme,
@@ -100,13 +98,9 @@ def evaluate_cmd(
             ingest_report = ingestor.ingest(docs, total=len(docs), progress=bar).as_dict()
             bar.close()
             typer.echo(json.dumps(ingest_report), err=True)
-        use_idf = idf_enabled(settings.search.sparse_idf, settings.model.name_or_path)
-        retriever = Retriever(store, settings.search, idf=IdfTable.build(store) if use_idf else None)
-        expansion = None
-        if any(CONFIGS[c].get("expand") for c in wanted):
-            expansion = QueryExpansion(settings.expander, max_chars=settings.limits.max_query_chars)
-            if settings.expander.glossary:
-                expansion.glossary = learn_glossary(store, settings.expander)
+        retriever = local_retriever(settings, store)
+        wants_expansion = any(CONFIGS[c].get("expand") for c in wanted)
+        expansion = local_expansion(settings, store) if wants_expansion else None
         s = settings.search  # the rerank /v1/search runs: with the cross-encoder when one is configured
         cross = load_cross_encoder(s.cross_encoder, s.cross_encoder_device) if s.cross_encoder else None
         report = evaluate(
@@ -127,7 +121,7 @@ def evaluate_cmd(
                 "glossary": settings.expander.glossary,
                 "glossary_variants": settings.expander.glossary_variants,
             },
-            "sparse_idf": use_idf,
+            "sparse_idf": retriever.idf is not None,
         }
     report.update(
         dataset=dataset.name,

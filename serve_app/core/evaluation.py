@@ -219,30 +219,31 @@ def evaluate(
         report["expansion"] = asyncio.run(_expansion_summary(expander, embedder, queries, expansion))
 
     rerank_subset = _spread(len(queries), rerank_queries or len(queries))
+    # The depth list is asked for without rerank, so configurations that differ only in the rerank
+    # share it (dense+sparse and +colbert, +expansion and full): each is searched once.
+    depth_lists: dict[tuple[Any, ...], dict[str, list[ScoredResult]]] = {}
     for name in configs:
         cfg = CONFIGS[name]
         pipeline = config_pipeline(name, retriever, embedder, expander, cross_encoder)
-        subset = rerank_subset if cfg.get("rerank") else list(range(len(queries)))
+        subset = [queries[i] for i in (rerank_subset if cfg.get("rerank") else range(len(queries)))]
         t0 = time.perf_counter()
-        ranked = asyncio.run(run_queries(pipeline, [config_query(queries[i], cfg) for i in subset]))
+        ranked = asyncio.run(run_queries(pipeline, [config_query(q, cfg) for q in subset]))
         elapsed = time.perf_counter() - t0
-        deep = asyncio.run(
-            run_queries(pipeline, [config_query(queries[i], cfg, top_k=DEPTH, rerank=False) for i in subset])
+        known = depth_lists.setdefault(_depth_key(cfg), {})
+        todo = [q for q in subset if q.qid not in known]
+        found = asyncio.run(
+            run_queries(pipeline, [config_query(q, cfg, top_k=DEPTH, rerank=False) for q in todo])
         )
-        report["rankings"][name] = {
-            queries[i].qid: doc_ranking(r) for i, r in zip(subset, ranked, strict=True)
-        }
-        report["rankings@100"][name] = {
-            queries[i].qid: doc_ranking(r) for i, r in zip(subset, deep, strict=True)
-        }
+        known.update({q.qid: r for q, r in zip(todo, found, strict=True)})
+        deep = [known[q.qid] for q in subset]
+        report["rankings"][name] = {q.qid: doc_ranking(r) for q, r in zip(subset, ranked, strict=True)}
+        report["rankings@100"][name] = {q.qid: doc_ranking(r) for q, r in zip(subset, deep, strict=True)}
         rows, by_lang, by_type = [], defaultdict(list), defaultdict(list)
-        for pos, i in enumerate(subset):
-            q = queries[i]
-            m = metrics(doc_ranking(ranked[pos]), qrels[q.qid])
+        for q, served, depth in zip(subset, ranked, deep, strict=True):
+            m = _scored(served, depth, qrels[q.qid])
             if not m:
                 continue
-            m["recall@100"] = metrics(doc_ranking(deep[pos]), qrels[q.qid])["recall@100"]
-            m.update(_bias(ranked[pos], q, qrels[q.qid], doc_langs))
+            m.update(_bias(served, q, qrels[q.qid], doc_langs))
             rows.append(m)
             by_lang[q.lang].append(m)
             by_type[q.type].append(m)
@@ -254,45 +255,55 @@ def evaluate(
             "by_type": {k: {"queries": len(v), **_mean_keys(v)} for k, v in sorted(by_type.items())},
             "seconds": round(elapsed, 2),
         }
-        _same_queries(
-            report, name, cfg, configs, pipeline, queries, qrels, subset, rerank_subset, ranked, deep
-        )
+        if len(rerank_subset) < len(queries):  # the rerank rows ran on a subset: compare like with like
+            on_subset = _on_rerank_subset(
+                cfg, configs, pipeline, subset, ranked, deep, qrels, rerank_subset, queries
+            )
+            report["configs"][name].update(on_subset)
     return report
 
 
-def _same_queries(
-    report: dict[str, Any],
-    name: str,
+def _depth_key(cfg: dict[str, Any]) -> tuple[Any, ...]:
+    """What the depth list of a configuration depends on: all of it but the rerank."""
+    search = tuple(sorted(cfg.get("search", {}).items()))
+    return tuple(cfg["channels"]), bool(cfg.get("expand")), search, cfg.get("idf", True)
+
+
+def _scored(
+    served: list[ScoredResult], depth: list[ScoredResult], relevant: dict[str, int]
+) -> dict[str, float]:
+    """The @10 metrics of the served list, R@100 of the depth list; {} for a query without answers."""
+    m = metrics(doc_ranking(served), relevant)
+    if m:
+        m["recall@100"] = metrics(doc_ranking(depth), relevant)["recall@100"]
+    return m
+
+
+def _on_rerank_subset(
     cfg: dict[str, Any],
     configs: Sequence[str],
     pipeline: SearchPipeline,
-    queries: Sequence[Query],
-    qrels: dict[str, dict[str, int]],
-    subset: list[int],
-    rerank_subset: list[int],
+    subset: list[Query],
     ranked: list[list[ScoredResult]],
     deep: list[list[ScoredResult]],
-) -> None:
-    """When the rerank configs ran on a subset: every row's figures on that subset too."""
-    if len(rerank_subset) >= len(queries):
-        return
-
-    def scored(results: list[ScoredResult], depth: list[ScoredResult], qid: str) -> dict[str, float]:
-        m = metrics(doc_ranking(results), qrels[qid])
-        if m:
-            m["recall@100"] = metrics(doc_ranking(depth), qrels[qid])["recall@100"]
-        return m
-
-    if not cfg.get("rerank") and any(CONFIGS[c].get("rerank") for c in configs):
-        picked = set(rerank_subset)
-        rows = [scored(ranked[p], deep[p], queries[i].qid) for p, i in enumerate(subset) if i in picked]
-        report["configs"][name]["rerank_subset"] = _mean([m for m in rows if m])
-    if cfg.get("rerank"):  # the same subset without rerank, so the rerank figure has a fair comparison
-        plain = asyncio.run(
-            run_queries(pipeline, [config_query(queries[i], cfg, rerank=False) for i in subset])
-        )
-        rows = [scored(plain[p], deep[p], queries[i].qid) for p, i in enumerate(subset)]
-        report["configs"][name]["same_queries_without_rerank"] = _mean([m for m in rows if m])
+    qrels: dict[str, dict[str, int]],
+    rerank_subset: list[int],
+    queries: Sequence[Query],
+) -> dict[str, Any]:
+    """A plain row's figures on the rerank rows' queries; a rerank row's figures without its rerank."""
+    if cfg.get("rerank"):
+        plain = asyncio.run(run_queries(pipeline, [config_query(q, cfg, rerank=False) for q in subset]))
+        rows = [_scored(p, d, qrels[q.qid]) for q, p, d in zip(subset, plain, deep, strict=True)]
+        return {"same_queries_without_rerank": _mean([m for m in rows if m])}
+    if any(CONFIGS[c].get("rerank") for c in configs):
+        picked = {queries[i].qid for i in rerank_subset}
+        rows = [
+            _scored(r, d, qrels[q.qid])
+            for q, r, d in zip(subset, ranked, deep, strict=True)
+            if q.qid in picked
+        ]
+        return {"rerank_subset": _mean([m for m in rows if m])}
+    return {}
 
 
 async def _expansion_summary(
@@ -305,7 +316,7 @@ async def _expansion_summary(
         "queries_with_variants": sum(len(v) > 1 for v in variants.values()),
         "variants": sum(len(v) - 1 for v in variants.values()),
         "origins": dict(Counter(v["origin"] for vs in variants.values() for v in vs[1:])),
-        "glossary_pairs": len(engine.glossary) if engine is not None and hasattr(engine, "glossary") else 0,
+        "glossary_pairs": len(getattr(engine, "glossary", ())),
         "seconds": round(time.perf_counter() - t0, 2),
     }
 

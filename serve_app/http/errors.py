@@ -43,20 +43,23 @@ class BackendUnavailable(RuntimeError):
         self.reason, self.detail = reason, detail
 
 
+# The core's errors and how each is answered: status and reason (``detail`` is the error's text).
+CORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    StoreUnavailable: (503, "vector store unavailable"),
+    SearchRejected: (400, "the vector store rejected the search"),
+    QueryNotEmbedded: (503, "the embedder failed on the query"),
+    EmbedderUnavailable: (503, "embedder unavailable"),
+    ModelMismatch: (409, "the index was built with another model"),
+}
+
+
 def client_error(exc: BaseException) -> ClientError | None:
     """The status and reason a core error is answered with; ``None`` for an unexpected one."""
-    if isinstance(exc, StoreUnavailable):
-        return ClientError(503, "vector store unavailable", str(exc))
-    if isinstance(exc, SearchRejected):
-        return ClientError(400, "the vector store rejected the search", str(exc))
-    if isinstance(exc, QueryNotEmbedded):
-        return ClientError(503, "the embedder failed on the query", str(exc))
-    if isinstance(exc, EmbedderUnavailable):
-        return ClientError(503, "embedder unavailable", str(exc) or None)
-    if isinstance(exc, ModelMismatch):
-        return ClientError(409, "the index was built with another model", str(exc))
     if isinstance(exc, BackendUnavailable):
         return ClientError(503, exc.reason, exc.detail)
+    for kind, (status, reason) in CORE_ERRORS.items():
+        if isinstance(exc, kind):
+            return ClientError(status, reason, str(exc) or None)
     return None
 
 
@@ -83,20 +86,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _client_error(_: Request, exc: ClientError) -> JSONResponse:
         return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status)
 
-    for kind in (
-        StoreUnavailable,
-        SearchRejected,
-        QueryNotEmbedded,
-        EmbedderUnavailable,
-        ModelMismatch,
-        BackendUnavailable,
-    ):
+    async def _core_error(_: Request, exc: Exception) -> JSONResponse:
+        mapped = client_error(exc)
+        assert mapped is not None  # registered for the mapped kinds only
+        return JSONResponse({"error": mapped.reason, "detail": mapped.detail}, status_code=mapped.status)
 
-        @app.exception_handler(kind)
-        async def _core_error(_: Request, exc: Exception) -> JSONResponse:
-            mapped = client_error(exc)
-            assert mapped is not None
-            return JSONResponse({"error": mapped.reason, "detail": mapped.detail}, status_code=mapped.status)
+    for kind in (*CORE_ERRORS, BackendUnavailable):
+        app.add_exception_handler(kind, _core_error)
 
     # Starlette's class, so its own 404/405 and FastAPI's body-parse 400 get the same {"error": ...} shape.
     @app.exception_handler(StarletteHTTPException)

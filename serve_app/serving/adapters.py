@@ -37,19 +37,30 @@ class HandleExpander:
 
 
 class HandleEmbedder:
-    """Embedding calls are idempotent: a replica that died meanwhile is retried on another."""
+    """The Embedder's calls are all idempotent reads: a replica that died meanwhile is retried on
+    another; any other failure is ``EmbedderUnavailable``."""
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
 
-    async def embed(
-        self, texts: list[str], input_type: InputType, colbert: bool = False
-    ) -> list[EmbedOutput]:
+    async def _call(self, method: str, *args: Any) -> Any:
         try:
-            return await call_idempotent(self.handle.embed, texts, input_type, colbert)
+            return await call_idempotent(getattr(self.handle, method), *args)
         except Exception as exc:
             log.exception("embedder call failed")
             raise EmbedderUnavailable(first_line(exc) or type(exc).__name__) from exc
+
+    async def embed(
+        self, texts: list[str], input_type: InputType, colbert: bool = False
+    ) -> list[EmbedOutput]:
+        return await self._call("embed", texts, input_type, colbert)
+
+    async def info(self) -> dict[str, Any]:
+        """Model name, dimension and key."""
+        return await self._call("info")
+
+    async def token_strings(self, ids: list[int]) -> list[str]:
+        return await self._call("token_strings", ids)
 
 
 class HandleRetriever:

@@ -21,11 +21,9 @@ import pytest
 from serve_app.core.chunking import split_sentences
 from serve_app.core.embedding import EmbeddingService
 from serve_app.core.evaluation import CONFIGS, Query, config_pipeline, config_query
-from serve_app.core.expansion import QueryExpansion, learn_glossary
 from serve_app.core.ingest import Ingestor, SourceDocument, iter_documents
-from serve_app.core.lexical import IdfTable
+from serve_app.core.local import local_expansion, local_retriever
 from serve_app.core.pipeline import LocalEmbedder
-from serve_app.core.retrieval import Retriever
 from serve_app.core.store import make_store
 from serve_app.devtools.local_stack import SAMPLE_DOCS, free_port
 from serve_app.settings import Settings
@@ -88,10 +86,11 @@ def stack(ray_local, model_dir: Path, milvus: dict):
 def test_http_search_and_the_evaluation_path_rank_identically(stack) -> None:
     settings: Settings = stack["settings"]
     store = stack["store"]
-    expansion = QueryExpansion(settings.expander, max_chars=settings.limits.max_query_chars)
-    expansion.glossary = learn_glossary(store, settings.expander)
-    retriever = Retriever(store, settings.search, idf=IdfTable.build(store))
-    pipeline = config_pipeline("full", retriever, LocalEmbedder(stack["service"]), expansion)
+    retriever = local_retriever(settings, store)
+    assert retriever.idf is not None, "the offline model searches with IDF, as the Searcher does"
+    pipeline = config_pipeline(
+        "full", retriever, LocalEmbedder(stack["service"]), local_expansion(settings, store)
+    )
     compared = 0
     for text in QUERIES:
         served = stack["client"].post("/v1/search", json={"query": text})

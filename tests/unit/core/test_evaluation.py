@@ -67,3 +67,39 @@ def test_every_configuration_runs_through_the_serving_pipeline() -> None:
     assert all(len(r) == 30 for r in report["rankings@100"]["dense"].values()), "all 30 within depth 100"
     assert report["configs"]["dense"]["mrr@10"] == 1.0, "a query's own words find its document first"
     assert report["configs"]["full"]["recall@100"] == 1.0
+
+
+def test_rerank_rows_on_a_subset_are_compared_on_the_same_queries() -> None:
+    from serve_app.core.embedding import EmbeddingService
+    from serve_app.core.evaluation import evaluate
+    from serve_app.core.retrieval import Retriever
+    from serve_app.settings import SearchSettings
+    from serve_app.testing.doubles import FakeStore, HashEncoder
+
+    service = EmbeddingService(HashEncoder(16))
+    texts = [f"word{i} shared{i % 4}" for i in range(12)]
+    dense, sparse = service.embed_texts(texts)
+    rows = [
+        {
+            "chunk_id": f"d{i}#0", "doc_id": f"d{i}", "version": 1, "ordinal": 0, "text": t, "title": "",
+            "title_path": [], "lang": "en", "kind": "other", "source": "", "tags": [], "updated_at": 1,
+            "content_hash": str(i), "is_current": True, "dense": dense[i], "sparse": sparse[i],
+        }
+        for i, t in enumerate(texts)
+    ]  # fmt: skip
+    queries = [Query(f"q{i}", texts[i], "en", "t") for i in range(8)]
+    qrels = {q.qid: {f"d{q.qid[1:]}": 1} for q in queries}
+    report = evaluate(
+        service, Retriever(FakeStore(rows), SearchSettings()), queries, qrels,
+        configs=["dense+sparse", "dense+sparse+colbert"], rerank_queries=3,
+    )  # fmt: skip
+    plain, reranked = report["configs"]["dense+sparse"], report["configs"]["dense+sparse+colbert"]
+    assert plain["queries"] == 8 and reranked["queries"] == 3
+    assert (
+        set(plain["rerank_subset"])
+        == set(reranked["same_queries_without_rerank"])
+        >= {"ndcg@10", "recall@100"}
+    )
+    assert len(report["rankings"]["dense+sparse+colbert"]) == 3
+    shared = report["rankings@100"]["dense+sparse+colbert"]
+    assert all(report["rankings@100"]["dense+sparse"][q] == r for q, r in shared.items()), "one depth list"

@@ -1,0 +1,28 @@
+"""The search engines in-process, built from settings and a store the way the graph builds them.
+
+The Searcher keeps an IDF table when ``search.sparse_idf`` applies to the model, and the
+QueryExpander a glossary learned from the collection; the evaluation, the fan-out benchmark and
+the parity test build theirs here so that they search exactly as the service does.
+"""
+
+from __future__ import annotations
+
+from serve_app.core.expansion import QueryExpansion, learn_glossary
+from serve_app.core.lexical import IdfTable, idf_enabled
+from serve_app.core.retrieval import Retriever
+from serve_app.core.store import Store
+from serve_app.settings import Settings
+
+
+def local_retriever(settings: Settings, store: Store) -> Retriever:
+    """A ``Retriever`` with the collection's IDF table where the model needs one (built now)."""
+    use_idf = idf_enabled(settings.search.sparse_idf, settings.model.name_or_path)
+    return Retriever(store, settings.search, idf=IdfTable.build(store) if use_idf else None)
+
+
+def local_expansion(settings: Settings, store: Store) -> QueryExpansion:
+    """The expansion engine with the glossary learned from the collection (when enabled)."""
+    expansion = QueryExpansion(settings.expander, max_chars=settings.limits.max_query_chars)
+    if settings.expander.glossary:
+        expansion.glossary = learn_glossary(store, settings.expander)
+    return expansion
