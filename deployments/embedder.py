@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve import metrics
 
 from serve_app.core.batching import ContinuousBatcher
-from serve_app.core.contracts import EmbedOutput
+from serve_app.core.contracts import EmbedOutput, Truncate
 from serve_app.core.embedding import EmbeddingService, EmbedItem, load_encoder
 from serve_app.core.encoder import InputType, M3Encoder
 from serve_app.serving.observability import BREAKER_STATES, metric
@@ -140,12 +140,22 @@ class Embedder:
             self._cache_seen[kind] = now
 
     async def embed(
-        self, texts: list[str], input_type: InputType = "passage", colbert: bool = False
+        self,
+        texts: list[str],
+        input_type: InputType = "passage",
+        colbert: bool = False,
+        truncate: Truncate = "end",
     ) -> list[EmbedOutput]:
-        """Each text joins the replica's dynamic batch on its own, so concurrent requests share passes."""
-        return list(
-            await asyncio.gather(*(self._embed_one(EmbedItem(t, input_type, colbert)) for t in texts))
-        )
+        """Each text joins the replica's dynamic batch on its own, so concurrent requests share passes.
+
+        ``truncate="none"`` is checked here, per request, before any text joins the batch: a text
+        over the window raises ``InputTooLong`` for this request only.
+        """
+        if truncate == "none":
+            await asyncio.to_thread(self.service.check_fits, texts, input_type)
+            truncate = "end"  # nothing is over the window: no cut happens
+        items = [EmbedItem(t, input_type, colbert, truncate) for t in texts]
+        return list(await asyncio.gather(*(self._embed_one(item) for item in items)))
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         return self.encoder.tokenizer.convert_ids_to_tokens(token_ids)
@@ -157,6 +167,8 @@ class Embedder:
             "revision": encoder.revision,
             "dim": self.service.dim,
             "max_length": encoder.max_length,
+            "dtype": encoder.dtype,
+            "pooling": encoder.pooling,
             "fingerprint": encoder.fingerprint,
             "model_key": encoder.model_key,
         }

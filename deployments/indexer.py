@@ -36,7 +36,8 @@ class Indexer:
 
     def _embed(self, texts: list[str]) -> tuple[np.ndarray, list[dict[int, float]]]:
         # A worker thread (not the replica's event loop), so a blocking .result() is allowed.
-        out = self.embedder.embed.remote(texts, "passage").result(timeout_s=EMBED_TIMEOUT_S)
+        colbert = self.settings.ingest.colbert_rows  # warms the rerank's ColBERT cache (same pass)
+        out = self.embedder.embed.remote(texts, "passage", colbert).result(timeout_s=EMBED_TIMEOUT_S)
         failed = [o["error"] for o in out if o["error"]]
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(texts)} texts failed to embed: {failed[0]}")

@@ -15,12 +15,12 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.core.contracts import EmbedOutput, InputType
+from serve_app.core.contracts import EmbedOutput, InputType, TextScore, Truncate
 from serve_app.core.ingest import ModelMismatch
 from serve_app.core.pipeline import SearchPipeline
 from serve_app.core.store import StoreUnavailable
 from serve_app.http.app import create_app
-from serve_app.http.errors import BackendUnavailable
+from serve_app.http.errors import BackendUnavailable, one_line
 from serve_app.serving.adapters import (
     HandleEmbedder,
     HandleExpander,
@@ -29,7 +29,7 @@ from serve_app.serving.adapters import (
     ServeMetrics,
     first_line,
 )
-from serve_app.serving.handles import find_cause
+from serve_app.serving.handles import find_cause, root_cause
 from serve_app.settings import Settings
 
 log = logging.getLogger("ray.serve.specrag.ingress")
@@ -50,18 +50,20 @@ class Ingress:
         self.settings = settings
         self.expander, self.embedder, self.searcher, self.indexer = expander, embedder, searcher, indexer
         self._embed_port = HandleEmbedder(embedder)
+        self._rerank_port = HandleReranker(reranker)
         self.pipeline = SearchPipeline(
             settings.search,
             expander=HandleExpander(expander),
             embedder=self._embed_port,
             retriever=HandleRetriever(searcher),
-            reranker=HandleReranker(reranker),
+            reranker=self._rerank_port,
             observer=ServeMetrics(),
         )
         self._model_info: dict[str, Any] | None = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self.settings, self, metrics=True)
+        # Serve's proxy adds X-Request-ID to every response (the client's, or one it generated).
+        return create_app(self.settings, self, metrics=True, request_id_header=False)
 
     def check_health(self) -> None:
         """Holds no model or connection of its own; /readyz reports the dependencies."""
@@ -74,9 +76,12 @@ class Ingress:
         return self._model_info
 
     async def embed(
-        self, texts: list[str], input_type: InputType, colbert: bool = False
+        self, texts: list[str], input_type: InputType, colbert: bool = False, truncate: Truncate = "end"
     ) -> list[EmbedOutput]:
-        return await self._embed_port.embed(texts, input_type, colbert)
+        return await self._embed_port.embed(texts, input_type, colbert, truncate)
+
+    async def rerank(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]:
+        return await self._rerank_port.score_texts(query, texts, truncate)
 
     async def token_strings(self, ids: list[int]) -> list[str]:
         return await self._embed_port.token_strings(ids)
@@ -88,7 +93,8 @@ class Ingress:
             except TimeoutError:
                 return {"status": "down", "detail": f"no answer in {timeout_s + 1} s"}
             except Exception as exc:
-                return {"status": "down", "detail": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                cause = root_cause(exc)
+                return {"status": "down", "detail": one_line(cause) or type(cause).__name__}
 
         embedder, milvus, expander = await asyncio.gather(
             ask(self.embedder.ready.remote(timeout_s)),

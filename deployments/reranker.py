@@ -8,6 +8,7 @@ from __future__ import annotations
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.core.contracts import TextScore, Truncate
 from serve_app.core.fusion import Candidate
 from serve_app.core.rerank import ColbertReranker, load_cross_encoder
 from serve_app.serving.adapters import HandleEmbedder
@@ -23,6 +24,10 @@ class Reranker:
 
     async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]:
         return await self.engine.rerank(query, candidates)
+
+    async def score_texts(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]:
+        """Arbitrary texts scored against a query (``/v1/rerank``, TEI's ``/rerank``)."""
+        return await self.engine.score_texts(query, texts, truncate)
 
     def check_health(self) -> None:
         """Holds no state that can go bad (the Embedder computes ColBERT vectors): alive is healthy."""

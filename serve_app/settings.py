@@ -90,10 +90,19 @@ class SearchSettings(_Section):
     rrf_k: int = Field(default=60, ge=1, le=1000)
     dense_weight: float = Field(default=1.0, ge=0, description="RRF weight of every dense list")
     sparse_weight: float = Field(default=0.3, ge=0, description="RRF weight of every sparse list")
+    bm25_weight: float = Field(
+        default=1.0, ge=0, description="RRF weight of every bm25 list (when a search asks for that channel)"
+    )
     variant_weights: dict[str, float] = Field(
         default={"original": 1.0, "llm": 0.7, "glossary": 0.5},
         description="RRF weight per variant origin, multiplied with the channel weight",
     )
+    identifier_match: bool = Field(
+        default=True,
+        description="a query holding identifiers (ids, error codes, config keys, paths, versions; see "
+        "serve_app/core/identifiers.py) also finds the chunks containing them verbatim, ranked first",
+    )
+    identifier_weight: float = Field(default=2.0, ge=0, description="RRF weight of the identifier list")
     language_balance: bool = Field(
         default=False,
         description="stage 1 also searches each other language separately, so passages in the "
@@ -165,6 +174,15 @@ class LimitSettings(_Section):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_documents: int = Field(default=100, ge=1, description="documents per POST /v1/documents")
     max_document_chars: int = Field(default=2_000_000, ge=1)
+    max_rerank_documents: int = Field(
+        default=1000, ge=1, description="documents (texts) per POST /v1/rerank or /rerank; over = 413"
+    )
+    max_rerank_document_chars: int = Field(
+        default=50_000,
+        ge=1,
+        description="characters per rerank document, over = 413; under it, a document longer than the "
+        "model's token window is cut (or refused where the request disables truncation)",
+    )
 
 
 class ChunkSettings(_Section):
@@ -176,6 +194,12 @@ class IngestSettings(_Section):
     """Batch embedding for ingestion and re-embeds (retries, then splitting to isolate bad chunks)."""
 
     batch_size: int = Field(default=32, ge=1, le=1024, description="chunks per embedding call")
+    colbert_rows: bool = Field(
+        default=True,
+        description="keep each chunk's ColBERT rows (float16, from the same forward pass) in the "
+        "Embedder's ColBERT cache at ingest, so the rerank reads them instead of re-encoding the "
+        "candidates; size the cache with redis.colbert_lru_mb / colbert_in_redis (docs/operations.md)",
+    )
     attempts: int = Field(default=3, ge=1, le=10, description="tries of a batch before it is split")
     backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles each time")
     backoff_max_s: float = Field(default=8.0, ge=0)
@@ -220,6 +244,38 @@ class AuthSettings(_Section):
         return self
 
 
+class DifyProfile(_Section):
+    """One knowledge base Dify can name (its External Knowledge ID): the filters every search of
+    it applies, whatever the request's ``metadata_condition`` adds, and a cap on ``top_k``."""
+
+    description: str = ""
+    kinds: list[str] | None = Field(default=None, description="only these document kinds; None = any")
+    langs: list[Literal["ja", "en"]] | None = None
+    tags: list[str] | None = Field(default=None, description="chunks carrying any of these tags")
+    sources: list[str] | None = None
+    doc_ids: list[str] | None = None
+    max_top_k: int = Field(default=10, ge=1, le=100, description="records per request, at most")
+    expand: bool = Field(default=True, description="use the expander's query variants")
+    rerank: bool = Field(
+        default=True,
+        description="Dify compares score_threshold with the score: the rerank's is a 0-1 similarity, "
+        "without it the score is the fusion's (scaled to 0-1, rank-based)",
+    )
+
+    @model_validator(mode="after")
+    def _no_empty_filter(self) -> DifyProfile:
+        for name in ("kinds", "langs", "tags", "sources", "doc_ids"):
+            if getattr(self, name) == []:
+                raise ValueError(f"{name}: an empty list would match nothing; leave it unset for any")
+        return self
+
+
+class DifySettings(_Section):
+    """Dify's External Knowledge API (``POST /retrieval``): its ``knowledge_id`` names a profile."""
+
+    profiles: dict[str, DifyProfile] = Field(default_factory=dict)
+
+
 RAY_WORKER_PORTS = range(10002, 20000)  # Ray's workers bind these: no app, Milvus or Redis port here
 
 
@@ -227,7 +283,11 @@ class ServeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     app_name: str = "specrag"
-    route_prefix: str = "/"
+    route_prefix: str = Field(
+        default="/",
+        pattern=r"^/$|^(/[A-Za-z0-9._~-]+)+$",
+        description="where Serve mounts the app, e.g. /specrag: routes, auth and /docs are under it",
+    )
     embedder_replicas: int = Field(default=1, ge=1)
     embedder_num_gpus: float = Field(default=0.0, ge=0)
     embedder_num_cpus: float = Field(default=1.0, ge=0)
@@ -274,6 +334,7 @@ class Settings(BaseSettings):
     chunk: ChunkSettings = Field(default_factory=ChunkSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    dify: DifySettings = Field(default_factory=DifySettings)
     reindex: ReindexSettings = Field(default_factory=ReindexSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from serve_app.cli import bench, documents, evaluate, model, reindex, reliability, service
+from serve_app.cli import bench, documents, evaluate, model, openapi, reindex, reliability, service
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -16,6 +16,7 @@ app.command()(reindex.rollback)
 app.command("eval")(evaluate.evaluate_cmd)
 app.command()(service.settings)
 app.command()(service.up)
+app.command()(openapi.openapi)
 app.add_typer(model.model_app, name="model")
 app.add_typer(service.keys_app, name="keys")
 app.add_typer(bench.bench_app, name="bench")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -74,8 +75,14 @@ def ingest(
             docs = (d for d in docs if d.doc_id in wanted)
         docs = list(itertools.islice(docs, limit) if limit else docs)
         revision = git_revision(path) if path.is_dir() else None
+        # ColBERT rows are worth keeping only where the service's Embedders will read them (Redis).
+        shared = (
+            settings.ingest.colbert_rows
+            and settings.redis.url is not None
+            and settings.redis.colbert_in_redis
+        )
         ingestor = Ingestor(
-            service.embed_texts,
+            functools.partial(service.embed_texts, colbert=shared),
             store,
             settings.chunk,
             settings=settings.ingest,

@@ -34,6 +34,14 @@ def evaluate_cmd(
             " default: every query, as published figures must.",
         ),
     ] = None,
+    identifiers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Identifier queries generated into copies of the collection's passages (fixed seed)"
+            " and searched through the default pipeline; 0 = skip.",
+        ),
+    ] = 80,
     reingest: bool = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
     markdown: Annotated[
@@ -48,6 +56,7 @@ def evaluate_cmd(
     """Ingest a BEIR corpus into its own collection (once) and report retrieval metrics per configuration."""
     import contextlib
     import platform
+    from functools import partial
 
     from serve_app.core.embedding import EmbeddingService
     from serve_app.core.evaluation import CONFIGS, collection_name, evaluate, load_queries
@@ -90,16 +99,17 @@ def evaluate_cmd(
         ingest_report = None
         if reingest or store.count() == 0:
             typer.echo(f"ingesting {dataset / 'corpus.jsonl'} ...", err=True)
-            ingestor = Ingestor(
-                service.embed_texts, store, settings.chunk, model_key=service.encoder.model_key
-            )
+            embed = partial(service.embed_texts, colbert=settings.ingest.colbert_rows)
+            ingestor = Ingestor(embed, store, settings.chunk, model_key=service.encoder.model_key)
             docs = list(iter_documents(dataset))
             bar = Progress(len(docs))
             ingest_report = ingestor.ingest(docs, total=len(docs), progress=bar).as_dict()
             bar.close()
             typer.echo(json.dumps(ingest_report), err=True)
-        retriever = local_retriever(settings, store)
-        wants_expansion = any(CONFIGS[c].get("expand") for c in wanted)
+        retriever = local_retriever(
+            settings, store, bm25=any("bm25" in CONFIGS[c]["channels"] for c in wanted)
+        )
+        wants_expansion = bool(identifiers) or any(CONFIGS[c].get("expand") for c in wanted)
         expansion = local_expansion(settings, store) if wants_expansion else None
         s = settings.search  # the rerank /v1/search runs: with the cross-encoder when one is configured
         cross = load_cross_encoder(s.cross_encoder, s.cross_encoder_device) if s.cross_encoder else None
@@ -114,6 +124,17 @@ def evaluate_cmd(
             doc_langs=_corpus_langs(dataset),
             cross_encoder=cross,
         )
+        if identifiers:
+            from serve_app.core.evaluation import DEFAULT, config_pipeline, evaluate_identifiers
+            from serve_app.core.pipeline import LocalEmbedder, MemoExpander, OriginalOnly
+
+            pipeline = config_pipeline(
+                DEFAULT, retriever, LocalEmbedder(service), MemoExpander(expansion or OriginalOnly()), cross
+            )
+            writer = Ingestor(service.embed_texts, store, settings.chunk, model_key=service.encoder.model_key)
+            report["identifiers"] = evaluate_identifiers(
+                pipeline, writer, list(iter_documents(dataset)), count=identifiers
+            )
         report["settings"] = {
             "search": settings.search.model_dump(mode="json"),
             "expander": {

@@ -126,13 +126,17 @@ def soak_cmd(
 def fuzz_cmd(
     max_examples: Annotated[
         int, typer.Option(min=1, help="schemathesis cases per operation and phase.")
-    ] = 100,
+    ] = 150,
+    min_cases: Annotated[
+        int, typer.Option(min=0, help="Fail unless schemathesis generated at least this many requests.")
+    ] = 2000,
     home: HomeOpt = DEFAULT_HOME / "reliability",
     out: OutOpt = RAW,
     markdown: MdOpt = DOC,
     verbose: bool = False,
 ) -> None:
-    """Bad input: fixed hostile cases, then schemathesis over the OpenAPI schema (no 5xx, no hang)."""
+    """Bad input: fixed hostile cases, then schemathesis over the OpenAPI schema (no 5xx, no hang,
+    every answer as the document declares it: status, content type, headers, schema)."""
     from serve_app.devtools.reliability.fuzz import bad_inputs, schemathesis_run
     from serve_app.devtools.reliability.report import badinput_section, fuzz_section, merge_json, write
 
@@ -147,7 +151,12 @@ def fuzz_cmd(
     write(markdown, badinput_section(bad, command))
     write(markdown, fuzz_section(fuzz, command))
     typer.echo(bad["summary"])
-    typer.echo(f"schemathesis: {fuzz['cases']} cases, {fuzz['server_errors']} 5xx, {fuzz['hangs']} hangs")
+    typer.echo(
+        f"schemathesis: {fuzz['cases']} cases, {fuzz['server_errors']} 5xx, {fuzz['hangs']} hangs, "
+        f"{fuzz['non_conforming']} not as documented"
+    )
     typer.echo(f"written: {out}, {markdown}")
-    if not (bad["passed"] and fuzz["passed"]):
+    if fuzz["cases"] < min_cases:
+        typer.echo(f"only {fuzz['cases']} cases generated, fewer than --min-cases {min_cases}", err=True)
+    if not (bad["passed"] and fuzz["passed"] and fuzz["cases"] >= min_cases):
         raise typer.Exit(1)

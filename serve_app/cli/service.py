@@ -64,6 +64,7 @@ def up(
                 if sample:
                     report = ingest_samples(settings)
                     typer.echo(f"sample documents: {json.dumps(report.as_dict())}")
+                base += settings.serve.route_prefix.rstrip("/")
                 typer.echo(
                     f"\nspecrag is up at {base}  (API docs: {base}/docs)\n"
                     f"  curl -s {base}/v1/search -H 'content-type: application/json' "

@@ -79,6 +79,22 @@ def truncate_at_sentence(text: str, max_chars: int) -> str:
     return window
 
 
+def truncate_start_at_sentence(text: str, min_start: int) -> str:
+    """The longest suffix of ``text`` starting at or after ``min_start`` that begins a sentence.
+
+    The mirror of ``truncate_at_sentence`` for cutting the start (``truncate="start"``): the
+    suffix starts right after a sentence end (leading whitespace dropped), else at ``min_start``
+    when no sentence starts in the first half of the window.
+    """
+    if min_start <= 0:
+        return text
+    window = len(text) - min_start
+    starts = [m.end() for m in SENTENCE_END.finditer(text) if m.end() >= min_start]
+    if starts and len(text) - starts[0] >= window // 2:
+        return text[starts[0] :].lstrip()
+    return text[min_start:]
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     name = type(exc).__name__
     message = str(exc).lower()

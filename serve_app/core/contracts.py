@@ -16,7 +16,11 @@ import numpy as np
 from serve_app.core.fusion import Candidate
 
 InputType = Literal["query", "passage"]
-Channel = Literal["dense", "sparse"]
+Channel = Literal["dense", "sparse", "bm25"]
+ScoreStage = Literal["rerank", "fusion"]
+# What happens to a text over the model's token window: cut its end (the default), cut its start,
+# or refuse it (``InputTooLong``) so a client that must not lose text learns the limit.
+Truncate = Literal["end", "start", "none"]
 
 
 class EmbedOutput(TypedDict):
@@ -29,6 +33,17 @@ class EmbedOutput(TypedDict):
     truncated: bool
     cached: str | None  # None: computed; else the cache tier that served it ("lru" | "redis")
     error: str | None  # the model failed on this item (its vectors are zeros)
+
+
+class TextScore(TypedDict):
+    """One text of a rerank request, scored against the query (``ColbertReranker.score_texts``)."""
+
+    index: int  # position in the request
+    score: float  # the raw combined score, as /v1/search reports it under ``rerank``
+    relevance: float  # ``score`` mapped to [0, 1] (``serve_app.core.rerank.relevance``)
+    scores: dict[str, float]  # colbert, m3_dense, m3_sparse (+ cross_encoder when configured)
+    tokens: int  # tokens the model read for this text (0 when served from the cache)
+    truncated: bool  # cut to fit the model's window
 
 
 class QueryVariant(TypedDict):
@@ -55,6 +70,7 @@ class QueryVector(TypedDict):
 
     dense: np.ndarray | list[float]
     sparse: dict[int, float]
+    text: NotRequired[str]  # the variant's text (the bm25 channel searches it)
     origin: NotRequired[str]
     lang: NotRequired[str]
 
@@ -72,6 +88,7 @@ class Fanout:
     timings_ms: dict[str, float]
     searches: int
     plan: list[dict[str, Any]] | None = None
+    rrf_max: float = 1.0  # the RRF of a chunk ranked first by every list (scales ``rrf`` to [0, 1])
 
 
 @dataclass(slots=True)
@@ -80,5 +97,6 @@ class ScoredResult:
 
     rank: int
     candidate: Candidate
-    score: float
+    score: float  # in [0, 1], higher = more relevant
     scores: dict[str, float] = field(default_factory=dict)
+    score_stage: ScoreStage = "fusion"  # what produced ``score`` (fusion: the rerank was off or failed)

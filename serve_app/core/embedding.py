@@ -14,8 +14,8 @@ from functools import partial
 import numpy as np
 
 from serve_app.core.cache import EmbeddingCache, Entry
-from serve_app.core.contracts import EmbedOutput
-from serve_app.core.encoder import InputType, M3Encoder, TextEncoder
+from serve_app.core.contracts import EmbedOutput, Truncate
+from serve_app.core.encoder import InputTooLong, InputType, M3Encoder, TextEncoder
 from serve_app.settings import Settings
 
 
@@ -24,6 +24,7 @@ class EmbedItem:
     text: str
     input_type: InputType = "passage"
     colbert: bool = False
+    truncate: Truncate = "end"  # "none": callers check with ``EmbeddingService.check_fits`` first
 
 
 def load_encoder(settings: Settings) -> M3Encoder:
@@ -43,7 +44,13 @@ def load_encoder(settings: Settings) -> M3Encoder:
 
 
 def _cache_key(item: EmbedItem) -> str:
-    """What a cache entry is looked up by (the cache hashes it with the model's namespace)."""
+    """What a cache entry is looked up by (the cache hashes it with the model's namespace).
+
+    A text cut at its start has other vectors than one cut at its end; ``end`` and ``none`` share
+    the entry (a text that fits is not cut either way), so existing entries stay valid.
+    """
+    if item.truncate == "start":
+        return f"{item.input_type}:start\0{item.text}"
     return f"{item.input_type}\0{item.text}"
 
 
@@ -151,16 +158,21 @@ class EmbeddingService:
         carries ``error`` and zero vectors; the others are unaffected.
         """
         results: list[EmbedOutput | None] = [None] * len(items)
-        groups: dict[tuple[InputType, bool], list[int]] = defaultdict(list)
+        groups: dict[tuple[InputType, bool, Truncate], list[int]] = defaultdict(list)
         for i, item in enumerate(items):
-            groups[(item.input_type, item.colbert)].append(i)
-        for (input_type, colbert), idx in groups.items():
+            groups[(item.input_type, item.colbert, item.truncate)].append(i)
+        for (input_type, colbert, truncate), idx in groups.items():
             cache = self.colbert_cache if colbert else self.cache
             todo = self._from_cache(cache, items, idx, results) if cache is not None else idx
             if not todo:
                 continue
             enc = self.encoder.encode(
-                [items[i].text for i in todo], input_type=input_type, dense=True, sparse=True, colbert=colbert
+                [items[i].text for i in todo],
+                input_type=input_type,
+                dense=True,
+                sparse=True,
+                colbert=colbert,
+                truncate=truncate,
             )
             self.forward_batches.extend(enc.batches)
             dense_rows, sparse_rows, colbert_rows = enc.dense, enc.sparse, enc.colbert
@@ -186,11 +198,27 @@ class EmbeddingService:
         # Every item was filled above, by a cache or by the model.
         return [r for r in results if r is not None]
 
+    def check_fits(self, texts: Sequence[str], input_type: InputType) -> None:
+        """Raise ``InputTooLong`` for texts over the model's window (what ``truncate="none"`` asks).
+
+        Checked per request before its texts join a shared batch, so a refusal fails only the
+        request that sent the long text, never the others batched with it.
+        """
+        counts = self.encoder.count_tokens(texts, input_type=input_type)
+        limit = self.encoder.max_length
+        over = {i: n for i, n in enumerate(counts) if n > limit}
+        if over:
+            raise InputTooLong(over, limit)
+
     def embed_texts(
-        self, texts: Sequence[str], *, input_type: InputType = "passage"
+        self, texts: Sequence[str], *, input_type: InputType = "passage", colbert: bool = False
     ) -> tuple[np.ndarray, list[dict[int, float]]]:
-        """Dense matrix and sparse list for a batch of texts (the ingest path); fails on any item error."""
-        out = self.embed_items([EmbedItem(t, input_type) for t in texts])
+        """Dense matrix and sparse list for a batch of texts (the ingest path); fails on any item error.
+
+        ``colbert``: the same pass also yields the ColBERT rows, which go into the ColBERT cache
+        (``ingest.colbert_rows``), so the rerank of these chunks needs no forward pass of its own.
+        """
+        out = self.embed_items([EmbedItem(t, input_type, colbert) for t in texts])
         failed = [(i, o["error"]) for i, o in enumerate(out) if o["error"]]
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(texts)} texts failed to embed, first: {failed[0]}")

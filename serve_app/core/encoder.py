@@ -26,7 +26,9 @@ from serve_app.core.batching import (
     plan_batches,
     run_isolating_failures,
     truncate_at_sentence,
+    truncate_start_at_sentence,
 )
+from serve_app.core.contracts import Truncate
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class TextEncoder(Protocol):
     dim: int
     fingerprint: str  # every setting that changes a vector bit for bit (cache keys)
     model_key: str  # the vector space (ingest hashes, the model a collection was built with)
+    max_length: int  # the token window, special tokens and the input-type prefix included
+
+    def count_tokens(self, texts: Sequence[str], *, input_type: InputType = "passage") -> list[int]: ...
 
     def encode(
         self,
@@ -62,7 +67,28 @@ class TextEncoder(Protocol):
         dense: bool = True,
         sparse: bool = True,
         colbert: bool = False,
+        truncate: Truncate = "end",
     ) -> Encoded: ...
+
+
+class InputTooLong(ValueError):
+    """Texts over the model's token window where the caller asked for no truncation.
+
+    ``over`` maps each such text's position to its token count, ``limit`` is the window and
+    ``what`` names the texts for the message (``documents``; ``query`` is one text). A client
+    error (the HTTP layer answers it with a 4xx naming the limit), raised before any forward
+    pass, so it never fails the other texts of a shared batch.
+    """
+
+    def __init__(self, over: dict[int, int], limit: int, what: str = "texts") -> None:
+        self.over, self.limit, self.what = dict(over), limit, what
+        first = min(self.over)
+        name = what if what == "query" else f"{what}[{first}]"
+        more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
+        super().__init__(f"{name} has {over[first]} tokens{more}, over the model's limit of {limit} tokens")
+
+    def __reduce__(self) -> tuple[type, tuple[dict[int, int], int, str]]:
+        return (InputTooLong, (self.over, self.limit, self.what))  # crosses Ray calls intact
 
 
 def colbert_maxsim(query: np.ndarray, passage: np.ndarray) -> float:
@@ -198,27 +224,62 @@ class M3Encoder:
         enc = self.tokenizer(self._prefixed(texts, input_type), truncation=False, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
 
-    def _tokenize(self, texts: Sequence[str], input_type: InputType) -> tuple[list[list[int]], list[bool]]:
-        """Token ids per text; a text over ``max_length`` is cut at its last sentence end that fits."""
+    def _tokenize(
+        self, texts: Sequence[str], input_type: InputType, truncate: Truncate = "end"
+    ) -> tuple[list[list[int]], list[bool]]:
+        """Token ids per text; a text over ``max_length`` is cut at its last sentence end that fits
+        (``end``), at its first sentence start that fits (``start``), or refused (``none``)."""
         prefixed = self._prefixed(texts, input_type)
         enc = self.tokenizer(prefixed, truncation=False, return_offsets_mapping=True, verbose=False)
         ids: list[list[int]] = list(enc["input_ids"])
         truncated = [False] * len(texts)
         over = [i for i, row in enumerate(ids) if len(row) > self.max_length]
-        if over:
-            prefix_len = len(prefixed[0]) - len(texts[0])
+        if not over:
+            return ids, truncated
+        if truncate == "none":
+            raise InputTooLong({i: len(ids[i]) for i in over}, self.max_length)
+        prefix_len = len(prefixed[0]) - len(texts[0])
+        if truncate == "start":
+            self._cut_starts(texts, over, ids, enc["offset_mapping"], prefix_len, input_type)
+        else:
             cut_texts = []
             for i in over:
                 # End of the last content token that fits (<s> ... </s> take two places).
                 char_limit = enc["offset_mapping"][i][self.max_length - 2][1] - prefix_len
                 cut_texts.append(truncate_at_sentence(texts[i], max(char_limit, 1)))
-                truncated[i] = True
             again = self.tokenizer(
                 self._prefixed(cut_texts, input_type), truncation=True, max_length=self.max_length
             )["input_ids"]
             for i, row in zip(over, again, strict=True):
                 ids[i] = row
+        for i in over:
+            truncated[i] = True
         return ids, truncated
+
+    def _cut_starts(
+        self,
+        texts: Sequence[str],
+        over: list[int],
+        ids: list[list[int]],
+        offsets: list[list[tuple[int, int]]],
+        prefix_len: int,
+        input_type: InputType,
+    ) -> None:
+        """Cut the start of each text in ``over`` (in ``ids``): the prefix stays, the window keeps
+        the text's end from a sentence start on, else exactly the last tokens that fit."""
+        cuts, kept = [], []
+        for i in over:
+            n, spans = len(ids[i]), offsets[i]
+            p = 0  # prefix tokens ("query: "), kept in front
+            while 1 + p < n - 1 and spans[1 + p][1] <= prefix_len:
+                p += 1
+            first = n - 1 - (self.max_length - 2 - p)  # first content token that still fits
+            cuts.append(truncate_start_at_sentence(texts[i], max(spans[first][0] - prefix_len, 0)))
+            kept.append((p, first))
+        again = self.tokenizer(self._prefixed(cuts, input_type), truncation=False, verbose=False)["input_ids"]
+        for i, (p, first), row in zip(over, kept, again, strict=True):
+            # A sentence cut re-tokenised a token longer falls back to the exact token cut.
+            ids[i] = list(row) if len(row) <= self.max_length else ids[i][: 1 + p] + ids[i][first:]
 
     def encode(
         self,
@@ -228,9 +289,12 @@ class M3Encoder:
         dense: bool = True,
         sparse: bool = True,
         colbert: bool = False,
+        truncate: Truncate = "end",
     ) -> Encoded:
         """One forward pass per token-capped batch yields every output asked for.
 
+        ``truncate`` decides what happens to a text over ``max_length`` (``_tokenize``); with
+        ``"none"`` such a text raises ``InputTooLong`` before any forward pass.
         A batch that fails (out of memory, or one input the model chokes on) is halved until
         it runs; an item that fails alone is reported in ``errors``, the rest are unaffected.
         """
@@ -247,7 +311,7 @@ class M3Encoder:
         )
         if n == 0:
             return out
-        ids, out.truncated = self._tokenize(texts, input_type)
+        ids, out.truncated = self._tokenize(texts, input_type, truncate)
         out.token_counts = [len(row) for row in ids]
 
         def run(idx: list[int]) -> None:

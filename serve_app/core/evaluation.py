@@ -43,6 +43,20 @@ log = logging.getLogger(__name__)
 # One row of the matrix each: which channels, ColBERT rerank or not, expansion or not. "full" is
 # the default /v1/search pipeline. Overrides of search settings ride along (e.g. language balance).
 CONFIGS: dict[str, dict[str, Any]] = {
+    # The reference baselines (BASELINES): BM25 on the same chunks, dense alone, and dense top 100
+    # reranked by ColBERT MaxSim over those 100.
+    "bm25": {"channels": ("bm25",)},
+    "dense100+colbert100": {
+        "channels": ("dense",),
+        "rerank": True,
+        "cross_encoder": False,
+        "search": {
+            "rerank_candidates": 100,
+            "colbert_weight": 1.0,
+            "rerank_dense_weight": 0.0,
+            "rerank_sparse_weight": 0.0,
+        },
+    },
     "dense": {"channels": ("dense",)},
     "sparse": {"channels": ("sparse",)},
     "sparse-no-idf": {"channels": ("sparse",), "idf": False},
@@ -52,7 +66,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "dense+sparse+colbert": {"channels": ("dense", "sparse"), "rerank": True},
     "full": {"channels": ("dense", "sparse"), "rerank": True, "expand": True},
 }
+BASELINES = ("bm25", "dense", "dense100+colbert100")
+DEFAULT = "full"  # the configuration /v1/search runs with no options
 DEFAULT_CONFIGS = (
+    "bm25",
+    "dense100+colbert100",
     "dense",
     "sparse",
     "dense+sparse",
@@ -172,13 +190,15 @@ def config_pipeline(
     """The serving pipeline wired to in-process engines, with the configuration's setting overrides."""
     cfg = CONFIGS[name]
     search = retriever.settings.model_copy(update=cfg.get("search", {}))
-    r = Retriever(retriever.store, search, idf=retriever.idf if cfg.get("idf", True) else None)
+    r = Retriever(
+        retriever.store, search, idf=retriever.idf if cfg.get("idf", True) else None, bm25=retriever.bm25
+    )
     return SearchPipeline(
         search,
         expander=expander,
         embedder=embedder,
         retriever=r,
-        reranker=ColbertReranker(embedder, search, cross_encoder),
+        reranker=ColbertReranker(embedder, search, cross_encoder if cfg.get("cross_encoder", True) else None),
     )
 
 
@@ -209,7 +229,7 @@ def evaluate(
     """Per configuration: overall means, breakdowns by query lang and type, language bias, and the
     per-query document rankings (``rankings``: top 10 as served; ``rankings@100``: the depth list)."""
     doc_langs = doc_langs or {}
-    report: dict[str, Any] = {"configs": {}, "rankings": {}, "rankings@100": {}}
+    report: dict[str, Any] = {"configs": {}, "rankings": {}, "rankings@100": {}, "ndcg@10": {}}
     embedder = LocalEmbedder(service)
     expander = MemoExpander(expansion or OriginalOnly())
     started = time.perf_counter()
@@ -239,10 +259,12 @@ def evaluate(
         report["rankings"][name] = {q.qid: doc_ranking(r) for q, r in zip(subset, ranked, strict=True)}
         report["rankings@100"][name] = {q.qid: doc_ranking(r) for q, r in zip(subset, deep, strict=True)}
         rows, by_lang, by_type = [], defaultdict(list), defaultdict(list)
+        per_query = report["ndcg@10"][name] = {}
         for q, served, depth in zip(subset, ranked, deep, strict=True):
             m = _scored(served, depth, qrels[q.qid])
             if not m:
                 continue
+            per_query[q.qid] = m["ndcg@10"]
             m.update(_bias(served, q, qrels[q.qid], doc_langs))
             rows.append(m)
             by_lang[q.lang].append(m)
@@ -260,7 +282,51 @@ def evaluate(
                 cfg, configs, pipeline, subset, ranked, deep, qrels, rerank_subset, queries
             )
             report["configs"][name].update(on_subset)
+    report["significance"] = significance(report["ndcg@10"])
     return report
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000) -> dict[str, float]:
+    """Mean of ``a - b`` with two-sided p-values: a paired t-test and a paired randomisation test.
+
+    scipy's ``ttest_rel`` and ``permutation_test`` (``permutation_type="samples"`` swaps the two
+    systems' scores within each query), rather than ranx, which pulls numba, seaborn and
+    ir-datasets into the service's environment for the same two tests. Fixed seed: reproducible.
+    """
+    import numpy as np
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    out = {"queries": len(x), "delta": round(float((x - y).mean()), 4) if len(x) else 0.0}
+    if len(x) < 2 or not (x - y).any():
+        return {**out, "p_ttest": 1.0, "p_randomization": 1.0}
+    t = float(stats.ttest_rel(x, y).pvalue)
+    perm = stats.permutation_test(
+        (x, y),
+        lambda u, v, axis=-1: np.mean(u - v, axis=axis),
+        permutation_type="samples",
+        n_resamples=resamples,
+        vectorized=True,
+        random_state=0,
+    )
+    return {**out, "p_ttest": round(t, 5), "p_randomization": round(float(perm.pvalue), 5)}
+
+
+def significance(per_query: dict[str, dict[str, float]], default: str = DEFAULT) -> dict[str, Any]:
+    """The default configuration against every baseline measured with it, on the queries both ran."""
+    if default not in per_query:
+        return {}
+    ours = per_query[default]
+    out: dict[str, Any] = {"default": default, "against": {}}
+    for base in BASELINES:
+        if base not in per_query:
+            continue
+        qids = sorted(set(ours) & set(per_query[base]))
+        out["against"][base] = paired_test([ours[q] for q in qids], [per_query[base][q] for q in qids])
+    if out["against"]:
+        means = {b: sum(per_query[b].values()) / max(len(per_query[b]), 1) for b in out["against"]}
+        out["best_baseline"] = max(means, key=lambda b: means[b])
+    return out
 
 
 def _depth_key(cfg: dict[str, Any]) -> tuple[Any, ...]:
@@ -323,3 +389,69 @@ async def _expansion_summary(
 
 def collection_name(dataset: Path) -> str:
     return "eval_" + re.sub(r"[^A-Za-z0-9_]", "_", dataset.resolve().name)[:60]
+
+
+# ----------------------------------------------------------------------------- identifier set
+
+
+def evaluate_identifiers(
+    pipeline: SearchPipeline,
+    ingestor: Any,
+    passages: Sequence[Any],
+    *,
+    count: int = 80,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The generated identifier set (``core.identifiers``): is the chunk holding it first?
+
+    Identifiers of every shape are planted in copies of real passages (``passages``: the
+    collection's ``SourceDocument``s) and written through the ingest path: half before the
+    searches, half each just before its own search (what a client writing and then searching
+    sees). Each is searched alone through ``pipeline`` (the default ``/v1/search``); the planted
+    copies are deleted afterwards, so the collection is left as it was.
+    """
+    from serve_app.core.identifiers import generate_set
+    from serve_app.core.ingest import SourceDocument
+
+    pool = [(d.doc_id, d.title, d.text, d.lang or "en") for d in passages if len(d.text) >= 80]
+    planted = generate_set(pool, count=count, seed=seed)
+
+    def doc(p: Any) -> SourceDocument:
+        return SourceDocument(doc_id=p.doc_id, text=p.text, fmt="text", title=p.title, lang=p.lang)
+
+    rows: list[dict[str, Any]] = []
+    try:
+        ingestor.ingest([doc(p) for p in planted if not p.late])
+        for p in planted:
+            if p.late:
+                ingestor.ingest([doc(p)])
+            results = asyncio.run(pipeline.search(SearchQuery(query=p.identifier))).results
+            ranks = [r.rank for r in results if r.candidate.fields["doc_id"] == p.doc_id]
+            rows.append(
+                {
+                    "identifier": p.identifier,
+                    "shape": p.shape,
+                    "late": p.late,
+                    "rank": ranks[0] if ranks else None,
+                }
+            )
+    finally:
+        ingestor.delete_documents([p.doc_id for p in planted])
+
+    def summary(part: list[dict[str, Any]]) -> dict[str, Any]:
+        n = len(part)
+        return {
+            "queries": n,
+            "rank1": round(sum(r["rank"] == 1 for r in part) / n, 4) if n else 0.0,
+            "top10": round(sum(r["rank"] is not None for r in part) / n, 4) if n else 0.0,
+        }
+
+    return {
+        **summary(rows),
+        "seed": seed,
+        "by_shape": {
+            s: summary([r for r in rows if r["shape"] == s]) for s in dict.fromkeys(r["shape"] for r in rows)
+        },
+        "written_before_search": summary([r for r in rows if r["late"]]),
+        "misses": [r for r in rows if r["rank"] != 1],
+    }

@@ -7,6 +7,7 @@ the parity test build theirs here so that they search exactly as the service doe
 
 from __future__ import annotations
 
+from serve_app.core.bm25 import Bm25Index
 from serve_app.core.expansion import QueryExpansion, learn_glossary
 from serve_app.core.lexical import IdfTable, idf_enabled
 from serve_app.core.retrieval import Retriever
@@ -14,10 +15,16 @@ from serve_app.core.store import Store
 from serve_app.settings import Settings
 
 
-def local_retriever(settings: Settings, store: Store) -> Retriever:
-    """A ``Retriever`` with the collection's IDF table where the model needs one (built now)."""
+def local_retriever(settings: Settings, store: Store, *, bm25: bool = False) -> Retriever:
+    """A ``Retriever`` with the collection's IDF table where the model needs one (built now), and
+    the BM25 index when ``bm25`` (or the settings) ask for that channel."""
     use_idf = idf_enabled(settings.search.sparse_idf, settings.model.name_or_path)
-    return Retriever(store, settings.search, idf=IdfTable.build(store) if use_idf else None)
+    return Retriever(
+        store,
+        settings.search,
+        idf=IdfTable.build(store) if use_idf else None,
+        bm25=Bm25Index.build(store) if bm25 else None,
+    )
 
 
 def local_expansion(settings: Settings, store: Store) -> QueryExpansion:

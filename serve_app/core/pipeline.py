@@ -30,8 +30,10 @@ from serve_app.core.contracts import (
     QueryVariant,
     QueryVector,
     ScoredResult,
+    Truncate,
 )
 from serve_app.core.fusion import Candidate
+from serve_app.core.retrieval import relevance
 from serve_app.settings import SearchSettings
 
 # A child of Serve's logger: inside a replica with ``logging_config: {encoding: JSON}`` every line
@@ -60,7 +62,7 @@ class Expander(Protocol):
 
 class Embedder(Protocol):
     async def embed(
-        self, texts: list[str], input_type: InputType, colbert: bool = False
+        self, texts: list[str], input_type: InputType, colbert: bool = False, truncate: Truncate = "end"
     ) -> list[EmbedOutput]: ...
 
 
@@ -167,7 +169,13 @@ class SearchPipeline:
         t2 = time.perf_counter()
         fan = await self.retriever.search(
             [
-                {"dense": v["dense"], "sparse": v["sparse"], "origin": var["origin"], "lang": var["lang"]}
+                {
+                    "dense": v["dense"],
+                    "sparse": v["sparse"],
+                    "text": var["text"],
+                    "origin": var["origin"],
+                    "lang": var["lang"],
+                }
                 for v, var in zip(vectors, variants, strict=True)
             ],
             top_k=top_k,
@@ -196,7 +204,9 @@ class SearchPipeline:
             "rerank": (t4 - t3) * 1000 if rerank else 0.0,
             "total": (t4 - t0) * 1000,
         }
-        results = [_scored(rank, c, reranked) for rank, c in enumerate(candidates[:top_k], start=1)]
+        results = [
+            _scored(rank, c, reranked, fan.rrf_max) for rank, c in enumerate(candidates[:top_k], start=1)
+        ]
         self.observer.completed(timings)
         log.info(
             "retrieval_completed",
@@ -248,9 +258,18 @@ class SearchPipeline:
             return candidates, False
 
 
-def _scored(rank: int, cand: Candidate, reranked: bool) -> ScoredResult:
+def _scored(rank: int, cand: Candidate, reranked: bool, rrf_max: float) -> ScoredResult:
+    """``score`` in [0, 1] whichever stage ordered the results, and which one did.
+
+    After the rerank: its raw score through ``relevance`` (cosine-type similarities, clipped), as
+    ``/v1/rerank`` reports it. Without it (off, or failed and degraded): the RRF divided by the
+    RRF of a chunk ranked first in every list of this fan-out, so 1.0 is "first everywhere" and
+    a threshold still means "near the top" instead of the ~0.02 raw RRF values.
+    """
     scores = {"rrf": cand.rrf, **cand.channel_scores}
-    return ScoredResult(rank, cand, scores["rerank"] if reranked else cand.rrf, scores)
+    if reranked:
+        return ScoredResult(rank, cand, relevance(scores["rerank"]), scores, "rerank")
+    return ScoredResult(rank, cand, min(cand.rrf / rrf_max, 1.0) if rrf_max > 0 else 0.0, scores, "fusion")
 
 
 def _explain(expansion: Expansion, fan: Fanout, reranked: bool, degraded: list[str]) -> dict[str, Any]:
@@ -300,20 +319,26 @@ class LocalEmbedder:
     def __init__(self, service: Any, batch: int = 32) -> None:
         self.service = service
         self.batch = batch
-        self._memo: dict[tuple[str, str, bool], EmbedOutput] = {}
+        self._memo: dict[tuple[str, str, bool, Truncate], EmbedOutput] = {}
 
-    def prime(self, texts: Sequence[str], input_type: InputType, colbert: bool = False) -> None:
+    def prime(
+        self, texts: Sequence[str], input_type: InputType, colbert: bool = False, truncate: Truncate = "end"
+    ) -> None:
         from serve_app.core.embedding import EmbedItem
 
-        todo = list(dict.fromkeys(t for t in texts if (t, input_type, colbert) not in self._memo))
+        key = (input_type, colbert, truncate)
+        todo = list(dict.fromkeys(t for t in texts if (t, *key) not in self._memo))
         for start in range(0, len(todo), self.batch):
             part = todo[start : start + self.batch]
-            outs = self.service.embed_items([EmbedItem(t, input_type, colbert) for t in part])
+            outs = self.service.embed_items([EmbedItem(t, input_type, colbert, truncate) for t in part])
             for text, out in zip(part, outs, strict=True):
-                self._memo[(text, input_type, colbert)] = out
+                self._memo[(text, *key)] = out
 
     async def embed(
-        self, texts: list[str], input_type: InputType, colbert: bool = False
+        self, texts: list[str], input_type: InputType, colbert: bool = False, truncate: Truncate = "end"
     ) -> list[EmbedOutput]:
-        self.prime(texts, input_type, colbert)
-        return [self._memo[(t, input_type, colbert)] for t in texts]
+        """``truncate="none"``: ``InputTooLong`` for a text over the window, as the Embedder does."""
+        if truncate == "none":
+            self.service.check_fits(texts, input_type)
+        self.prime(texts, input_type, colbert, truncate)
+        return [self._memo[(t, input_type, colbert, truncate)] for t in texts]

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from serve_app.core.bm25 import Bm25Index
 from serve_app.core.contracts import Fanout, QueryVector
 from serve_app.core.encoder import colbert_maxsim, lexical_score
 from serve_app.core.fusion import Candidate, RankedList, rrf_fuse
+from serve_app.core.identifiers import find_identifiers, pins
 from serve_app.core.lexical import IdfTable
 from serve_app.core.store import (
     MAX_WINDOW,
@@ -69,10 +71,18 @@ class Retriever:
     doubled, missing nor stale.
     """
 
-    def __init__(self, store: Store, settings: SearchSettings, *, idf: IdfTable | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: SearchSettings,
+        *,
+        idf: IdfTable | None = None,
+        bm25: Bm25Index | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.idf = idf
+        self.bm25 = bm25  # the bm25 channel's index (None: the channel is not served)
 
     async def search(
         self,
@@ -97,20 +107,32 @@ class Retriever:
             sparse = vec.get("sparse") or {}
             if sparse and self.idf is not None:
                 sparse = self.idf.weigh(sparse)
-            queries.append({"dense": vec["dense"], "sparse": sparse})
+            text = vec.get("text") or ""
+            queries.append({"dense": vec["dense"], "sparse": sparse, "bm25": text})
             langs: list[str | None] = [None]
             if s.language_balance and not filters.get("langs"):
                 langs += [lg for lg in ("ja", "en") if lg != vec.get("lang")]
-            for channel, cw in (("dense", s.dense_weight), ("sparse", s.sparse_weight)):
-                if channel in channels and (channel == "dense" or sparse):
+            searchable = {"dense": True, "sparse": bool(sparse), "bm25": bool(text) and self.bm25 is not None}
+            weights = (("dense", s.dense_weight), ("sparse", s.sparse_weight), ("bm25", s.bm25_weight))
+            for channel, cw in weights:
+                if channel in channels and searchable[channel]:
                     plan.extend(_Search(v, channel, cw * vw, lg) for lg in langs)
+        # Identifiers of the original query: the chunks holding them verbatim (see core.identifiers).
+        idents = find_identifiers(vectors[0].get("text") or "") if vectors and s.identifier_match else []
+        if idents:
+            plan.append(_Search(0, "exact", s.identifier_weight, None))
 
         loop = asyncio.get_running_loop()
 
-        def run(job: _Search, expr: Filter | None) -> None:
-            fn = self.store.search_dense if job.channel == "dense" else self.store.search_sparse
+        def run(job: _Search, expr: Filter | None, pushdown: dict[str, Any] | None = None) -> None:
             t0 = time.perf_counter()
-            job.hits = fn(queries[job.variant][job.channel], limit=fetch, expr=expr)
+            if job.channel == "bm25":
+                job.hits = self._bm25(queries[job.variant]["bm25"], job.lang, fetch, pushdown)
+            elif job.channel == "exact":
+                job.hits = self._exact(idents, fetch, pushdown)
+            else:
+                fn = self.store.search_dense if job.channel == "dense" else self.store.search_sparse
+                job.hits = fn(queries[job.variant][job.channel], limit=fetch, expr=expr)
             job.ms += (time.perf_counter() - t0) * 1000
             job.fetched = len(job.hits)
             job.top = max((h.score for h in job.hits), default=0.0)
@@ -137,7 +159,10 @@ class Retriever:
             if short:
                 exprs = [and_(stage1_expr(j), pushed) for j in short]
                 await asyncio.gather(
-                    *(loop.run_in_executor(_POOL, run, j, e) for j, e in zip(short, exprs, strict=True))
+                    *(
+                        loop.run_in_executor(_POOL, run, j, e, filters)
+                        for j, e in zip(short, exprs, strict=True)
+                    )
                 )
                 current.update(await asyncio.to_thread(self.store.doc_versions, _doc_ids(short)))
                 for job in short:
@@ -151,7 +176,15 @@ class Retriever:
         lists = [RankedList(j.variant, j.channel, j.weight, j.hits) for j in plan]
         if len(lists) == 1:  # one list: its own order, whatever its weight
             lists[0].weight = 1.0
-        fused = rrf_fuse(lists, k=s.rrf_k, limit=want)
+        fused = rrf_fuse(lists, k=s.rrf_k)
+        if idents and pins(vectors[0].get("text") or "", idents):
+            # A lookup: the chunks holding more of its identifiers go first (RRF order within), and
+            # stay first through the rerank (``pinned``).
+            for cand in fused:
+                if held := cand.channel_scores.get("exact"):
+                    cand.channel_scores["pinned"] = held
+            fused.sort(key=lambda c: -c.channel_scores.get("pinned", 0.0))
+        fused = fused[:want]
         for cand in fused:  # the document's current write time, from the versions stage 2 read
             if newest := current.get(cand.fields["doc_id"]):
                 cand.fields["doc_updated_at"] = newest[1]
@@ -179,7 +212,45 @@ class Retriever:
                 }
                 for j in plan
             ]
-        return Fanout(fused, timings, len(plan), described)
+        rrf_max = sum(max(rl.weight, 0.0) for rl in lists) / (s.rrf_k + 1)
+        return Fanout(fused, timings, len(plan), described, rrf_max or 1.0)
+
+    def _bm25(self, text: str, lang: str | None, limit: int, pushdown: dict[str, Any] | None) -> list[Hit]:
+        """The bm25 channel's hits (a snapshot index: stage 2's version check applies as for ANN).
+
+        The index has no filter pushdown: a balanced list's language and a selective filter's
+        refetch (``pushdown``) read the whole ranking and filter it here.
+        """
+        assert self.bm25 is not None
+        if not lang and not pushdown:
+            return self.bm25.search(text, limit=limit)
+        hits = self.bm25.search(text, limit=len(self.bm25))
+        return [
+            h
+            for h in hits
+            if (not lang or h.fields.get("lang") == lang) and (not pushdown or _matches(h.fields, pushdown))
+        ][:limit]
+
+    def _exact(self, idents: list[str], limit: int, pushdown: dict[str, Any] | None) -> list[Hit]:
+        """Current chunks containing the identifiers verbatim, scored by how many of them they hold.
+
+        One LIKE query per identifier (Milvus' ``_`` wildcard may over-match: each row is checked
+        here exactly, title trail included).
+        """
+        scope = build_filter(current_only=True, **(pushdown or {}))
+        rows: dict[str, dict[str, Any]] = {}
+        for ident in idents:
+            expr = Filter.contains("text", ident) if scope is None else scope & Filter.contains("text", ident)
+            for row in self.store.query(expr, limit=min(limit, MAX_WINDOW), fields=list(SCALAR_FIELDS)):
+                rows.setdefault(row["chunk_id"], row)
+        hits = []
+        for cid, row in rows.items():
+            hay = " ".join([*(row.get("title_path") or []), row.get("text") or ""])
+            held = sum(ident in hay for ident in idents)
+            if held:
+                hits.append(Hit(cid, float(held), row))
+        hits.sort(key=lambda h: (-h.score, h.chunk_id))
+        return hits[:limit]
 
     def _weigh_sparse(self, plan: list[_Search], queries: list[dict[str, Any]]) -> None:
         """Scale each sparse list by how much of the query's IDF mass its best hit matched.
@@ -227,7 +298,7 @@ class Retriever:
                     continue
                 if int(hit.fields["version"]) == newest[0]:
                     kept.append(hit)
-                elif doc_id not in fresh and doc_id not in replaced:
+                elif doc_id not in fresh and doc_id not in replaced and job.channel in ("dense", "sparse"):
                     # This channel saw only the old version: rank the new one in its place.
                     replaced.add(doc_id)
                     expr = build_filter(current_only=False, langs=job.lang) if job.lang else None
@@ -294,26 +365,53 @@ def rerank(
     ``query`` / ``passages`` are Embedder outputs (dense, sparse, colbert) from one pass each, so
     every candidate gets all three scores, also one that only the sparse channel found.
     """
-    s = settings
-    ce_weight = s.cross_encoder_weight if cross_scores is not None else 0.0
-    total = max(s.colbert_weight + s.rerank_dense_weight + s.rerank_sparse_weight + ce_weight, 1e-9)
     for i, (cand, p) in enumerate(zip(candidates, passages, strict=True)):
-        scores = {
-            "colbert": colbert_maxsim(query["colbert"], p["colbert"]),
-            "m3_dense": float(query["dense"] @ p["dense"]),
-            "m3_sparse": lexical_score(query["sparse"], p["sparse"]),
-        }
-        combined = (
-            s.colbert_weight * scores["colbert"]
-            + s.rerank_dense_weight * scores["m3_dense"]
-            + s.rerank_sparse_weight * scores["m3_sparse"]
-        )
-        if cross_scores is not None:
-            scores["cross_encoder"] = float(cross_scores[i])
-            combined += ce_weight * scores["cross_encoder"]
-        scores["rerank"] = combined / total
-        cand.channel_scores.update(scores)
-    return sorted(candidates, key=lambda c: (-c.channel_scores["rerank"], c.chunk_id))
+        cross = float(cross_scores[i]) if cross_scores is not None else None
+        cand.channel_scores.update(rerank_scores(query, p, settings, cross))
+    # Chunks pinned by an identifier lookup stay first, as in the fused order.
+    return sorted(
+        candidates,
+        key=lambda c: (-c.channel_scores.get("pinned", 0.0), -c.channel_scores["rerank"], c.chunk_id),
+    )
+
+
+def rerank_scores(
+    query: dict[str, Any], passage: dict[str, Any], settings: SearchSettings, cross: float | None = None
+) -> dict[str, float]:
+    """One passage's rerank scores: ColBERT, dense, sparse (+ cross-encoder) and their weighted
+    mean under ``rerank``; the one formula of ``rerank`` and of the text rerank (``/v1/rerank``)."""
+    s = settings
+    ce_weight = s.cross_encoder_weight if cross is not None else 0.0
+    total = max(s.colbert_weight + s.rerank_dense_weight + s.rerank_sparse_weight + ce_weight, 1e-9)
+    scores = {
+        "colbert": colbert_maxsim(query["colbert"], passage["colbert"]),
+        "m3_dense": float(query["dense"] @ passage["dense"]),
+        "m3_sparse": lexical_score(query["sparse"], passage["sparse"]),
+    }
+    combined = (
+        s.colbert_weight * scores["colbert"]
+        + s.rerank_dense_weight * scores["m3_dense"]
+        + s.rerank_sparse_weight * scores["m3_sparse"]
+    )
+    if cross is not None:
+        scores["cross_encoder"] = cross
+        combined += ce_weight * cross
+    scores["rerank"] = combined / total
+    return scores
+
+
+def relevance(score: float) -> float:
+    """A raw rerank score mapped to [0, 1], higher = more relevant (Cohere's ``relevance_score``).
+
+    The raw score is a weighted mean of cosine-type scores: ColBERT MaxSim (the mean over query
+    tokens of the best passage token's cosine) and the dense cosine lie in [-1, 1], the
+    cross-encoder's sigmoid in [0, 1]. Clipping keeps that scale where it is meaningful (1 = every
+    query token has an identical passage token) and reads anything below 0 (less alike than
+    unrelated vectors) as 0. Only the sparse score is unbounded: with ``rerank_sparse_weight`` > 0
+    a raw score can exceed 1 and reads as 1; the order always follows the raw score. It is a
+    similarity, not a calibrated probability: compare scores within one model, not across models.
+    """
+    return min(max(score, 0.0), 1.0)
 
 
 def passage_text(fields: dict[str, Any]) -> str:

@@ -216,6 +216,7 @@ def _as_list(values: str | Iterable[str] | None) -> list[str]:
 #     Clause  := field "==" | "!=" | "<" literal
 #              | field "in" "[" string, ... "]"  (one value renders as "==", none matches nothing)
 #              | field "like" "<prefix>%"        (prefix match; "%" cannot be escaped, so refused)
+#              | field "like" "%<part>%"         (contains; the same refusal of "%")
 #              | any-tag: tags_key like "%|hex|%" ("or" of several, in parentheses)
 #
 # ``Filter.expr()`` gives the Milvus string; ``Filter.matches(row)`` evaluates the same meaning on a
@@ -233,8 +234,8 @@ def _as_list(values: str | Iterable[str] | None) -> list[str]:
 # Store methods take ``Filter | str | None``: a string is sent as it is (hand-written expressions,
 # e.g. ``array_contains(tags, "x")`` in tests and operator tooling); code in specrag passes Filters.
 
-FilterOp = Literal["==", "!=", "<", "in", "prefix", "any_tag"]
-_OPS: tuple[str, ...] = ("==", "!=", "<", "in", "prefix", "any_tag")
+FilterOp = Literal["==", "!=", "<", "in", "prefix", "contains", "any_tag"]
+_OPS: tuple[str, ...] = ("==", "!=", "<", "in", "prefix", "contains", "any_tag")
 
 
 def _literal(value: str | int | bool) -> str:
@@ -274,8 +275,8 @@ class Clause:
             raise TypeError(f"{self.op!r} takes one literal, got a tuple")
         else:
             _literal(self.value)  # refuses a float, None, ... now rather than when rendered
-        if self.op == "prefix" and "%" in str(self.value):
-            raise ValueError("a LIKE prefix cannot contain '%' (Milvus has no escape for it)")
+        if self.op in ("prefix", "contains") and "%" in str(self.value):
+            raise ValueError("a LIKE pattern cannot contain '%' (Milvus has no escape for it)")
 
     def expr(self) -> str:
         if self.op == "in":
@@ -283,6 +284,8 @@ class Clause:
             return f"{self.field} in [{', '.join(quote(v) for v in self.value)}]"
         if self.op == "prefix":
             return f'{self.field} like {quote(str(self.value))[:-1]}%"'
+        if self.op == "contains":  # "_" is a one-character wildcard in LIKE: callers recheck exactly
+            return f'{self.field} like "%{quote(str(self.value))[1:-1]}%"'
         if self.op == "any_tag":
             assert isinstance(self.value, tuple)
             # Same meaning as array_contains(_any)(tags, ...), but on the VARCHAR mirror ``tags_key``:
@@ -316,6 +319,8 @@ class Clause:
         if self.op == "in":
             assert isinstance(self.value, tuple)
             return value in self.value
+        if self.op == "contains":
+            return str(self.value) in str(value)
         return str(value).startswith(str(self.value))  # prefix
 
 
@@ -349,6 +354,11 @@ class Filter:
     def prefix(cls, field: str, text: str) -> Filter:
         """``field`` starts with ``text`` (LIKE; ``text`` must not contain ``%``)."""
         return cls((Clause(field, "prefix", str(text)),))
+
+    @classmethod
+    def contains(cls, field: str, text: str) -> Filter:
+        """``field`` contains ``text`` (LIKE ``%text%``; ``text`` must not contain ``%``)."""
+        return cls((Clause(field, "contains", str(text)),))
 
     @classmethod
     def any_tag(cls, tags: str | Iterable[str]) -> Filter:

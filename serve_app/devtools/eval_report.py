@@ -80,6 +80,24 @@ def markdown_section(report: dict[str, Any], json_path: Path) -> str:
             f" {exp['queries_with_variants']} of {len_queries(report)} queries got variants"
             f" ({', '.join(f'{k}: {v}' for k, v in exp['origins'].items()) or 'none'}).",
         ]
+    if sig := report.get("significance", {}).get("against"):
+        lines += [
+            "",
+            f"Default (`{report['significance']['default']}`) against each baseline, paired per query:",
+        ]
+        lines += [
+            f"- {b}: Δ nDCG@10 {t['delta']:+.4f} over {t['queries']} queries,"
+            f" p = {t['p_ttest']:.3g} (t-test), {t['p_randomization']:.3g} (randomisation)"
+            for b, t in sig.items()
+        ]
+    if ident := report.get("identifiers"):
+        shapes = ", ".join(f"{k} {v['rank1']:.2f}" for k, v in ident["by_shape"].items())
+        lines += [
+            "",
+            f"Identifier set (seed {ident['seed']}): the planted chunk at rank 1 for {ident['rank1']:.3f} of"
+            f" {ident['queries']} identifier queries (top 10: {ident['top10']:.3f}; written just before their"
+            f" search: {ident['written_before_search']['rank1']:.3f}); by shape: {shapes}.",
+        ]
     lines.append(f"<!-- eval:{name}:end -->")
     return "\n".join(lines)
 
@@ -89,32 +107,83 @@ def len_queries(report: dict[str, Any]) -> int:
 
 
 def summary_section(reports: Sequence[dict[str, Any]]) -> str:
-    """All collections on one table: BM25, dense only, and the full pipeline."""
+    """All collections on one table: the three baselines, the default pipeline, its gain over the
+    best baseline with paired p-values, and the identifier set."""
     lines = [
         "<!-- eval:summary:start -->",
-        "| collection | BM25 R@10 / MRR@10 | dense R@10 / MRR@10 | full pipeline R@10 / MRR@10 (queries)"
-        " | full vs BM25 | full vs dense |",
-        "|---|---|---|---|---|---|",
+        "nDCG@10 on every dev query. Default = what `/v1/search` does with no options; p = two-sided"
+        " paired t-test / randomisation test of default vs the best baseline (10,000 resamples).",
+        "",
+        "| collection | queries | BM25 | dense | dense100+colbert100 | default | vs best baseline"
+        " | p (t / rand.) | identifiers @1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for rep in sorted(reports, key=lambda r: r["dataset"]):
-        cfg, bm25 = rep["configs"], rep.get("bm25")
-        dense, full = cfg.get("dense"), cfg.get("full")
-        if not dense or not full:
+        cfg = rep["configs"]
+        default = cfg.get(rep.get("significance", {}).get("default", "full"))
+        if not default:
             continue
-        # the rerank configs may run on a spread subset: compare dense on those same queries
-        base = dense.get("rerank_subset") if full["queries"] < dense["queries"] else None
-        ref = base or dense
-        versus_bm25 = (
-            f"{full['recall@10'] - bm25['recall@10']:+.3f} / {full['mrr@10'] - bm25['mrr@10']:+.3f}"
-            if bm25
-            else ""
-        )
+        sig = rep.get("significance", {})
+        best = sig.get("best_baseline")
+        test = sig.get("against", {}).get(best) if best else None
+        ident = rep.get("identifiers")
+
+        def cell(name: str, cfg: dict[str, Any] = cfg) -> str:
+            return _f(cfg[name]["ndcg@10"]) if name in cfg else ""
+
+        gain = f"{test['delta']:+.3f} ({best})" if test else ""
+        p_values = f"{test['p_ttest']:.3g} / {test['p_randomization']:.3g}" if test else ""
         lines.append(
-            f"| {rep['dataset']} | {_f(bm25 and bm25['recall@10'])} / {_f(bm25 and bm25['mrr@10'])}"
-            f" | {_f(dense['recall@10'])} / {_f(dense['mrr@10'])}"
-            f" | {_f(full['recall@10'])} / {_f(full['mrr@10'])} ({full['queries']})"
-            f" | {versus_bm25} | {full['recall@10'] - ref['recall@10']:+.3f} /"
-            f" {full['mrr@10'] - ref['mrr@10']:+.3f}{' (same queries)' if base else ''} |"
+            f"| {rep['dataset']} | {default['queries']} | {cell('bm25')} | {cell('dense')}"
+            f" | {cell('dense100+colbert100')} | {_f(default['ndcg@10'])} | {gain} | {p_values}"
+            f" | {_f(ident['rank1']) if ident else ''} |"
         )
     lines.append("<!-- eval:summary:end -->")
+    return "\n".join(lines)
+
+
+def leave_one_out(reports: Sequence[dict[str, Any]], candidates: Sequence[str]) -> list[dict[str, Any]]:
+    """Leave-one-collection-out choice among candidate configurations.
+
+    For each collection, the candidate with the best mean nDCG@10 over the *other* collections
+    (each collection weighs the same) is picked and scored on the held-out one: what choosing a
+    default on four collections is worth on a fifth. Only candidates measured on every collection
+    compete.
+    """
+    usable = [c for c in candidates if all(c in r["configs"] for r in reports)]
+    rows = []
+    for held in reports:
+        others = [r for r in reports if r is not held]
+        if not others or not usable:
+            continue
+        fitted = {c: sum(r["configs"][c]["ndcg@10"] for r in others) / len(others) for c in usable}
+        pick = max(usable, key=lambda c: (fitted[c], c))
+        rows.append(
+            {
+                "held_out": held["dataset"],
+                "picked": pick,
+                "fitted_mean": round(fitted[pick], 4),
+                "held_out_ndcg@10": held["configs"][pick]["ndcg@10"],
+                "best_on_held_out": max(usable, key=lambda c: held["configs"][c]["ndcg@10"]),
+            }
+        )
+    return rows
+
+
+def loco_section(reports: Sequence[dict[str, Any]], candidates: Sequence[str]) -> str:
+    rows = leave_one_out(reports, candidates)
+    lines = [
+        "<!-- eval:loco:start -->",
+        f"Candidates: {', '.join(f'`{c}`' for c in candidates)}. Each row picks the candidate with the best"
+        " mean nDCG@10 over the other collections and scores it on the held-out one.",
+        "",
+        "| held-out collection | picked on the others | their mean | held-out nDCG@10 | best on held-out |",
+        "|---|---|---:|---:|---|",
+    ]
+    lines += [
+        f"| {r['held_out']} | {r['picked']} | {_f(r['fitted_mean'])} | {_f(r['held_out_ndcg@10'])}"
+        f" | {r['best_on_held_out']} |"
+        for r in rows
+    ]
+    lines.append("<!-- eval:loco:end -->")
     return "\n".join(lines)

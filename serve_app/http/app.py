@@ -12,10 +12,11 @@ from typing import Any, Protocol
 
 from fastapi import FastAPI
 
-from serve_app.core.contracts import EmbedOutput, InputType
+from serve_app.core.contracts import EmbedOutput, InputType, TextScore, Truncate
 from serve_app.core.pipeline import SearchPipeline
+from serve_app.http import openapi
 from serve_app.http.errors import install_error_handlers
-from serve_app.http.middleware import BodyLimit
+from serve_app.http.middleware import BodyLimit, RequestId
 from serve_app.http.security import AuthMiddleware, Guard
 from serve_app.settings import Settings
 
@@ -28,8 +29,10 @@ class Backend(Protocol):
     async def model_info(self) -> dict[str, Any]: ...
 
     async def embed(
-        self, texts: list[str], input_type: InputType, colbert: bool = False
+        self, texts: list[str], input_type: InputType, colbert: bool = False, truncate: Truncate = "end"
     ) -> list[EmbedOutput]: ...
+
+    async def rerank(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]: ...
 
     async def token_strings(self, ids: list[int]) -> list[str]: ...
 
@@ -42,9 +45,12 @@ class Backend(Protocol):
     async def delete_documents(self, doc_ids: list[str]) -> dict[str, Any]: ...
 
 
-def create_app(settings: Settings, backend: Backend, *, metrics: bool = False) -> FastAPI:
-    """``metrics``: count every response into Ray's metrics (only inside a Serve replica)."""
-    from serve_app.http.routes import documents, embeddings, health, search
+def create_app(
+    settings: Settings, backend: Backend, *, metrics: bool = False, request_id_header: bool = True
+) -> FastAPI:
+    """``metrics``: count every response into Ray's metrics (only inside a Serve replica).
+    ``request_id_header=False`` where a proxy in front adds ``X-Request-ID`` itself (Serve's does)."""
+    from serve_app.http.routes import dify, documents, embeddings, health, models, rerank, search
 
     app = FastAPI(
         title="specrag",
@@ -53,11 +59,14 @@ def create_app(settings: Settings, backend: Backend, *, metrics: bool = False) -
     )
     app.state.settings, app.state.backend = settings, backend
     install_error_handlers(app)
-    for feature in (health, search, documents, embeddings):
+    for feature in (health, search, documents, embeddings, rerank, models, dify):
         app.include_router(feature.router)
-    # Starlette runs the last added outermost: count every response, then authenticate, then size.
+    openapi.install(app)
+    # Starlette runs the last added outermost: count every response, give it an id, then
+    # authenticate, then size.
     app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
     app.add_middleware(AuthMiddleware, guard=Guard(settings.auth))
+    app.add_middleware(RequestId, echo=request_id_header)
     if metrics:
         from serve_app.serving.observability import RequestMetrics
 

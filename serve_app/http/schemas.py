@@ -6,6 +6,7 @@ import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -78,7 +79,14 @@ class SearchResult(BaseModel):
     kind: str
     source: str
     tags: list[str]
-    score: float = Field(description="The score the results are ordered by (rerank if on, else RRF).")
+    score: float = Field(
+        ge=0,
+        le=1,
+        description="Relevance in [0, 1], higher = more relevant, from the stage named by score_stage: "
+        "the rerank's similarity (as /v1/rerank reports it), or, when the rerank is off or failed, the "
+        "fused RRF divided by that of a chunk ranked first in every list.",
+    )
+    score_stage: Literal["rerank", "fusion"] = Field(description="Which stage produced score.")
     scores: dict[str, float] = Field(
         description="Every score that went into the rank: dense, sparse, rrf, ..."
     )
@@ -146,16 +154,47 @@ class EmbedResponse(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
 
+TOKEN_ARRAYS_REFUSED = (
+    "token arrays are not accepted: send the text itself (the model tokenizes it with its own "
+    "vocabulary). LangChain's OpenAIEmbeddings sends token arrays by default: construct it with "
+    "check_embedding_ctx_length=False"
+)
+
+
 class OpenAIEmbeddingRequest(BaseModel):
-    """OpenAI ``POST /v1/embeddings``; unknown fields are ignored as OpenAI-compatible servers do."""
+    """OpenAI ``POST /v1/embeddings`` plus NIM's ``input_type`` and ``truncate``.
+
+    Any other field is refused with a 422 that names it: an option silently ignored would leave
+    a client believing it had an effect.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     input: str | list[str] = Field(
-        description="A string or a list of strings (token arrays are not accepted)."
+        description="A string or a list of strings (token arrays are refused with a 422)."
     )
     model: str
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, description="Must equal the model's dimension if given.")
     user: str | None = None
+    input_type: Literal["query", "passage", "document"] = Field(
+        default="passage",
+        description="NIM's: query = a search query (the model's query prefix), passage = a text to be "
+        "searched; document is accepted as passage (Voyage's name).",
+    )
+    truncate: Literal["NONE", "START", "END"] = Field(
+        default="END",
+        description="NIM's: what happens to an input over the model's token window: END cuts its end "
+        "(at a sentence end), START its start (at a sentence start), NONE refuses it (400 naming the "
+        "limit). Default END (NIM's default is NONE).",
+    )
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_arrays(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(v, int | list) for v in value):
+            raise PydanticCustomError("token_arrays", TOKEN_ARRAYS_REFUSED)
+        return value
 
 
 class OpenAIEmbedding(BaseModel):
@@ -170,6 +209,125 @@ class OpenAIEmbeddingResponse(BaseModel):
     data: list[OpenAIEmbedding]
     model: str
     usage: dict[str, int]
+
+
+class ModelCard(BaseModel):
+    """One entry of OpenAI's ``GET /v1/models``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix seconds; when this API replica started serving it.")
+    owned_by: str = "specrag"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class InfoResponse(BaseModel):
+    """TEI's ``GET /info``, the fields that apply here, plus the dense dimension and the reranker."""
+
+    model_id: str
+    model_sha: str | None = Field(description="The weights' revision (also part of every cache key).")
+    model_dtype: str
+    model_type: dict[str, dict[str, Any]] = Field(description='{"embedding": {"pooling": "cls" | "mean"}}')
+    max_input_length: int = Field(description="Tokens per input, special tokens and prefix included.")
+    max_batch_tokens: int = Field(description="Padded tokens per forward pass.")
+    max_batch_requests: int = Field(description="Texts per model step (the dynamic batch).")
+    max_client_batch_size: int = Field(description="Inputs per /v1/embed or /v1/embeddings request.")
+    max_client_rerank_size: int = Field(description="Documents per /v1/rerank or /rerank request.")
+    auto_truncate: bool = Field(description="Inputs over the window are cut unless a request says not to.")
+    dimension: int
+    reranker: dict[str, str] = Field(description="model_id and method (colbert, or colbert+cross-encoder)")
+    version: str
+
+
+# ------------------------------------------------------------------------------------- rerank
+
+
+class RerankDocument(_Strict):
+    text: str
+
+
+class RerankRequest(_Strict):
+    """Cohere's (v1, v2) and Jina's ``POST /v1/rerank``; any other field is a 422 naming it."""
+
+    query: str
+    documents: list[str | RerankDocument] = Field(
+        min_length=1, description="Texts, or objects with a text (Cohere v1, Jina); empty = 422."
+    )
+    model: str | None = Field(default=None, description="The served model or the reranker, if given.")
+    top_n: int | None = Field(default=None, ge=1, description="Only the best n results; default all.")
+    return_documents: bool = Field(
+        default=False, description="Add each result's document text (Cohere's default; Jina's is true)."
+    )
+    max_tokens_per_doc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cohere v2: documents are cut to this many tokens. Values below the model's window "
+        "are refused (422); at or above it, documents are cut at the window.",
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must contain non-whitespace text")
+        return value
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class RerankResultDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="Position of the document in the request.")
+    relevance_score: float = Field(description="In [0, 1], higher = more relevant.")
+    document: RerankResultDocument | None = Field(default=None, description="With return_documents.")
+
+
+class RerankMeta(BaseModel):
+    tokens: dict[str, int] = Field(description="input_tokens: tokens the model read (0 when cached)")
+    truncated: list[int] = Field(description="Documents cut to the model's token window.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult] = Field(description="Best first.")
+    meta: RerankMeta
+    usage: dict[str, int] = Field(description="total_tokens, as Jina reports it")
+
+
+class TEIRerankRequest(_Strict):
+    """text-embeddings-inference's ``POST /rerank``; any other field is a 422 naming it."""
+
+    query: str
+    texts: list[str] = Field(min_length=1, description="Empty = 422.")
+    raw_scores: bool = Field(default=False, description="The raw score instead of the [0, 1] relevance.")
+    return_text: bool = False
+    truncate: bool = Field(default=False, description="Cut inputs over the token window; false = 413.")
+    truncation_direction: Literal["Right", "Left", "right", "left"] = Field(
+        default="Right", description="Right cuts the end, Left the start."
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must contain non-whitespace text")
+        return value
+
+
+class TEIRank(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
 
 
 # ------------------------------------------------------------------------------------ documents
@@ -235,3 +393,47 @@ class DocumentInfo(BaseModel):
 class DeleteResponse(BaseModel):
     deleted: int = Field(description="1 if the document existed, 0 if not (deleting is idempotent).")
     chunks_deleted: int
+
+
+# --------------------------------------------------------------------------------- errors, health
+
+
+class ErrorResponse(BaseModel):
+    """The service's refusal: the cause in one line, what it concerns, the request's id."""
+
+    error: str = Field(description="Why, in one line.")
+    detail: str | list[Any] | dict[str, Any] | None = Field(
+        default=None,
+        description="What it concerns: the cause's own message, the invalid fields "
+        "([{field, reason}]), the items over a limit, ...",
+    )
+    request_id: str = Field(description="Also in the X-Request-ID header; the log has the rest under it.")
+
+
+class OpenAIErrorObject(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, or server_error for a 5xx")
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """OpenAI's error shape (its client libraries raise with ``error.message``)."""
+
+    error: OpenAIErrorObject
+    request_id: str
+
+
+class DifyErrorResponse(BaseModel):
+    """Dify's External Knowledge API error: 1001 bad Authorization header, 1002 authorization
+    failed, 2001 no such knowledge; other refusals carry their HTTP status as the code."""
+
+    error_code: int
+    error_msg: str
+    request_id: str
+
+
+class ReadinessResponse(BaseModel):
+    status: Literal["healthy", "degraded", "unhealthy", "not_initialized"]
+    checks: dict[str, dict[str, Any]] = Field(description="model, redis, milvus, expander: status and detail")
+    ms: float

@@ -2,8 +2,11 @@
 
 Keys are stored only as SHA-256 hex digests (``specrag keys create`` prints a new key once, with
 the line to put into the settings). A request presents its key as ``Authorization: Bearer <key>``
-or ``X-API-Key: <key>``. Health and API-docs routes are open. With no keys configured (the
-embedded default) the API is open and unlimited; configure keys in production.
+or ``X-API-Key: <key>``. Health and API-docs routes are open. Paths are matched relative to the
+ASGI ``root_path`` (Serve's route prefix), so ``/specrag/v1/search`` needs what ``/v1/search`` does.
+Refusals come in the path's error shape (``errors.error_response``) with a stable ``code``.
+With no keys configured (the embedded default) the API is open and unlimited; configure keys in
+production.
 
 Rate limits use the ``limits`` library's moving window, per key and per ingress replica (N
 replicas admit up to N times the rate; size the limit accordingly).
@@ -12,7 +15,6 @@ replicas admit up to N times the rate; size the limit accordingly).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import secrets
 import time
@@ -23,6 +25,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
+from serve_app.http.errors import error_response, route_path
 from serve_app.settings import ApiKey, AuthSettings
 
 OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
@@ -45,6 +48,11 @@ def required_scope(method: str, path: str) -> str | None:
         return "ingest"
     if path in ("/v1/search", "/v1/embed", "/v1/embeddings"):
         return "search"
+    if path == "/retrieval":  # Dify's External Knowledge API: a search under a profile
+        return "search"
+    # Reranking (Cohere/Jina, TEI) reads like a search; model metadata is what those clients ask first.
+    if path in ("/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/info"):
+        return "search"
     return "admin"
 
 
@@ -62,6 +70,7 @@ class Decision:
     error: str = ""
     retry_after: int | None = None
     key_name: str = ""
+    code: str | None = None  # missing_api_key, invalid_api_key, insufficient_scope, rate_limit_exceeded
 
 
 class Guard:
@@ -86,17 +95,20 @@ class Guard:
             return Decision()
         key = presented_key(headers)
         if key is None:
-            return Decision(401, "missing API key (Authorization: Bearer <key> or X-API-Key)")
+            missing = "missing API key (Authorization: Bearer <key> or X-API-Key)"
+            return Decision(401, missing, code="missing_api_key")
         entry = self.keys.get(hash_key(key))
         if entry is None:
-            return Decision(401, "invalid API key")
+            return Decision(401, "invalid API key", code="invalid_api_key")
         if scope not in entry.scopes and "admin" not in entry.scopes:
-            return Decision(403, f"key {entry.name!r} lacks the {scope!r} scope", key_name=entry.name)
+            lacks = f"key {entry.name!r} lacks the {scope!r} scope"
+            return Decision(403, lacks, key_name=entry.name, code="insufficient_scope")
         item = self.limits[entry.name]
         if not self.limiter.hit(item, entry.name):
             reset, _ = self.limiter.get_window_stats(item, entry.name)
             retry = max(1, math.ceil(reset - time.time()))
-            return Decision(429, f"rate limit of {item.amount}/minute exceeded", retry, entry.name)
+            limited = f"rate limit of {item.amount}/minute exceeded"
+            return Decision(429, limited, retry, entry.name, code="rate_limit_exceeded")
         return Decision(key_name=entry.name)
 
 
@@ -112,16 +124,15 @@ class AuthMiddleware:
         if scope["type"] != "http" or guard is None:
             await self.app(scope, receive, send)
             return
-        decision = guard.check(scope["method"], scope["path"], dict(scope.get("headers") or []))
+        decision = guard.check(scope["method"], route_path(scope), dict(scope.get("headers") or []))
         if decision.status == 200:
             scope.setdefault("state", {})["api_key"] = decision.key_name
             await self.app(scope, receive, send)
             return
-        headers = [(b"content-type", b"application/json")]
+        headers: dict[str, str] = {}
         if decision.status == 401:
-            headers.append((b"www-authenticate", b'Bearer realm="specrag"'))
+            headers["www-authenticate"] = 'Bearer realm="specrag"'
         if decision.retry_after is not None:
-            headers.append((b"retry-after", str(decision.retry_after).encode()))
-        body = json.dumps({"error": decision.error}).encode()
-        await send({"type": "http.response.start", "status": decision.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            headers["retry-after"] = str(decision.retry_after)
+        refusal = error_response(scope, decision.status, decision.error, headers=headers, code=decision.code)
+        await refusal(scope, receive, send)

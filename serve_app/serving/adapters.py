@@ -2,8 +2,9 @@
 
 Each adapter turns a Ray failure into the core's own error, so the pipeline and the HTTP layer
 never look into Ray's exception wrapping: a dead replica is retried (idempotent calls only,
-``handles.call_idempotent``), an unreachable embedder is ``EmbedderUnavailable``, and the
-store's own errors are found in the cause chain and raised as they are.
+``handles.call_idempotent``), an unreachable embedder is ``EmbedderUnavailable``, an
+unreachable reranker ``RerankerUnavailable``, and the client's and the store's own errors
+(``InputTooLong``, ``StoreUnavailable``) are found in the cause chain and raised as they are.
 """
 
 from __future__ import annotations
@@ -14,18 +15,30 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.core.contracts import EmbedOutput, Expansion, Fanout, InputType, QueryVector
+from serve_app.core.contracts import (
+    EmbedOutput,
+    Expansion,
+    Fanout,
+    InputType,
+    QueryVector,
+    TextScore,
+    Truncate,
+)
+from serve_app.core.encoder import InputTooLong
 from serve_app.core.fusion import Candidate
 from serve_app.core.pipeline import EmbedderUnavailable, SearchObserver, SearchRejected
+from serve_app.core.rerank import RerankerUnavailable
 from serve_app.core.store import StoreUnavailable
-from serve_app.serving.handles import call_idempotent, find_cause
+from serve_app.serving.handles import call_idempotent, find_cause, root_cause
 from serve_app.serving.observability import metric, observe_stages
 
 log = logging.getLogger("ray.serve.specrag.ingress")
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str | None:
-    return str(exc).splitlines()[0][:limit] if str(exc) else None
+    """The first line of what the replica raised (not of Ray's wrapper: that is its traceback)."""
+    text = str(root_cause(exc)).strip()
+    return text.splitlines()[0][:limit] if text else None
 
 
 class HandleExpander:
@@ -38,7 +51,8 @@ class HandleExpander:
 
 class HandleEmbedder:
     """The Embedder's calls are all idempotent reads: a replica that died meanwhile is retried on
-    another; any other failure is ``EmbedderUnavailable``."""
+    another; a text refused as too long is ``InputTooLong``; any other failure is
+    ``EmbedderUnavailable``."""
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
@@ -47,13 +61,15 @@ class HandleEmbedder:
         try:
             return await call_idempotent(getattr(self.handle, method), *args)
         except Exception as exc:
+            if (too_long := find_cause(exc, InputTooLong)) is not None:
+                raise InputTooLong(too_long.over, too_long.limit, too_long.what) from exc
             log.exception("embedder call failed")
             raise EmbedderUnavailable(first_line(exc) or type(exc).__name__) from exc
 
     async def embed(
-        self, texts: list[str], input_type: InputType, colbert: bool = False
+        self, texts: list[str], input_type: InputType, colbert: bool = False, truncate: Truncate = "end"
     ) -> list[EmbedOutput]:
-        return await self._call("embed", texts, input_type, colbert)
+        return await self._call("embed", texts, input_type, colbert, truncate)
 
     async def info(self) -> dict[str, Any]:
         """Model name, dimension and key."""
@@ -95,6 +111,21 @@ class HandleReranker:
 
     async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]:
         return await self.handle.rerank.remote(query, candidates)
+
+    async def score_texts(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]:
+        """A pure function of its inputs, so a dead replica is retried; ``InputTooLong`` and
+        ``EmbedderUnavailable`` come out as themselves, any other failure as
+        ``RerankerUnavailable``."""
+        try:
+            return await call_idempotent(self.handle.score_texts, query, texts, truncate)
+        except Exception as exc:
+            if (too_long := find_cause(exc, InputTooLong)) is not None:
+                raise InputTooLong(too_long.over, too_long.limit, too_long.what) from exc
+            for kind in (EmbedderUnavailable, RerankerUnavailable):
+                if (known := find_cause(exc, kind)) is not None:
+                    raise kind(str(getattr(known, "cause", None) or known)) from exc
+            log.exception("reranker call failed")
+            raise RerankerUnavailable(first_line(exc) or type(exc).__name__) from exc
 
 
 class ServeMetrics(SearchObserver):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from serve_app.serving.observability import metric
@@ -18,13 +18,24 @@ E = TypeVar("E", bound=BaseException)
 
 
 def find_cause(exc: BaseException, kind: type[E]) -> E | None:
-    """Ray wraps a replica's exception (``RayTaskError.cause``); find one of ``kind`` in the chain."""
+    """Ray wraps a replica's exception (``RayTaskError.cause``); find one of ``kind`` in the chain.
+
+    Ray's wrapper ``RayTaskError(X)`` is also an ``X``, but its ``str()`` is the whole remote
+    traceback (ANSI colours, pid, node IP): it is looked past, to the replica's own ``X``."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, kind):
+        if isinstance(seen, kind) and not isinstance(seen, RayTaskError):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return None
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception a replica raised, out of Ray's wrappers (itself when it is not wrapped)."""
+    seen = exc
+    while isinstance(seen, RayTaskError) and isinstance(seen.cause, BaseException) and seen.cause is not seen:
+        seen = seen.cause
+    return seen
 
 
 def replica_gone(exc: BaseException) -> bool:

@@ -110,5 +110,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, capture)
         finally:
-            tags = {"endpoint": endpoint_label(scope["path"]), "status": str(status["code"])}
+            path, root = scope["path"], scope.get("root_path", "").rstrip("/")
+            relative = path[len(root) :] if root and path.startswith(root + "/") else path
+            tags = {"endpoint": endpoint_label(relative), "status": str(status["code"])}
             metric("requests").inc(tags=tags)

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.core.encoder import Encoded, InputType, lexical_score
+from serve_app.core.contracts import Truncate
+from serve_app.core.encoder import Encoded, InputTooLong, InputType, lexical_score
 from serve_app.core.store import (
     SCALAR_FIELDS,
     TAGS_KEY_FIELD,
@@ -57,11 +58,11 @@ class HashEncoder:
     Texts sharing words get similar vectors, so ranking tests mean something, yet no model loads.
     """
 
-    def __init__(self, dim: int = 32, model_id: str = "hash-encoder") -> None:
+    def __init__(self, dim: int = 32, model_id: str = "hash-encoder", max_length: int = 512) -> None:
         self.dim = dim
         self.model_id = model_id
         self.revision = "hash"
-        self.max_length = 512
+        self.max_length = max_length
         self.fingerprint = self.model_key = f"{model_id}@hash|{dim}"
         self.calls = 0
 
@@ -73,6 +74,10 @@ class HashEncoder:
         v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
         return v / np.linalg.norm(v)
 
+    def count_tokens(self, texts: Sequence[str], *, input_type: InputType = "passage") -> list[int]:
+        """Words plus the two special tokens, as ``encode`` counts them before any cut."""
+        return [len(_WORD.findall(t) or [""]) + 2 for t in texts]
+
     def encode(
         self,
         texts: Sequence[str],
@@ -81,12 +86,27 @@ class HashEncoder:
         dense: bool = True,
         sparse: bool = True,
         colbert: bool = False,
+        truncate: Truncate = "end",
     ) -> Encoded:
+        """Like ``M3Encoder.encode``, a text over ``max_length`` words is cut at its end or start
+        (by words, not sentences) or refused with ``InputTooLong``."""
         self.calls += 1
         tokens = [_WORD.findall(t) or [""] for t in texts]
+        room = self.max_length - 2
+        over = {i: len(toks) + 2 for i, toks in enumerate(tokens) if len(toks) > room}
+        if over and truncate == "none":
+            raise InputTooLong(over, self.max_length)
+        tokens = [
+            (toks[-room:] if truncate == "start" else toks[:room]) if i in over else toks
+            for i, toks in enumerate(tokens)
+        ]
         vectors = [np.stack([self._vector(tok) for tok in toks]) for toks in tokens]
         n = len(texts)
-        out = Encoded(token_counts=[len(t) + 2 for t in tokens], truncated=[False] * n, errors=[None] * n)
+        out = Encoded(
+            token_counts=[len(t) + 2 for t in tokens],
+            truncated=[i in over for i in range(n)],
+            errors=[None] * n,
+        )
         if dense:
             pooled = np.stack([v.mean(axis=0) for v in vectors]) if vectors else np.zeros((0, self.dim))
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)

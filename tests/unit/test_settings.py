@@ -34,6 +34,13 @@ def test_ray_worker_ports_are_refused() -> None:
         Settings(serve={"port": 12000})
 
 
+@pytest.mark.parametrize("prefix", ["specrag", "/specrag/", "/a b", "/{x}", ""])
+def test_a_route_prefix_serve_would_refuse_is_refused_by_name(prefix: str) -> None:
+    with pytest.raises(ValidationError, match=r"serve\.route_prefix"):
+        Settings(serve={"route_prefix": prefix})
+    assert Settings(serve={"route_prefix": "/specrag/v1"}).serve.route_prefix == "/specrag/v1"
+
+
 def test_overrides_merge_per_section(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPECRAG_SEARCH__RRF_K", "25")
     s = load_settings({"search": {"top_k": 7}})

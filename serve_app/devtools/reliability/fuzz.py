@@ -1,5 +1,6 @@
 """Bad input against the running service: fixed hostile cases, and schemathesis over the OpenAPI
-schema. Every answer must come in time and be a 2xx or a 4xx with a reason; never a 5xx."""
+schema. Every answer must come in time and be a 2xx or a 4xx with a reason; never a 5xx; and
+every answer must be one the document declares (its status, content type, headers and schema)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from serve_app.devtools.reliability.load import require_loopback
+from serve_app.devtools.reliability.load import body_flaws, require_loopback
 
 LONG_JA = (
     "仕様書の各章は要件、設計、試験の順に並び、変更履歴は末尾に記録されます。" * 400
@@ -170,6 +171,8 @@ def _reason(text: str) -> str:
     error, detail = payload.get("error"), payload.get("detail")
     if isinstance(error, dict):  # OpenAI shape
         return str(error.get("message") or "")
+    if "error_msg" in payload:  # Dify's
+        return str(payload["error_msg"] or "")
     parts = [str(error)] if error else []
     if isinstance(detail, str):
         parts.append(detail)
@@ -183,12 +186,14 @@ def bad_inputs(
     base_url: str, model: str, timeout_s: float = 60.0, body_limit: int = 8 * 1024 * 1024
 ) -> dict[str, Any]:
     """Send every hostile case once; pass when none got a 5xx or went unanswered, and every 4xx
-    named its reason. ``model`` is the served model's name (for the OpenAI-shaped cases)."""
+    named its reason in one line with the request's id (``load.body_flaws``). ``model`` is the
+    served model's name (for the OpenAI-shaped cases)."""
     require_loopback(base_url)
     results = []
     with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
         for name, method, path, body, headers in _cases(body_limit + 1024, model):
             started = time.monotonic()
+            flaws: list[str] = []
             kwargs: dict[str, Any] = {"headers": headers}
             if isinstance(body, bytes):
                 kwargs["content"] = body
@@ -197,6 +202,7 @@ def bad_inputs(
             try:
                 response = client.request(method, path, **kwargs)
                 status, reason = response.status_code, _reason(response.text)
+                flaws = body_flaws(response)
             except httpx.TimeoutException:
                 status, reason = -1, f"no answer in {timeout_s} s"
             except httpx.HTTPError as exc:  # the connection broke: as bad as a 5xx
@@ -210,6 +216,7 @@ def bad_inputs(
                     "status": status,
                     "expected": EXPECTED.get(name),
                     "reason": str(reason).replace("|", "/").replace("\n", " "),
+                    "flaws": flaws,
                     "ms": round((time.monotonic() - started) * 1000),
                 }
             )
@@ -218,21 +225,35 @@ def bad_inputs(
     bad = [r for r in results if r["status"] >= 500 or r["status"] <= 0]
     no_reason = [r for r in results if 400 <= r["status"] < 500 and not r["reason"]]
     unexpected = [r for r in results if r["status"] != r["expected"]]
+    flawed = [r for r in results if r["flaws"]]
     return {
         "cases": results,
-        "passed": not bad and not no_reason and not unexpected,
+        "passed": not bad and not no_reason and not unexpected and not flawed,
         "summary": f"{len(results)} cases: {sum(200 <= r['status'] < 300 for r in results)} accepted, "
         f"{sum(400 <= r['status'] < 500 for r in results)} refused with a 4xx and a reason, "
         f"{len(bad)} 5xx or unanswered, {len(no_reason)} 4xx without a reason, "
-        f"{len(unexpected)} with another status than documented.",
+        f"{len(unexpected)} with another status than documented, "
+        f"{len(flawed)} whose body leaks internals or lacks the request id.",
     }
+
+
+# What every schemathesis answer is checked for: no 5xx, and conformance to the document (a
+# status it declares for the operation, its content type, its required headers such as
+# X-Request-ID, and its schema). Not ``ignored_auth``: the stack runs without keys.
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+)
 
 
 def schemathesis_run(
     base_url: str, max_examples: int, workdir: Path, timeout_s: float = 60.0, seed: int = 1
 ) -> dict[str, Any]:
     """``st run`` over ``/openapi.json``: examples, coverage and fuzzing phases, positive and
-    negative data; the check is ``not_a_server_error`` plus a bound on response time (a hang)."""
+    negative data; the checks are ``CHECKS`` plus a bound on response time (a hang)."""
     require_loopback(base_url)
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or shutil.which("st")
     if st is None:
@@ -242,7 +263,7 @@ def schemathesis_run(
     phases = "examples,coverage,fuzzing"
     cmd = [
         st, "run", f"{base_url}/openapi.json",
-        "--checks", "not_a_server_error",
+        "--checks", ",".join(CHECKS),
         "--max-response-time", str(timeout_s),
         "--request-timeout", str(timeout_s),
         "--phases", phases,
@@ -260,17 +281,20 @@ def schemathesis_run(
     failures = data.get("failures") or []
     server = sum(f["count"] for f in failures if "server error" in f["title"].lower())
     slow = sum(f["count"] for f in failures if "response time" in f["title"].lower())
+    non_conforming = sum(f["count"] for f in failures) - server - slow
     errors = sum(e["count"] for e in data.get("errors") or [])
     cases = data["test_cases"]
     return {
         "version": data["schemathesis_version"],
         "phases": phases,
+        "checks": list(CHECKS),
         "max_examples": max_examples,
         "operations": data.get("operations"),
         "cases": cases["generated"],
         "with_failures": cases["with_failures"],
         "server_errors": server,
         "hangs": slow,
+        "non_conforming": non_conforming,
         "network_errors": errors,
         "failures": failures,
         "errors": data.get("errors"),

@@ -92,6 +92,35 @@ class Mix:
         return rng.choices(OPS, weights=[self.search, self.embed, self.ingest])[0]
 
 
+# What an internal looks like in an error body: a traceback, a source file, a colour code, Ray's
+# process titles, pids, node IPs and actor ids, or a second line.
+LEAK_MARKERS = ("Traceback", 'File "', '.py"', "\x1b[", "ray::", "pid=", "ip=", "actor_id", "\n")
+
+
+def body_flaws(response: httpx.Response) -> list[str]:
+    """What is wrong with a refusal's body: an internal marker in its message (``error``,
+    ``detail``, ``error_msg``, OpenAI's ``error.message``), or no ``request_id`` matching the
+    ``X-Request-ID`` header. Empty for a clean one, and for a 2xx."""
+    if response.is_success:
+        return []
+    try:
+        body = response.json()
+    except ValueError:
+        return ["not JSON"]
+    if not isinstance(body, dict):
+        return ["not a JSON object"]
+    error = body.get("error")
+    texts = [error.get("message") if isinstance(error, dict) else error, body.get("error_msg")]
+    detail = body.get("detail")
+    texts += detail if isinstance(detail, list) else [detail]
+    text = " | ".join(t if isinstance(t, str) else repr(t) for t in texts if t is not None)
+    flaws = [f"{m!r} in the message" for m in LEAK_MARKERS if m in text]
+    header = response.headers.get("x-request-id")
+    if not header or body.get("request_id") != header:
+        flaws.append(f"request_id {body.get('request_id')!r} is not the X-Request-ID header {header!r}")
+    return flaws
+
+
 @dataclass
 class Sample:
     op: str
@@ -101,6 +130,7 @@ class Sample:
     reason: str = ""
     degraded: bool = False  # a 200 that skipped a stage (expander, rerank)
     stages: dict[str, float] | None = None  # a search's timings_ms: where its time went
+    flaws: tuple[str, ...] = ()  # what is wrong with a refusal's body (``body_flaws``)
 
     @property
     def ok(self) -> bool:
@@ -308,13 +338,13 @@ class LoadRun:
             tag = f"w{self.run_id}x{i}"
             self.ledger.begin(doc_id, tag)
             request = ("/v1/documents", {"documents": [_document(doc_id, tag, i, rng)]})
-        status, reason, degraded, stages = TRANSPORT, "", False, None
+        status, reason, degraded, stages, flaws = TRANSPORT, "", False, None, ()
         try:
             # httpx bounds each read; this bounds the whole exchange (a trickling answer is a hang too).
             response = await asyncio.wait_for(client.post(request[0], json=request[1]), self.timeout_s)
             status = response.status_code
             if not response.is_success:
-                reason = response.text[:200]
+                reason, flaws = response.text[:200], tuple(body_flaws(response))
             elif op == "search":
                 try:
                     answer = response.json()
@@ -328,7 +358,7 @@ class LoadRun:
         finally:
             if doc_id is not None:
                 self.ledger.end(doc_id, tag or "", status)
-        return Sample(op, due, time.monotonic() - start - due, status, reason, degraded, stages)
+        return Sample(op, due, time.monotonic() - start - due, status, reason, degraded, stages, flaws)
 
 
 @dataclass
@@ -368,6 +398,10 @@ class LoadResult:
             if s.status == BAD_ANSWER or (s.status >= 500 and not (s.status == 503 and '"error"' in s.reason))
         )
         out["hangs"] = sum(1 for s in self.samples if s.status == TIMEOUT)
+        # Every refusal names its cause in one line, without internals, under the request's id.
+        flawed = [s for s in self.samples if s.flaws]
+        out["unclean_errors"] = len(flawed)
+        out["unclean_examples"] = sorted({f"{s.status}: {'; '.join(s.flaws)}" for s in flawed})[:3]
         timed = [s.stages for s in self.samples if s.stages]
         names = sorted({k for t in timed for k in t})
         # Median per stage of the searches' own timings: the server-side split of their latency.

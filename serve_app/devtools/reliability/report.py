@@ -177,15 +177,17 @@ def fuzz_section(report: dict[str, Any], command: str) -> str:
     ops = report.get("operations") or {}
     rows = [
         "| operations tested | cases generated | cases with a failure | 5xx | hangs (> limit) "
-        "| network errors |",
-        "|---|---|---|---|---|---|",
+        "| not as documented | network errors |",
+        "|---|---|---|---|---|---|---|",
         f"| {ops.get('tested')} of {ops.get('total')} | {report['cases']} | {report['with_failures']} | "
-        f"{report['server_errors']} | {report['hangs']} | {report['network_errors']} |",
+        f"{report['server_errors']} | {report['hangs']} | {report.get('non_conforming', '—')} | "
+        f"{report['network_errors']} |",
     ]
     failures = [f"- {f['title']} ×{f['count']}: {', '.join(f['operations'])}" for f in report["failures"]]
     body = "\n".join(rows + (["", *failures] if failures else []))
     body += (
         f"\n\nschemathesis {report['version']}, phases {report['phases']}, positive and negative data, "
+        f"checks {', '.join(report.get('checks') or ['not_a_server_error'])}, "
         f"at most {report['max_examples']} cases per operation and phase, "
         f"{round(report['running_time_s'] or 0)} s."
         f"\n\nCommand: `{command}`"

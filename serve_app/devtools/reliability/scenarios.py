@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from serve_app.devtools.reliability.load import LoadResult, LoadRun, Mix
+from serve_app.devtools.reliability.load import LEAK_MARKERS, LoadResult, LoadRun, Mix, body_flaws
 from serve_app.devtools.reliability.stack import Stack
 
 
@@ -46,6 +46,8 @@ def _outcome(name: str, result: LoadResult, checks: dict[str, bool], **figures: 
         "no 5xx other than a 503 with a reason": summary["server_errors"] == 0,
         "no hang (every request answered)": summary["hangs"] == 0,
         "acknowledged writes read back": not verify["lost"],
+        "every error body: the cause in one line, no internals, the request id": summary["unclean_errors"]
+        == 0,
         **checks,
     }
     return {
@@ -109,7 +111,12 @@ def redis_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]
     def probe() -> dict[str, Any]:
         with stack.client(timeout_s=30) as c:
             ready = c.get("/readyz").json()["checks"]["redis"]
-        return {"embed": _embed_unique(stack, "redis down"), "readyz": ready.get("status")}
+        detail = str(ready.get("detail") or "")
+        return {
+            "embed": _embed_unique(stack, "redis down"),
+            "readyz": ready.get("status"),
+            "readyz_leaks": [m for m in LEAK_MARKERS if m in detail],
+        }
 
     def restart() -> float | None:
         stack.redis.start()  # no persistence: it comes back empty
@@ -140,6 +147,7 @@ def redis_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]
             "no errors": result.summary()["total"]["errors"] == 0,
             "while down: embeddings served, readiness not ok": probed.get("embed", {}).get("status") == 200
             and probed.get("readyz") not in (None, "ok"),
+            "while down: readiness names the cause in one line": probed.get("readyz_leaks") == [],
             "cache written again after the restart": isinstance(cache_back, float),
         },
         recovery_s=cache_back if isinstance(cache_back, float) else None,
@@ -157,7 +165,15 @@ def milvus_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any
         with stack.client(timeout_s=30) as c:
             search = c.post("/v1/search", json={"query": "冪等キー", "rerank": False})
             embed = c.post("/v1/embed", json={"input": ["障害中の埋め込み"]})
-        return {"search": [search.status_code, search.json().get("error")], "embed": embed.status_code}
+            milvus = c.get("/readyz").json()["checks"]["milvus"]
+        body = search.json()
+        return {
+            "search": [search.status_code, body.get("error")],
+            "detail": body.get("detail"),
+            "flaws": body_flaws(search),
+            "readyz_leaks": [m for m in LEAK_MARKERS if m in str(milvus.get("detail") or "")],
+            "embed": embed.status_code,
+        }
 
     result = _load(
         stack,
@@ -187,6 +203,10 @@ def milvus_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any
             "no error before the kill": not outside,
             "a search while down: 503 vector store unavailable": probed.get("search")
             == [503, "vector store unavailable"],
+            "its detail names the cause in one line (no traceback, pid, IP, colours)": probed.get("flaws")
+            == []
+            and "Milvus" in str(probed.get("detail"))
+            and probed.get("readyz_leaks") == [],
             "an embedding while down: 200": probed.get("embed") == 200,
             "recovered within 30 s of the restart (requests succeed after)": recovery is not None
             and recovery <= 30,
@@ -195,6 +215,7 @@ def milvus_outage(stack: Stack, duration_s: float, rate: float) -> dict[str, Any
         recovery_note="after the restart returned (Milvus answering again), until the last failed request",
         down_s=round(started - kill_at, 1) if started is not None else None,
         reasons=sorted({s.reason.split('"detail"')[0][:80] for s in errors})[:3],
+        detail_while_down=probed.get("detail"),
     )
 
 

@@ -27,6 +27,7 @@ def check_limits(body: DocumentsRequest, s: Settings) -> None:
     "/v1/documents",
     response_model=DocumentsResponse,
     summary="Add or update documents (idempotent: unchanged documents are not re-embedded).",
+    responses={409: {"description": "The index was built with another model."}},
 )
 async def put_documents(body: DocumentsRequest, s: SettingsDep, b: BackendDep) -> DocumentsResponse:
     """A known ``doc_id`` gets a new version; only chunks whose content changed are embedded.
@@ -44,7 +45,10 @@ async def put_documents(body: DocumentsRequest, s: SettingsDep, b: BackendDep) -
 
 
 @router.get(
-    "/v1/documents/{doc_id:path}", response_model=DocumentInfo, summary="A document's current version."
+    "/v1/documents/{doc_id:path}",
+    response_model=DocumentInfo,
+    summary="A document's current version.",
+    responses={404: {"description": "No such document."}},
 )
 async def get_document(doc_id: str, b: BackendDep) -> DocumentInfo:
     info = await b.get_document(doc_id)

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter
 
-from serve_app.core.contracts import EmbedOutput
+from serve_app.core.contracts import EmbedOutput, Truncate
+from serve_app.core.encoder import InputTooLong
 from serve_app.core.pipeline import EmbedderUnavailable
-from serve_app.http.errors import BackendUnavailable, ClientError, OpenAIError
+from serve_app.http.errors import BackendUnavailable, ClientError, OpenAIError, one_line
 from serve_app.http.routes import BackendDep, SettingsDep
 from serve_app.http.schemas import (
     Embedding,
@@ -125,14 +126,32 @@ def check_openai_request(body: OpenAIEmbeddingRequest, info: dict[str, Any], s: 
 
 def _unavailable(exc: Exception) -> OpenAIError:
     reason = exc.reason if isinstance(exc, BackendUnavailable) else "embedder unavailable"
-    detail = exc.detail if isinstance(exc, BackendUnavailable) else str(exc) or None
-    return OpenAIError(503, f"{reason}: {detail}", code="service_unavailable")
+    detail = one_line(exc.detail if isinstance(exc, BackendUnavailable) else exc)
+    return OpenAIError(503, f"{reason}: {detail}" if detail else reason, code="service_unavailable")
+
+
+# NIM's ``truncate`` values and the core's.
+NIM_TRUNCATE: dict[str, Truncate] = {"END": "end", "START": "start", "NONE": "none"}
+
+
+def _too_long(exc: InputTooLong) -> OpenAIError:
+    """``truncate: NONE`` and an input over the window: 400 naming it and the limit (OpenAI's status
+    for an over-long input)."""
+    first = min(exc.over)
+    return OpenAIError(
+        400,
+        f"input[{first}] has {exc.over[first]} tokens, over the model's limit of {exc.limit} tokens "
+        f"({len(exc.over)} input(s) over it); send truncate END or START to cut it",
+        "input",
+        "context_length_exceeded",
+    )
 
 
 @router.post(
     "/v1/embeddings",
     response_model=OpenAIEmbeddingResponse,
     summary="OpenAI-compatible embeddings (dense vectors).",
+    responses={404: {"description": "`model` is not the served model (code model_not_found)."}},
 )
 async def openai_embeddings(
     body: OpenAIEmbeddingRequest, s: SettingsDep, b: BackendDep
@@ -140,7 +159,10 @@ async def openai_embeddings(
     try:
         info = await b.model_info()
         texts = check_openai_request(body, info, s)
-        outputs = await b.embed(texts, "passage")
+        input_type = "query" if body.input_type == "query" else "passage"  # document = passage
+        outputs = await b.embed(texts, input_type, False, NIM_TRUNCATE[body.truncate])
+    except InputTooLong as exc:
+        raise _too_long(exc) from exc
     except (EmbedderUnavailable, BackendUnavailable) as exc:
         raise _unavailable(exc) from exc
     if failed := [i for i, o in enumerate(outputs) if o["error"]]:

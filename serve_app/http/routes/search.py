@@ -40,6 +40,7 @@ def to_result(r: ScoredResult, explain: bool) -> SearchResult:
         source=f.get("source", ""),
         tags=list(f.get("tags") or []),
         score=r.score,
+        score_stage=r.score_stage,
         scores=r.scores,
         found_by=r.candidate.found_by if explain else [],
         updated_at=int(f.get("doc_updated_at") or f.get("updated_at") or 0),

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serve_app.core.embedding import EmbeddingService, EmbedItem
-from serve_app.core.encoder import M3Encoder
+from serve_app.core.encoder import InputTooLong, M3Encoder
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,21 @@ def test_long_japanese_document_is_cut_at_a_sentence_end(encoder: M3Encoder) -> 
     text = encoder.tokenizer.decode(ids[0], skip_special_tokens=True)
     assert text.rstrip().endswith("。"), text[-30:]
     assert np.isclose(np.linalg.norm(out.dense[0]), 1.0, atol=1e-4)
+
+
+def test_long_text_cut_at_its_start_keeps_the_prefix_and_a_sentence_start(encoder: M3Encoder) -> None:
+    numbered = "".join(
+        f"第{i}条 注文基盤の在庫引当は作成から三十分で自動的に解放される。" for i in range(620)
+    )
+    ids, truncated = encoder._tokenize([numbered, "短い文。"], "query", "start")
+    assert truncated == [True, False] and encoder.max_length * 0.8 < len(ids[0]) <= encoder.max_length
+    text = encoder.tokenizer.decode(ids[0], skip_special_tokens=True)
+    assert text.startswith(encoder.query_prefix + "第") and text.rstrip().endswith(
+        "第619条 " + numbered[-28:]
+    )
+    with pytest.raises(InputTooLong) as err:
+        encoder.encode([numbered, "短い文。"], truncate="none")
+    assert list(err.value.over) == [0] and err.value.limit == encoder.max_length
 
 
 def test_out_of_memory_halves_the_batch_and_every_item_still_embeds(encoder: M3Encoder, monkeypatch) -> None:
@@ -105,14 +120,16 @@ _HOSTILE_TEXT = st.one_of(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 @given(
-    texts=st.lists(_HOSTILE_TEXT, min_size=1, max_size=3), input_type=st.sampled_from(["query", "passage"])
+    texts=st.lists(_HOSTILE_TEXT, min_size=1, max_size=3),
+    input_type=st.sampled_from(["query", "passage"]),
+    truncate=st.sampled_from(["end", "start"]),
 )
 def test_property_tokenizing_any_text_fits_the_window(
-    encoder: M3Encoder, texts: list[str], input_type
+    encoder: M3Encoder, texts: list[str], input_type, truncate
 ) -> None:
-    """Any text, however long or strange, becomes at most ``max_length`` tokens; a text is cut only
-    when it is over the window, and the cut keeps a prefix of it."""
-    ids, truncated = encoder._tokenize(texts, input_type)
+    """Any text, however long or strange, becomes at most ``max_length`` tokens, cut at its end or
+    its start; a text is cut only when it is over the window."""
+    ids, truncated = encoder._tokenize(texts, input_type, truncate)
     full = encoder.count_tokens(texts, input_type=input_type)
     for row, cut, n in zip(ids, truncated, full, strict=True):
         assert 2 <= len(row) <= encoder.max_length

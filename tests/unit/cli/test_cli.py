@@ -14,7 +14,7 @@ from serve_app.cli import app, main
 
 runner = CliRunner()
 
-COMMANDS = ["ingest", "delete", "reindex", "rollback", "eval", "settings", "up"]
+COMMANDS = ["ingest", "delete", "reindex", "rollback", "eval", "settings", "up", "openapi"]
 GROUPS = {
     "model": ["build-offline"],
     "keys": ["create"],

@@ -63,7 +63,7 @@ def test_cache_hit_never_reaches_the_model() -> None:
 
 
 def _colbert_service(**redis: object) -> tuple[HashEncoder, EmbeddingService]:
-    encoder = HashEncoder(dim=16)
+    encoder = HashEncoder(dim=16, max_length=50_000)  # a window wider than the byte-budget texts below
     settings = Settings(redis={"lru_items": 100, **redis})
     return encoder, EmbeddingService.from_settings(settings, encoder)
 

@@ -103,3 +103,102 @@ def test_rerank_rows_on_a_subset_are_compared_on_the_same_queries() -> None:
     assert len(report["rankings"]["dense+sparse+colbert"]) == 3
     shared = report["rankings@100"]["dense+sparse+colbert"]
     assert all(report["rankings@100"]["dense+sparse"][q] == r for q, r in shared.items()), "one depth list"
+
+
+def _hash_collection(texts: dict[str, str]) -> tuple[object, object]:
+    from serve_app.core.embedding import EmbeddingService
+    from serve_app.testing.doubles import FakeStore, HashEncoder
+
+    service = EmbeddingService(HashEncoder(16))
+    dense, sparse = service.embed_texts(list(texts.values()))
+    rows = [
+        {
+            "chunk_id": f"{d}#0", "doc_id": d, "version": 1, "ordinal": 0, "text": t, "title": "",
+            "title_path": [], "lang": "en", "kind": "other", "source": "", "tags": [], "updated_at": 1,
+            "content_hash": d, "is_current": True, "dense": dense[i], "sparse": sparse[i],
+        }
+        for i, (d, t) in enumerate(texts.items())
+    ]  # fmt: skip
+    return service, FakeStore(rows)
+
+
+def test_baselines_and_the_paired_tests_are_in_the_report() -> None:
+    from serve_app.core.bm25 import Bm25Index
+    from serve_app.core.evaluation import BASELINES, evaluate
+    from serve_app.core.retrieval import Retriever
+    from serve_app.settings import SearchSettings
+
+    texts = {f"d{i}": f"topic{i} alpha{i % 3} beta{i % 5} gamma" for i in range(30)}
+    service, store = _hash_collection(texts)
+    queries = [Query(f"q{i}", f"topic{i} beta{i % 5}", "en", "t") for i in range(0, 30, 2)]
+    qrels = {q.qid: {f"d{q.qid[1:]}": 1} for q in queries}
+    retriever = Retriever(store, SearchSettings(), bm25=Bm25Index.build(store))  # type: ignore[arg-type]
+    report = evaluate(service, retriever, queries, qrels, configs=[*BASELINES, "full"])
+    assert report["configs"]["bm25"]["mrr@10"] == 1.0, "BM25 finds a query's own rare word first"
+    assert set(report["ndcg@10"]["bm25"]) == {q.qid for q in queries}, "per-query figures for paired tests"
+    sig = report["significance"]
+    assert sig["default"] == "full" and set(sig["against"]) == set(BASELINES)
+    assert sig["best_baseline"] in BASELINES
+    assert all(0 <= t["p_ttest"] <= 1 and t["queries"] == len(queries) for t in sig["against"].values())
+
+
+def test_paired_test_detects_a_consistent_gain_and_not_noise() -> None:
+    from serve_app.core.evaluation import paired_test
+
+    base = [0.1 * (i % 7) for i in range(60)]
+    better = [b + 0.05 + 0.01 * (i % 3 - 1) for i, b in enumerate(base)]
+    same = paired_test(base, base)
+    assert same["p_ttest"] == 1.0 and same["delta"] == 0.0
+    gain = paired_test(better, base)
+    assert gain["delta"] == pytest.approx(0.05) and gain["p_randomization"] < 0.001
+    mixed = paired_test([b + (0.05 if i % 2 else -0.05) for i, b in enumerate(base)], base)
+    assert mixed["p_ttest"] > 0.5 and mixed["p_randomization"] > 0.5
+
+
+def test_identifier_set_finds_planted_chunks_and_leaves_the_collection_as_it_was() -> None:
+    from serve_app.core.evaluation import config_pipeline, evaluate_identifiers
+    from serve_app.core.ingest import SourceDocument
+    from serve_app.core.pipeline import LocalEmbedder, MemoExpander, OriginalOnly
+    from serve_app.core.retrieval import Retriever
+    from serve_app.core.store import doc_ids_filter
+    from serve_app.settings import SearchSettings
+
+    class Writer:
+        """The two calls the identifier set makes of an ``Ingestor``, on the in-memory store."""
+
+        def ingest(self, docs: list[SourceDocument]) -> None:
+            dense, sparse = service.embed_texts([d.text for d in docs])  # type: ignore[attr-defined]
+            store.upsert(  # type: ignore[attr-defined]
+                [
+                    {
+                        "chunk_id": f"{d.doc_id}#0", "doc_id": d.doc_id, "version": 1, "ordinal": 0,
+                        "text": d.text, "title": "", "title_path": [], "lang": "en", "kind": "other",
+                        "source": "", "tags": [], "updated_at": 2, "content_hash": d.doc_id,
+                        "is_current": True, "dense": dense[i], "sparse": sparse[i],
+                    }
+                    for i, d in enumerate(docs)
+                ]
+            )  # fmt: skip
+
+        def delete_documents(self, doc_ids: list[str]) -> None:
+            store.delete(expr=doc_ids_filter(doc_ids))  # type: ignore[attr-defined]
+
+    texts = {
+        f"d{i}": f"Passage {i} talks about topic{i % 4} at some length. It has two sentences, this one too."
+        for i in range(24)
+    }
+    service, store = _hash_collection(texts)
+    before = store.count()
+    embedder = LocalEmbedder(service)
+    pipeline = config_pipeline(
+        "full",
+        Retriever(store, SearchSettings()),
+        embedder,
+        MemoExpander(OriginalOnly()),  # type: ignore[arg-type]
+    )
+    writer = Writer()
+    docs = [SourceDocument(d, t, fmt="text", lang="en") for d, t in texts.items()]
+    out = evaluate_identifiers(pipeline, writer, docs, count=16)
+    assert out["queries"] == 16 and out["rank1"] == 1.0, out["misses"]
+    assert out["written_before_search"]["queries"] == 8 and len(out["by_shape"]) == 8
+    assert store.count() == before, "the planted copies are deleted"

@@ -68,12 +68,11 @@ class Retriever:
     async def search(self, vectors: list[Any], **kw: Any) -> Fanout:
         self.asked = {"variants": len(vectors), **kw}
         cands = [
-            Candidate(f"c{i:02d}", {"doc_id": f"d{i}", "version": 1, "text": "t"}, rrf=1 / (60 + i))
+            Candidate(f"c{i:02d}", {"doc_id": f"d{i}", "version": 1, "text": "t"}, rrf=1 / (61 + i))
             for i in range(min(self.n, kw["limit"]))
         ]
-        return Fanout(
-            cands, {"search": 1.0, "versions": 0.5, "fuse": 0.1, "search_dense": 0.9}, 2, [{"x": 1}]
-        )
+        timings = {"search": 1.0, "versions": 0.5, "fuse": 0.1, "search_dense": 0.9}
+        return Fanout(cands, timings, 2, [{"x": 1}], rrf_max=1 / 61)
 
 
 class Reranker:
@@ -108,17 +107,34 @@ def test_defaults_rerank_pool_and_scores() -> None:
     assert len(out.results) == 10 and out.reranked and out.degraded == []
     assert [r.rank for r in out.results] == list(range(1, 11))
     assert out.results[0].candidate.chunk_id == "c19", "the reranked order is served"
-    assert all(r.score == r.scores["rerank"] for r in out.results)
+    assert all(r.score == r.scores["rerank"] and r.score_stage == "rerank" for r in out.results)
     assert set(out.timings_ms) == {"expand", "embed", "search", "versions", "fuse", "rerank", "total"}
     assert out.explain is None
 
 
-def test_without_rerank_the_pool_is_top_k_and_the_score_is_rrf() -> None:
+def test_without_rerank_the_pool_is_top_k_and_the_score_is_the_scaled_rrf() -> None:
     p, parts = _pipeline()
     out = _run(p, rerank=False, top_k=5)
     assert parts["retriever"].asked["limit"] == 5 and parts["reranker"].seen == 0
     assert not out.reranked and out.timings_ms["rerank"] == 0.0
-    assert [r.score for r in out.results] == [r.candidate.rrf for r in out.results]
+    assert [r.score for r in out.results] == pytest.approx([61 / (61 + i) for i in range(5)])
+    assert out.results[0].score == pytest.approx(1.0) and {r.score_stage for r in out.results} == {"fusion"}
+
+
+def test_scores_stay_in_unit_range_whether_the_rerank_ran_or_failed() -> None:
+    p_raw, _ = _pipeline(reranker=RawScale())
+    raw = _run(p_raw)
+    assert [r.score for r in raw.results[:2]] == [1.0, 0.0]  # clipped: 1.7 reads 1, -0.2 reads 0
+    failed = _run(_pipeline(reranker=Reranker(fail=True))[0])
+    assert failed.degraded == ["rerank"] and {r.score_stage for r in failed.results} == {"fusion"}
+    assert all(0 < r.score <= 1 for r in failed.results) and failed.results[0].score > 0.9
+
+
+class RawScale(Reranker):
+    async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]:
+        for i, c in enumerate(candidates):
+            c.channel_scores["rerank"] = 1.7 if i == 0 else -0.2
+        return candidates
 
 
 def test_expander_failure_searches_the_original_and_says_so() -> None:

@@ -171,3 +171,57 @@ def test_a_document_deleted_since_the_ann_ran_is_dropped(store: FakeStore) -> No
     racing = Deleting(store.rows)
     fused, _ = _search(Retriever(racing, SearchSettings()), [{"dense": [0.2, 1, 0], "sparse": {13: 1.0}}])
     assert "gloss" not in {c.fields["doc_id"] for c in fused} and fused
+
+
+def test_a_chunk_holding_the_querys_identifier_ranks_first(store: FakeStore) -> None:
+    planted = _row("ticket", 1, "spec", "en", [0.0, 0.0, 1.0], [99])
+    planted["text"] = "Refund failures are tracked as PAY-4821 since May."
+    store.upsert([planted])
+    r = Retriever(store, SearchSettings())
+    query = {"dense": [1.0, 0.0, 0.0], "sparse": {10: 1.0}, "text": "PAY-4821"}
+    cands, t = _search(r, [query], explain=True)
+    assert cands[0].fields["doc_id"] == "ticket"  # found by no vector channel's top, first anyway
+    assert cands[0].channel_scores["exact"] == 1.0 and cands[0].channel_scores["pinned"] == 1.0
+    # In a longer question the exact match joins the pool without being pinned.
+    asked = {**query, "text": "why do refund failures still show up under PAY-4821 today"}
+    cands, _ = _search(r, [asked], top_k=20)
+    ticket = next(c for c in cands if c.fields["doc_id"] == "ticket")
+    assert "pinned" not in ticket.channel_scores and ticket.channel_scores["exact"] == 1.0
+    assert any(p["channel"] == "exact" for p in t["plan"])
+    # A filter that excludes it keeps it out; without identifiers there is no exact search at all.
+    cands, _ = _search(r, [query], filters={"kinds": ["glossary"]})
+    assert all(c.fields["doc_id"] != "ticket" for c in cands)
+    _, t = _search(r, [{**query, "text": "refund failures"}], explain=True)
+    assert all(p["channel"] != "exact" for p in t["plan"])
+    off = Retriever(store, SearchSettings(identifier_match=False))
+    assert off_first(off, query) != "ticket"
+
+
+def off_first(r: Retriever, query: dict[str, Any]) -> str:
+    cands, _ = _search(r, [query])
+    return str(cands[0].fields["doc_id"])
+
+
+def test_bm25_channel_searches_the_variant_text(store: FakeStore) -> None:
+    from serve_app.core.bm25 import Bm25Index
+
+    r = Retriever(store, SearchSettings(), bm25=Bm25Index.build(store))
+    cands, t = _search(
+        r, [{"dense": [1.0, 0.0, 0.0], "sparse": {}, "text": "gloss"}], channels=("bm25",), explain=True
+    )
+    assert [c.fields["doc_id"] for c in cands] == ["gloss"]
+    assert [p["channel"] for p in t["plan"]] == ["bm25"]
+    # Without an index the channel is not served (a search asking only for it finds nothing).
+    cands, _ = _search(
+        Retriever(store, SearchSettings()),
+        [{"dense": [1.0, 0, 0], "sparse": {}, "text": "gloss"}],
+        channels=("bm25",),
+    )
+    assert cands == []
+
+
+def test_rrf_max_scales_a_first_everywhere_chunk_to_one(store: FakeStore) -> None:
+    r = Retriever(store, SearchSettings(sparse_weight=0.5, sparse_coverage=None))
+    fan = asyncio.run(r.search([{"dense": [1.0, 0.1, 0.0], "sparse": {10: 1.0, 11: 1.0}}], top_k=3))
+    assert fan.rrf_max == pytest.approx(1.5 / 61)
+    assert 0 < fan.candidates[0].rrf <= fan.rrf_max

@@ -325,3 +325,71 @@ def test_refusals_name_their_reason_in_every_shape() -> None:
         "vector store unavailable: connect refused"
     )
     assert _reason('{"detail": null}') == "" and _reason("[1]") == "" and _reason("{}") == ""
+
+
+def _refusal(body: Any, status: int = 503, rid: str | None = "r-1") -> httpx.Response:
+    headers = {"x-request-id": rid} if rid else {}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def test_body_flaws_find_internals_and_a_missing_request_id() -> None:
+    from serve_app.devtools.reliability.load import body_flaws
+
+    clean = {"error": "vector store unavailable", "detail": "cannot connect to Milvus at 127.0.0.1:29530"}
+    assert body_flaws(_refusal({**clean, "request_id": "r-1"})) == []
+    assert body_flaws(httpx.Response(200, json={"ok": 1})) == []
+    ray_text = '\x1b[36mray::ServeReplica:s:Searcher.search()\x1b[39m (pid=7, ip=10.0.0.3)\n  File "/x.py"'
+    flaws = body_flaws(
+        _refusal({"error": "vector store unavailable", "detail": ray_text, "request_id": "r-1"})
+    )
+    leaked = {"pid=", "ip=", "\n", "\x1b[", "ray::", 'File "'}
+    assert {f"{m!r} in the message" for m in leaked} <= set(flaws)
+    assert body_flaws(_refusal({**clean, "request_id": "other"}))[0].startswith("request_id 'other'")
+    assert body_flaws(_refusal({**clean, "request_id": "r-1"}, rid=None))
+    openai = {"error": {"message": "embedder unavailable: Traceback (most recent"}, "request_id": "r-1"}
+    assert body_flaws(_refusal(openai)) == ["'Traceback' in the message"]
+    assert body_flaws(_refusal({"error_code": 1002, "error_msg": "pid=3", "request_id": "r-1"})) == [
+        "'pid=' in the message"
+    ]
+
+
+def test_the_load_counts_refusals_without_a_request_id_as_unclean() -> None:
+    api = FakeAPI()
+    api.down = True  # its 503s name a reason but carry no request id
+    summary = _run(api, duration_s=0.2, rate=20.0, mix=Mix(search=1, embed=0, ingest=0)).summary()
+    assert summary["unclean_errors"] == summary["total"]["errors"] == 4
+    assert "request_id" in summary["unclean_examples"][0]
+
+
+def test_schemathesis_run_checks_conformance_and_counts_non_conforming(tmp_path, monkeypatch) -> None:
+    """The run asks for the conformance checks; a non-conforming answer fails it, counted apart
+    from 5xx and hangs."""
+    import json
+    import subprocess
+
+    from serve_app.devtools.reliability import fuzz
+
+    seen: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: Any) -> subprocess.CompletedProcess:
+        seen.append(cmd)
+        report = {
+            "schemathesis_version": "4.32.5",
+            "operations": {"total": 3, "tested": 3},
+            "test_cases": {"generated": 2100, "with_failures": 2},
+            "failures": [
+                {"title": "Undocumented status code", "count": 2, "operations": ["POST /v1/x"]},
+                {"title": "Server error", "count": 1, "operations": ["POST /v1/x"]},
+            ],
+            "errors": [],
+            "running_time": 3.0,
+        }
+        (tmp_path / "report.json").write_text(json.dumps(report))
+        return subprocess.CompletedProcess(cmd, 1, "", "")
+
+    monkeypatch.setattr(fuzz.subprocess, "run", fake_run)
+    monkeypatch.setattr(fuzz.shutil, "which", lambda *a, **k: "/bin/st")
+    result = fuzz.schemathesis_run("http://127.0.0.1:9", 8, tmp_path)
+    checks = seen[0][seen[0].index("--checks") + 1].split(",")
+    assert {"status_code_conformance", "response_schema_conformance", "not_a_server_error"} <= set(checks)
+    assert (result["non_conforming"], result["server_errors"], result["passed"]) == (2, 1, False)

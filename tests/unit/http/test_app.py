@@ -72,7 +72,9 @@ class Backend:
     async def model_info(self) -> dict[str, Any]:
         return {"model": "fake-m3", "dim": 4, "model_key": "fake"}
 
-    async def embed(self, texts: list[str], input_type: str, colbert: bool = False) -> list[EmbedOutput]:
+    async def embed(
+        self, texts: list[str], input_type: str, colbert: bool = False, truncate: str = "end"
+    ) -> list[EmbedOutput]:
         if self.embedder_error:
             raise self.embedder_error
         return [_out() for _ in texts]
@@ -140,7 +142,11 @@ def test_embedder_errors_map_to_503_on_every_route(app) -> None:
     client, backend = app
     backend.embedder_error = EmbedderUnavailable("no replica")
     r = client.post("/v1/search", json={"query": "q"})
-    assert (r.status_code, r.json()) == (503, {"error": "embedder unavailable", "detail": "no replica"})
+    assert (r.status_code, r.json()["error"], r.json()["detail"]) == (
+        503,
+        "embedder unavailable",
+        "no replica",
+    )
     assert client.post("/v1/embed", json={"input": "x"}).status_code == 503
     r = client.post("/v1/embeddings", json={"model": "fake-m3", "input": "x"})
     assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
@@ -156,7 +162,11 @@ def test_indexer_errors_map_to_409_and_503(app) -> None:
     assert client.post("/v1/documents", json=doc).status_code == 409
     backend.indexer_error = BackendUnavailable("indexer unavailable", "actor died")
     r = client.post("/v1/documents", json=doc)
-    assert (r.status_code, r.json()) == (503, {"error": "indexer unavailable", "detail": "actor died"})
+    assert (r.status_code, r.json()["error"], r.json()["detail"]) == (
+        503,
+        "indexer unavailable",
+        "actor died",
+    )
     assert client.get("/v1/documents/nope").status_code == 404
 
 
@@ -187,6 +197,11 @@ def test_body_parse_errors_and_unknown_routes_answer_in_the_service_error_shape(
     assert bad_utf8.status_code == 400
     assert bad_utf8.json()["error"].startswith("request body is not valid UTF-8 (byte 11")
     nested = client.post("/v1/search", content=b'{"query": ' + b"[" * 5000 + b"]" * 5000 + b"}", headers=j)
-    assert (nested.status_code, nested.json()) == (400, {"error": "request body is nested too deeply"})
-    assert client.get("/v1/nothing").json() == {"error": "Not Found"}
+    assert (nested.status_code, nested.json()["error"]) == (400, "request body is nested too deeply")
+    missing = client.get("/v1/nothing")
+    assert missing.json() == {
+        "error": "Not Found",
+        "detail": None,
+        "request_id": missing.headers["x-request-id"],
+    }
     assert client.put("/v1/search").headers["allow"] == "POST"
