@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
-from serve_app.http.schemas import _Strict
+from serve_app.http.schemas import QueryText, _Strict
 
 # Every operator Dify's documentation lists (the older pages add null / not null); which ones a
 # field can honour is decided by the route, which refuses the rest with a 400 that names them.
@@ -66,16 +66,9 @@ class DifyRetrievalSetting(_Strict):
 
 class DifyRetrievalRequest(_Strict):
     knowledge_id: str = Field(min_length=1, description="A search profile (settings dify.profiles).")
-    query: str = Field(examples=["アクセストークンの有効期限は？"])
+    query: QueryText = Field(examples=["アクセストークンの有効期限は？"])
     retrieval_setting: DifyRetrievalSetting
     metadata_condition: DifyMetadataCondition | None = None
-
-    @field_validator("query")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must contain non-whitespace text")
-        return value
 
 
 class DifyRecord(BaseModel):

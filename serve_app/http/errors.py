@@ -13,6 +13,7 @@ A core error becomes a 4xx/503 here and nowhere else.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -35,9 +36,12 @@ log = logging.getLogger("ray.serve.specrag.ingress")
 
 
 class ClientError(Exception):
-    def __init__(self, status: int, reason: str, detail: Any = None) -> None:
+    """A refusal of the request: its status, reason and detail; ``code`` a stable name for it
+    (``knowledge_not_found``, ...) where a client API numbers its refusals (``DIFY_CODES``)."""
+
+    def __init__(self, status: int, reason: str, detail: Any = None, *, code: str | None = None) -> None:
         super().__init__(reason)
-        self.status, self.reason, self.detail = status, reason, detail
+        self.status, self.reason, self.detail, self.code = status, reason, detail, code
 
 
 class OpenAIError(Exception):
@@ -84,9 +88,16 @@ SHAPES: dict[str, type[BaseModel]] = {
     "openai": OpenAIErrorResponse,
     "dify": DifyErrorResponse,
 }
-# Dify's documented codes for the refusals it names; any other refusal carries its HTTP status.
-DIFY_CODES = {"missing_api_key": 1001, "invalid_api_key": 1002, "insufficient_scope": 1002}
-DIFY_STATUS_CODES = {404: 2001}
+# Dify's documented codes for the refusals it names (1001 invalid Authorization header format,
+# 1002 authorization failed, 2001 the knowledge does not exist); any other refusal, an unknown path's
+# 404 included, carries its HTTP status.
+DIFY_CODES = {
+    "missing_api_key": 1001,
+    "invalid_authorization_header": 1001,
+    "invalid_api_key": 1002,
+    "insufficient_scope": 1002,
+    "knowledge_not_found": 2001,
+}
 
 
 def route_path(scope: Mapping[str, Any]) -> str:
@@ -119,15 +130,18 @@ def error_body(
     param: str | None = None,
     code: str | None = None,
 ) -> dict[str, Any]:
-    """One refusal in ``shape``; built through its schema, so the body is what the document says."""
-    if shape != "default" and isinstance(detail, str):  # these shapes have no detail: one message
-        message = f"{message}: {detail}"
+    """One refusal in ``shape``; built through its schema, so the body is what the document says.
+    The OpenAI and Dify shapes have no ``detail``: it joins the message (a list or mapping as JSON),
+    so what a refusal names is never dropped."""
+    if shape != "default" and detail not in (None, "", [], {}):
+        text = detail if isinstance(detail, str) else json.dumps(detail, ensure_ascii=False, default=str)
+        message = f"{message}: {text}"
     if shape == "openai":
         kind = "server_error" if status >= 500 else "invalid_request_error"
         error = {"message": message, "type": kind, "param": param, "code": code}
         return OpenAIErrorResponse.model_validate({"error": error, "request_id": request_id}).model_dump()
     if shape == "dify":
-        number = DIFY_CODES.get(code or "") or DIFY_STATUS_CODES.get(status, status)
+        number = DIFY_CODES.get(code or "", status)
         return DifyErrorResponse(error_code=number, error_msg=message, request_id=request_id).model_dump()
     return ErrorResponse(error=message, detail=detail, request_id=request_id).model_dump()
 
@@ -227,7 +241,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
-        return error_response(request.scope, exc.status, exc.reason, exc.detail)
+        return error_response(request.scope, exc.status, exc.reason, exc.detail, code=exc.code)
 
     async def _core_error(request: Request, exc: Exception) -> JSONResponse:
         mapped = client_error(exc)
@@ -252,8 +266,8 @@ def install_error_handlers(app: FastAPI) -> None:
             {"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or "body", "reason": e.get("msg")}
             for e in exc.errors()
         ]
-        if error_shape(route_path(request.scope)) != "default":
-            first = errors[0] if errors else {"field": "body", "reason": "invalid request"}
-            message = f"{first['field']}: {first['reason']}"
-            return error_response(request.scope, 422, message, param=first["field"])
+        if error_shape(route_path(request.scope)) != "default":  # one message naming every field
+            errors = errors or [{"field": "body", "reason": "invalid request"}]
+            message = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+            return error_response(request.scope, 422, message, param=errors[0]["field"])
         return error_response(request.scope, 422, "invalid request", errors)

@@ -45,7 +45,7 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
 # What each generic status means; a route's own description for the status wins.
 STATUS_DESCRIPTIONS: dict[int, str] = {
     400: "The body could not be read (not UTF-8, not JSON, nested too deeply) or was rejected as a whole.",
-    401: "No API key, or an unknown one.",
+    401: "No API key, an Authorization header that is not `Bearer <key>`, or an unknown key.",
     403: "The key lacks the scope this route needs.",
     404: "Not found.",
     409: "Conflicts with the stored state.",

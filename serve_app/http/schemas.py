@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -17,6 +17,16 @@ def surrogate_at(text: str) -> int | None:
     or Milvus field can take it: it is refused at the door with its position."""
     found = _SURROGATE.search(text)
     return found.start() if found else None
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("query must contain non-whitespace text")
+    return value
+
+
+# A query of any route (search, rerank, Dify): empty or whitespace-only is a 422.
+QueryText = Annotated[str, AfterValidator(_not_blank)]
 
 
 class _Strict(BaseModel):
@@ -45,7 +55,7 @@ class SearchFilters(_Strict):
 
 
 class SearchRequest(_Strict):
-    query: str = Field(
+    query: QueryText = Field(
         description="The question, in Japanese, English or both.", examples=["認証トークンの有効期限は？"]
     )
     top_k: int | None = Field(default=None, ge=1, le=100, description="Default: search.top_k (10).")
@@ -58,13 +68,6 @@ class SearchRequest(_Strict):
         description="Add which variant and channel found each result, every search of the fan-out "
         "with its timing, and the expander's state.",
     )
-
-    @field_validator("query")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must contain non-whitespace text")
-        return value
 
 
 class SearchResult(BaseModel):
@@ -237,7 +240,10 @@ class InfoResponse(BaseModel):
     max_batch_requests: int = Field(description="Texts per model step (the dynamic batch).")
     max_client_batch_size: int = Field(description="Inputs per /v1/embed or /v1/embeddings request.")
     max_client_rerank_size: int = Field(description="Documents per /v1/rerank or /rerank request.")
-    auto_truncate: bool = Field(description="Inputs over the window are cut unless a request says not to.")
+    auto_truncate: bool = Field(
+        description="Inputs over the window are cut unless a request says not to (/v1/embed, "
+        "/v1/embeddings, /v1/rerank); TEI's /rerank keeps its own request default, truncate: false."
+    )
     dimension: int
     reranker: dict[str, str] = Field(description="model_id and method (colbert, or colbert+cross-encoder)")
     version: str
@@ -253,7 +259,7 @@ class RerankDocument(_Strict):
 class RerankRequest(_Strict):
     """Cohere's (v1, v2) and Jina's ``POST /v1/rerank``; any other field is a 422 naming it."""
 
-    query: str
+    query: QueryText
     documents: list[str | RerankDocument] = Field(
         min_length=1, description="Texts, or objects with a text (Cohere v1, Jina); empty = 422."
     )
@@ -268,13 +274,6 @@ class RerankRequest(_Strict):
         description="Cohere v2: documents are cut to this many tokens. Values below the model's window "
         "are refused (422); at or above it, documents are cut at the window.",
     )
-
-    @field_validator("query")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must contain non-whitespace text")
-        return value
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
@@ -307,7 +306,7 @@ class RerankResponse(BaseModel):
 class TEIRerankRequest(_Strict):
     """text-embeddings-inference's ``POST /rerank``; any other field is a 422 naming it."""
 
-    query: str
+    query: QueryText
     texts: list[str] = Field(min_length=1, description="Empty = 422.")
     raw_scores: bool = Field(default=False, description="The raw score instead of the [0, 1] relevance.")
     return_text: bool = False
@@ -315,13 +314,6 @@ class TEIRerankRequest(_Strict):
     truncation_direction: Literal["Right", "Left", "right", "left"] = Field(
         default="Right", description="Right cuts the end, Left the start."
     )
-
-    @field_validator("query")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must contain non-whitespace text")
-        return value
 
 
 class TEIRank(BaseModel):

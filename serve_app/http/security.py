@@ -57,6 +57,7 @@ def required_scope(method: str, path: str) -> str | None:
 
 
 def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key of ``Authorization: Bearer <key>``, else of ``X-API-Key``; ``None`` if neither has one."""
     auth = headers.get(b"authorization", b"").decode("latin-1").strip()
     if auth.lower().startswith("bearer "):
         return auth[7:].strip() or None
@@ -70,7 +71,9 @@ class Decision:
     error: str = ""
     retry_after: int | None = None
     key_name: str = ""
-    code: str | None = None  # missing_api_key, invalid_api_key, insufficient_scope, rate_limit_exceeded
+    # missing_api_key, invalid_authorization_header, invalid_api_key, insufficient_scope,
+    # rate_limit_exceeded (errors.DIFY_CODES numbers them for Dify)
+    code: str | None = None
 
 
 class Guard:
@@ -94,6 +97,9 @@ class Guard:
         if scope is None or not self.enabled:
             return Decision()
         key = presented_key(headers)
+        if key is None and headers.get(b"authorization", b"").strip():
+            malformed = "invalid Authorization header format: expected 'Bearer <key>' (or send X-API-Key)"
+            return Decision(401, malformed, code="invalid_authorization_header")
         if key is None:
             missing = "missing API key (Authorization: Bearer <key> or X-API-Key)"
             return Decision(401, missing, code="missing_api_key")

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from serve_app.http.errors import ClientError
 from serve_app.settings import Settings
 
 
@@ -20,3 +21,10 @@ def settings(request: Request) -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(settings)]
 BackendDep = Annotated[Any, Depends(backend)]
+
+
+def check_query_length(query: str, s: Settings) -> None:
+    """413 naming the setting for a query over ``limits.max_query_chars`` (every route taking one)."""
+    limit = s.limits.max_query_chars
+    if len(query) > limit:
+        raise ClientError(413, f"query longer than {limit} characters (limits.max_query_chars)")

@@ -23,7 +23,7 @@ from serve_app.http.dify_schemas import (
     DifyRetrievalResponse,
 )
 from serve_app.http.errors import ClientError
-from serve_app.http.routes import BackendDep, SettingsDep
+from serve_app.http.routes import BackendDep, SettingsDep, check_query_length
 from serve_app.http.routes.search import to_result
 from serve_app.settings import DifyProfile
 
@@ -49,7 +49,7 @@ def condition_filter(c: DifyCondition) -> tuple[str, set[str]]:
     """The filter one condition maps onto and its values; a ``ClientError`` (400) if none does."""
     names = [c.name] if isinstance(c.name, str) else c.name
     if len(names) != 1:
-        raise ClientError(400, "a condition must name exactly one metadata field", names)
+        raise ClientError(400, "a condition must name exactly one metadata field", ", ".join(names) or "none")
     name, op = names[0], c.comparison_operator
     field = FIELDS.get(name)
     if field is None:
@@ -91,8 +91,10 @@ def request_filters(mc: DifyMetadataCondition | None) -> dict[str, set[str]]:
     pairs = [condition_filter(c) for c in (mc.conditions or [])] if mc else []
     if mc is not None and mc.logical_operator == "or" and pairs:
         fields = sorted({f for f, _ in pairs})
-        if len(fields) > 1:
-            raise ClientError(400, "'or' across different metadata fields cannot be expressed", fields)
+        if len(fields) > 1:  # named as the request names them
+            names = sorted({c.name if isinstance(c.name, str) else c.name[0] for c in mc.conditions or []})
+            across = ", ".join(names)
+            raise ClientError(400, "'or' across different metadata fields cannot be expressed", across)
         return {fields[0]: set().union(*(values for _, values in pairs))}
     merged: dict[str, set[str]] = {}
     for field, values in pairs:
@@ -137,9 +139,9 @@ async def retrieval(body: DifyRetrievalRequest, s: SettingsDep, b: BackendDep) -
     """Records at most ``min(top_k, profile.max_top_k)``, best first, none under ``score_threshold``."""
     profile = s.dify.profiles.get(body.knowledge_id)
     if profile is None:
-        raise ClientError(404, "The knowledge does not exist", f"no search profile {body.knowledge_id!r}")
-    if len(body.query) > s.limits.max_query_chars:
-        raise ClientError(413, f"query longer than {s.limits.max_query_chars} characters")
+        missing = f"no search profile {body.knowledge_id!r}"
+        raise ClientError(404, "The knowledge does not exist", missing, code="knowledge_not_found")
+    check_query_length(body.query, s)
     filters = search_filters(profile, body.metadata_condition)
     if filters is None:
         return DifyRetrievalResponse(records=[])

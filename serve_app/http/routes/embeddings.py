@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from serve_app.core.encoder import InputTooLong
 from serve_app.core.pipeline import EmbedderUnavailable
 from serve_app.http.errors import BackendUnavailable, ClientError, OpenAIError, one_line
 from serve_app.http.routes import BackendDep, SettingsDep
+from serve_app.http.routes.models import embedding_names
 from serve_app.http.schemas import (
     Embedding,
     EmbedRequest,
@@ -101,8 +101,7 @@ async def embed(body: EmbedRequest, s: SettingsDep, b: BackendDep) -> EmbedRespo
 
 def check_openai_request(body: OpenAIEmbeddingRequest, info: dict[str, Any], s: Settings) -> list[str]:
     """The texts of a valid request; an ``OpenAIError`` naming the parameter otherwise."""
-    accepted = {info["model"], s.model.name_or_path, Path(s.model.name_or_path).name}
-    if body.model not in accepted:
+    if body.model not in embedding_names(info, s):
         raise OpenAIError(
             404, f"model {body.model!r} is not served here; use {info['model']!r}", "model", "model_not_found"
         )

@@ -27,9 +27,15 @@ def reranker_id(info: dict[str, Any], s: Settings) -> str:
     return Path(s.search.cross_encoder).name if s.search.cross_encoder else info["model"]
 
 
+def embedding_names(info: dict[str, Any], s: Settings) -> set[str]:
+    """The names a request may give the embedding model as: its id, configured path, base name."""
+    return {info["model"], s.model.name_or_path, Path(s.model.name_or_path).name}
+
+
 def served_names(info: dict[str, Any], s: Settings) -> set[str]:
-    """Every name a request may give ``model`` as: ids, configured paths and their base names."""
-    names = {info["model"], s.model.name_or_path, Path(s.model.name_or_path).name}
+    """Every name a rerank request may give ``model`` as: the embedding model's, and the
+    cross-encoder's (its configured path and base name) when one is configured."""
+    names = embedding_names(info, s)
     if s.search.cross_encoder:
         names |= {s.search.cross_encoder, Path(s.search.cross_encoder).name}
     return names

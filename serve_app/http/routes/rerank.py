@@ -17,7 +17,7 @@ from fastapi import APIRouter
 from serve_app.core.contracts import TextScore, Truncate
 from serve_app.core.encoder import InputTooLong
 from serve_app.http.errors import ClientError
-from serve_app.http.routes import BackendDep, SettingsDep
+from serve_app.http.routes import BackendDep, SettingsDep, check_query_length
 from serve_app.http.routes.models import reranker_id, served_names
 from serve_app.http.schemas import (
     RerankMeta,
@@ -35,9 +35,8 @@ router = APIRouter()
 
 def check_limits(query: str, texts: list[str], s: Settings, field: str) -> None:
     """413 naming the setting when the request is over a limit (``field``: the texts' wire name)."""
+    check_query_length(query, s)
     lim = s.limits
-    if len(query) > lim.max_query_chars:
-        raise ClientError(413, f"query longer than {lim.max_query_chars} characters (limits.max_query_chars)")
     if len(texts) > lim.max_rerank_documents:
         raise ClientError(
             413, f"more than {lim.max_rerank_documents} {field} in one request (limits.max_rerank_documents)"

@@ -6,8 +6,7 @@ from fastapi import APIRouter
 
 from serve_app.core.contracts import ScoredResult
 from serve_app.core.pipeline import SearchOutcome, SearchQuery
-from serve_app.http.errors import ClientError
-from serve_app.http.routes import BackendDep, SettingsDep
+from serve_app.http.routes import BackendDep, SettingsDep, check_query_length
 from serve_app.http.schemas import QueryVariant, SearchRequest, SearchResponse, SearchResult
 
 router = APIRouter()
@@ -61,7 +60,6 @@ def to_response(outcome: SearchOutcome, model: str, explain: bool) -> SearchResp
 
 @router.post("/v1/search", response_model=SearchResponse, summary="Hybrid search with rerank.")
 async def search(body: SearchRequest, s: SettingsDep, b: BackendDep) -> SearchResponse:
-    if len(body.query) > s.limits.max_query_chars:
-        raise ClientError(413, f"query longer than {s.limits.max_query_chars} characters")
+    check_query_length(body.query, s)
     outcome = await b.pipeline.search(to_query(body))
     return to_response(outcome, (await b.model_info())["model"], body.explain)

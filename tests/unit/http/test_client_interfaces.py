@@ -271,6 +271,13 @@ def test_embeddings_unknown_fields_are_a_422_naming_them(app, field: str) -> Non
     assert r.json()["error"]["param"] == field and field in r.json()["error"]["message"]
 
 
+def test_embeddings_name_every_unknown_field(app) -> None:
+    client, _ = app
+    r = client.post("/v1/embeddings", json={"model": "fake-m3", "input": "x", "foo": 1, "bar": 2})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "foo"
+    assert "foo" in r.json()["error"]["message"] and "bar" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("tokens", [[1, 2, 3], [[1, 2], [3]]])
 def test_embeddings_token_arrays_get_the_langchain_hint(app, tokens: list) -> None:
     client, _ = app

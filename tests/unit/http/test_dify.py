@@ -236,6 +236,8 @@ def test_bad_auth_answers_in_difys_shape(dify, headers: dict[str, str], status: 
     r = _post(client, DIFY_REQUEST, headers=headers)
     assert (r.status_code, r.json()["error_code"]) == (status, code), r.text
     assert isinstance(r.json()["error_msg"], str) and "error" not in r.json()
+    if headers.get("Authorization", "").strip() and code == 1001:  # Dify's wording of 1001
+        assert r.json()["error_msg"].startswith("invalid Authorization header format")
     assert backend.filters == []
 
 
@@ -324,6 +326,18 @@ def test_conditions_that_cannot_be_honoured_are_refused(dify, conditions, op, sa
     assert r.status_code == 400, r.text
     assert r.json()["error_code"] == 400 and says in r.json()["error_msg"]
     assert backend.filters == []
+
+
+def test_a_refusal_names_the_fields_it_concerns(dify) -> None:
+    client, _ = dify
+    across = [{"name": "kind", "comparison_operator": "is", "value": "spec"},
+              {"name": "lang", "comparison_operator": "is", "value": "ja"}]  # fmt: skip
+    r = _post(client, _condition(*across, op="or"))
+    assert r.json()["error_msg"].endswith("cannot be expressed: kind, lang"), r.text
+    several = {"name": ["kind", "tag"], "comparison_operator": "is", "value": "x"}
+    assert "kind" in _post(client, _condition(several)).json()["error_msg"]
+    r = _post(client, {**DIFY_REQUEST, "rerank": True, "top_n": 3})  # every unknown field named
+    assert "rerank" in r.json()["error_msg"] and "top_n" in r.json()["error_msg"]
 
 
 def test_retrieval_is_in_the_openapi_document_with_difys_error_schema(dify) -> None:

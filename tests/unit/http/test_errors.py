@@ -104,9 +104,19 @@ def test_error_shapes_by_path_prefix() -> None:
         "request_id": "r1",
     }
     dify = [error_body("dify", s, "m", request_id="r", code=c)["error_code"] for s, c in
-            [(401, "missing_api_key"), (401, "invalid_api_key"), (403, "insufficient_scope"), (404, None),
+            [(401, "missing_api_key"), (401, "invalid_authorization_header"), (401, "invalid_api_key"),
+             (403, "insufficient_scope"), (404, "knowledge_not_found"), (404, None),
              (422, None)]]  # fmt: skip
-    assert dify == [1001, 1002, 1002, 2001, 422]
+    assert dify == [1001, 1001, 1002, 1002, 2001, 404, 422], "2001 only for an unknown knowledge_id"
+
+
+def test_shapes_without_detail_keep_what_it_names() -> None:
+    """OpenAI's and Dify's shapes have no ``detail``: a list or mapping joins the message as JSON."""
+    dify = error_body("dify", 400, "cannot be expressed", ["kind", "source"], request_id="r")
+    assert dify["error_msg"] == 'cannot be expressed: ["kind", "source"]'
+    openai = error_body("openai", 413, "too long", {"indices": [2]}, request_id="r")
+    assert openai["error"]["message"] == 'too long: {"indices": [2]}'
+    assert error_body("dify", 422, "bad", None, request_id="r")["error_msg"] == "bad"
 
 
 # ------------------------------------------------------------------------------- over the app

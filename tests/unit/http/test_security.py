@@ -70,6 +70,17 @@ def test_missing_and_wrong_keys_get_401(client):
     assert wrong.status_code == 401 and wrong.json()["error"] == "invalid API key"
 
 
+@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer ", "Token abc", SEARCH_KEY])
+def test_a_malformed_authorization_header_is_named_as_such(client, header: str) -> None:
+    """Not "missing API key" when one was sent in the wrong form (Dify's 1001 case)."""
+    r = client.post("/v1/search", headers={"Authorization": header})
+    assert r.status_code == 401 and "invalid Authorization header format" in r.json()["error"]
+    assert "Bearer <key>" in r.json()["error"]
+    # The header's scheme is not what counts when the key comes as X-API-Key
+    ok = client.post("/v1/search", headers={"Authorization": header, "X-API-Key": SEARCH_KEY})
+    assert ok.status_code == 200
+
+
 def test_scope_mismatch_gets_403_and_admin_may_do_anything(client):
     denied = client.post("/v1/documents", headers={"X-API-Key": SEARCH_KEY})
     assert denied.status_code == 403 and "'ingest'" in denied.json()["error"]
