@@ -19,12 +19,12 @@ def evaluate_cmd(
     ],
     split: str = "dev",
     configs: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Comma-separated, from: dense, sparse, sparse-no-idf, dense+sparse, dense+sparse+balance, "
-            "dense+sparse+expansion, dense+sparse+colbert, full"
+            help="Comma-separated configurations (serve_app/core/evaluation.py CONFIGS); default: the"
+            " three baselines and the candidates for the default pipeline."
         ),
-    ] = "dense,sparse,dense+sparse,dense+sparse+expansion,dense+sparse+colbert,full",
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N queries.")] = None,
     rerank_queries: Annotated[
         int | None,
@@ -59,7 +59,14 @@ def evaluate_cmd(
     from functools import partial
 
     from serve_app.core.embedding import EmbeddingService
-    from serve_app.core.evaluation import CONFIGS, collection_name, evaluate, load_queries
+    from serve_app.core.evaluation import (
+        CANDIDATES,
+        CONFIGS,
+        DEFAULT_CONFIGS,
+        collection_name,
+        evaluate,
+        load_queries,
+    )
     from serve_app.core.ingest import Ingestor, iter_documents
     from serve_app.core.local import local_expansion, local_retriever
     from serve_app.core.rerank import load_cross_encoder
@@ -67,6 +74,7 @@ def evaluate_cmd(
     from serve_app.devtools.eval_report import (
         baseline_from_readme,
         format_table,
+        loco_section,
         markdown_section,
         summary_section,
     )
@@ -77,7 +85,7 @@ def evaluate_cmd(
         logging.getLogger("ray.serve.specrag.pipeline").setLevel(logging.WARNING)
     apply_local_env()
     settings = load_settings()
-    wanted = [c.strip() for c in configs.split(",") if c.strip()]
+    wanted = [c.strip() for c in configs.split(",") if c.strip()] if configs else list(DEFAULT_CONFIGS)
     unknown = [c for c in wanted if c not in CONFIGS]
     if unknown:
         raise typer.BadParameter(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
@@ -169,7 +177,8 @@ def evaluate_cmd(
         reports = [json.loads(f.read_text()) for f in sorted(out.parent.glob("eval-*.json"))]
         text = markdown.read_text() if markdown.exists() else ""
         text = replace_section(text, markdown_section(report, out))
-        markdown.write_text(replace_section(text, summary_section(reports)))
+        text = replace_section(text, summary_section(reports))
+        markdown.write_text(replace_section(text, loco_section(reports, CANDIDATES)))
         typer.echo(f"{markdown} updated")
 
 

@@ -41,43 +41,83 @@ from serve_app.core.retrieval import Retriever
 log = logging.getLogger(__name__)
 
 # One row of the matrix each: which channels, ColBERT rerank or not, expansion or not. "full" is
-# the default /v1/search pipeline. Overrides of search settings ride along (e.g. language balance).
+# the default /v1/search pipeline (today's SearchSettings defaults). Overrides of search settings
+# ride along. The baselines and the ablation rows switch off what they do not measure.
+_PLAIN = {"language_balance": False, "identifier_match": False, "rerank_fusion_weight": 0.0}
 CONFIGS: dict[str, dict[str, Any]] = {
     # The reference baselines (BASELINES): BM25 on the same chunks, dense alone, and dense top 100
     # reranked by ColBERT MaxSim over those 100.
-    "bm25": {"channels": ("bm25",)},
+    "bm25": {"channels": ("bm25",), "search": _PLAIN},
+    "dense": {"channels": ("dense",), "search": _PLAIN},
     "dense100+colbert100": {
         "channels": ("dense",),
         "rerank": True,
         "cross_encoder": False,
         "search": {
+            **_PLAIN,
             "rerank_candidates": 100,
             "colbert_weight": 1.0,
             "rerank_dense_weight": 0.0,
             "rerank_sparse_weight": 0.0,
         },
     },
-    "dense": {"channels": ("dense",)},
-    "sparse": {"channels": ("sparse",)},
-    "sparse-no-idf": {"channels": ("sparse",), "idf": False},
-    "dense+sparse": {"channels": ("dense", "sparse")},
-    "dense+sparse+balance": {"channels": ("dense", "sparse"), "search": {"language_balance": True}},
-    "dense+sparse+expansion": {"channels": ("dense", "sparse"), "expand": True},
-    "dense+sparse+colbert": {"channels": ("dense", "sparse"), "rerank": True},
+    "sparse": {"channels": ("sparse",), "search": _PLAIN},
+    "sparse-no-idf": {"channels": ("sparse",), "idf": False, "search": _PLAIN},
+    "dense+sparse": {"channels": ("dense", "sparse"), "search": _PLAIN},
+    "dense+sparse+balance": {"channels": ("dense", "sparse"), "search": {**_PLAIN, "language_balance": True}},
+    "dense+sparse+expansion": {"channels": ("dense", "sparse"), "expand": True, "search": _PLAIN},
+    "dense+sparse+colbert": {"channels": ("dense", "sparse"), "rerank": True, "search": _PLAIN},
     "full": {"channels": ("dense", "sparse"), "rerank": True, "expand": True},
+    # Candidates for the default, each one change away from it (the leave-one-collection-out choice).
+    "full-previous": {
+        "channels": ("dense", "sparse"),
+        "rerank": True,
+        "expand": True,
+        "search": {**_PLAIN, "identifier_match": True, "rerank_candidates": 20},
+    },
+    "full-no-balance": {
+        "channels": ("dense", "sparse"),
+        "rerank": True,
+        "expand": True,
+        "search": {"language_balance": False},
+    },
+    "full-prior0": {
+        "channels": ("dense", "sparse"),
+        "rerank": True,
+        "expand": True,
+        "search": {"rerank_fusion_weight": 0.0},
+    },
+    "full-prior0.05": {
+        "channels": ("dense", "sparse"),
+        "rerank": True,
+        "expand": True,
+        "search": {"rerank_fusion_weight": 0.05},
+    },
+    "full-prior0.2": {
+        "channels": ("dense", "sparse"),
+        "rerank": True,
+        "expand": True,
+        "search": {"rerank_fusion_weight": 0.2},
+    },
+    "full@50": {
+        "channels": ("dense", "sparse"),
+        "rerank": True,
+        "expand": True,
+        "search": {"rerank_candidates": 50},
+    },
 }
+CANDIDATES = (
+    "full",
+    "full-previous",
+    "full-no-balance",
+    "full-prior0",
+    "full-prior0.05",
+    "full-prior0.2",
+    "full@50",
+)
 BASELINES = ("bm25", "dense", "dense100+colbert100")
 DEFAULT = "full"  # the configuration /v1/search runs with no options
-DEFAULT_CONFIGS = (
-    "bm25",
-    "dense100+colbert100",
-    "dense",
-    "sparse",
-    "dense+sparse",
-    "dense+sparse+expansion",
-    "dense+sparse+colbert",
-    "full",
-)
+DEFAULT_CONFIGS = (*BASELINES, *CANDIDATES)
 DEPTH = 100  # the list R@100 is measured on
 CONCURRENCY = 8  # queries in flight (the fan-out's Milvus calls overlap in the Retriever's threads)
 

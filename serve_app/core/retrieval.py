@@ -364,10 +364,13 @@ def rerank(
 
     ``query`` / ``passages`` are Embedder outputs (dense, sparse, colbert) from one pass each, so
     every candidate gets all three scores, also one that only the sparse channel found.
+    ``candidates`` come in fused order: their place in it joins the mean as ``fusion``
+    (``rerank_fusion_weight``; 1.0 for the first, (k + 1) / (k + 1 + i) for the i-th after it).
     """
+    k = settings.rrf_k
     for i, (cand, p) in enumerate(zip(candidates, passages, strict=True)):
         cross = float(cross_scores[i]) if cross_scores is not None else None
-        cand.channel_scores.update(rerank_scores(query, p, settings, cross))
+        cand.channel_scores.update(rerank_scores(query, p, settings, cross, fusion=(k + 1) / (k + 1 + i)))
     # Chunks pinned by an identifier lookup stay first, as in the fused order.
     return sorted(
         candidates,
@@ -376,13 +379,21 @@ def rerank(
 
 
 def rerank_scores(
-    query: dict[str, Any], passage: dict[str, Any], settings: SearchSettings, cross: float | None = None
+    query: dict[str, Any],
+    passage: dict[str, Any],
+    settings: SearchSettings,
+    cross: float | None = None,
+    *,
+    fusion: float | None = None,
 ) -> dict[str, float]:
-    """One passage's rerank scores: ColBERT, dense, sparse (+ cross-encoder) and their weighted
-    mean under ``rerank``; the one formula of ``rerank`` and of the text rerank (``/v1/rerank``)."""
+    """One passage's rerank scores: ColBERT, dense, sparse (+ cross-encoder, + its place in the
+    fused list when it has one) and their weighted mean under ``rerank``; the one formula of
+    ``rerank`` and of the text rerank (``/v1/rerank``, where texts have no fused place)."""
     s = settings
     ce_weight = s.cross_encoder_weight if cross is not None else 0.0
-    total = max(s.colbert_weight + s.rerank_dense_weight + s.rerank_sparse_weight + ce_weight, 1e-9)
+    fusion_weight = s.rerank_fusion_weight if fusion is not None else 0.0
+    parts = s.colbert_weight + s.rerank_dense_weight + s.rerank_sparse_weight + fusion_weight
+    total = max(parts + ce_weight, 1e-9)
     scores = {
         "colbert": colbert_maxsim(query["colbert"], passage["colbert"]),
         "m3_dense": float(query["dense"] @ passage["dense"]),
@@ -396,6 +407,9 @@ def rerank_scores(
     if cross is not None:
         scores["cross_encoder"] = cross
         combined += ce_weight * cross
+    if fusion is not None:
+        scores["fusion"] = fusion
+        combined += fusion_weight * fusion
     scores["rerank"] = combined / total
     return scores
 

@@ -59,8 +59,9 @@ def test_texts_are_ranked_best_first_with_every_score() -> None:
 
 
 def test_text_scores_are_the_search_rerank_scores() -> None:
-    """/v1/rerank and /v1/search's rerank stage score one passage alike (one formula)."""
-    settings = {"rerank_dense_weight": 0.5, "rerank_sparse_weight": 0.2}
+    """/v1/rerank and /v1/search's rerank stage score one passage alike (one formula); the search
+    adds only the candidate's place in the fused list, which a posted text does not have."""
+    settings = {"rerank_dense_weight": 0.5, "rerank_sparse_weight": 0.2, "rerank_fusion_weight": 0.0}
     engine = _engine(**settings)
     scored = {t["index"]: t for t in _score(engine, TEXTS)}
     candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": t}) for i, t in enumerate(TEXTS)]
@@ -69,6 +70,15 @@ def test_text_scores_are_the_search_rerank_scores() -> None:
         i = int(cand.chunk_id[1:])
         assert scored[i]["score"] == pytest.approx(cand.channel_scores["rerank"])
         assert scored[i]["scores"]["colbert"] == pytest.approx(cand.channel_scores["colbert"])
+    with_place = _engine(**{**settings, "rerank_fusion_weight": 0.1})
+    candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": t}) for i, t in enumerate(TEXTS)]
+    asyncio.run(with_place.rerank(QUERY, candidates))
+    for cand in candidates:
+        i = int(cand.chunk_id[1:])
+        place = 61 / (61 + i)  # fused order = the order they were given in
+        assert cand.channel_scores["fusion"] == pytest.approx(place)
+        expected = (scored[i]["score"] * 1.7 + 0.1 * place) / 1.8
+        assert cand.channel_scores["rerank"] == pytest.approx(expected)
 
 
 def test_equal_scores_keep_the_request_order_and_no_texts_is_no_call() -> None:
@@ -181,7 +191,9 @@ def test_rerank_of_search_candidates_is_unchanged_by_the_shared_formula() -> Non
         {"dense": unit[1], "sparse": {}, "colbert": unit[:2]},
     ]
     cands = [Candidate("a", {"text": "a"}), Candidate("b", {"text": "b"})]
-    ranked = rerank(query, passages, cands, SearchSettings(rerank_dense_weight=1.0, rerank_sparse_weight=1.0))
+    settings = SearchSettings(rerank_dense_weight=1.0, rerank_sparse_weight=1.0, rerank_fusion_weight=0.5)
+    ranked = rerank(query, passages, cands, settings)
     assert [c.chunk_id for c in ranked] == ["a", "b"]
-    assert ranked[0].channel_scores["rerank"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
-    assert ranked[1].channel_scores["rerank"] == pytest.approx((1.0 + 0.0 + 0.0) / 3)
+    # colbert + dense + sparse + 0.5 x place in the fused list (1 for the first, 61/62 for the second)
+    assert ranked[0].channel_scores["rerank"] == pytest.approx((0.5 + 1.0 + 0.5 + 0.5 * 1.0) / 3.5)
+    assert ranked[1].channel_scores["rerank"] == pytest.approx((1.0 + 0.0 + 0.0 + 0.5 * 61 / 62) / 3.5)

@@ -19,6 +19,11 @@ from serve_app.settings import SearchSettings
 from serve_app.testing.doubles import FakeStore
 
 
+def _settings(**kw: Any) -> SearchSettings:
+    """Settings with language balance off unless a test turns it on (it adds searches per language)."""
+    return SearchSettings(**{"language_balance": False, **kw})
+
+
 def _row(doc: str, version: int, kind: str, lang: str, vec: list[float], tokens: list[int]) -> dict[str, Any]:
     return {
         "chunk_id": f"{doc}-v{version}",
@@ -57,7 +62,7 @@ def store() -> FakeStore:
 
 
 def test_stage_one_is_pure_ann_and_old_versions_never_come_back(store: FakeStore) -> None:
-    r = Retriever(store, SearchSettings(sparse_weight=0.5))
+    r = Retriever(store, _settings(sparse_weight=0.5))
     fused, timings = _search(r, [{"dense": [1, 0.05, 0], "sparse": {10: 1.0, 11: 1.0}}], explain=True)
     assert store.exprs == [None, None], "stage 1 searches without a filter"
     assert all(c.fields["text"] == c.fields["doc_id"] and "tags" in c.fields for c in fused), (
@@ -71,7 +76,7 @@ def test_stage_one_is_pure_ann_and_old_versions_never_come_back(store: FakeStore
 
 
 def test_filters_apply_in_stage_two_and_short_lists_are_searched_again(store: FakeStore) -> None:
-    r = Retriever(store, SearchSettings())
+    r = Retriever(store, _settings())
     fused, timings = _search(
         r, [{"dense": [1, 0, 0], "sparse": {}}], filters={"kinds": ["glossary"]}, explain=True
     )
@@ -88,9 +93,7 @@ def test_filters_apply_in_stage_two_and_short_lists_are_searched_again(store: Fa
 
 
 def test_variant_and_channel_weights_multiply() -> None:
-    settings = SearchSettings(
-        dense_weight=1.0, sparse_weight=0.5, variant_weights={"original": 1, "llm": 0.4}
-    )
+    settings = _settings(dense_weight=1.0, sparse_weight=0.5, variant_weights={"original": 1, "llm": 0.4})
     store = FakeStore([_row("a", 1, "spec", "en", [1, 0, 0], [1])])
     r = Retriever(store, settings)
     vectors = [
@@ -105,7 +108,7 @@ def test_variant_and_channel_weights_multiply() -> None:
 def test_sparse_weight_follows_the_share_of_idf_mass_matched(store: FakeStore) -> None:
     idf = IdfTable.build(store)
     assert idf.idf[13] > idf.idf[10], "a rare token weighs more than a common one"
-    r = Retriever(store, SearchSettings(sparse_weight=1.0, sparse_coverage=(0.1, 0.4)), idf=idf)
+    r = Retriever(store, _settings(sparse_weight=1.0, sparse_coverage=(0.1, 0.4)), idf=idf)
     # every query token found in one chunk: full weight
     _, t = _search(r, [{"dense": [0, 1, 0], "sparse": {13: 1.0}}], explain=True)
     assert t["plan"][1]["weight"] == pytest.approx(1.0)
@@ -115,14 +118,14 @@ def test_sparse_weight_follows_the_share_of_idf_mass_matched(store: FakeStore) -
 
 
 def test_language_balance_adds_a_search_per_other_language(store: FakeStore) -> None:
-    r = Retriever(store, SearchSettings(language_balance=True))
+    r = Retriever(store, _settings(language_balance=True))
     fused, t = _search(r, [{"dense": [1, 0.3, 0], "sparse": {}, "lang": "en"}], explain=True)
     assert [(s["channel"], s["lang"]) for s in t["plan"]] == [("dense", None), ("dense", "ja")]
     assert "spec-b" in {c.fields["doc_id"] for c in fused}
 
 
 def test_sequential_and_parallel_fan_out_agree(store: FakeStore) -> None:
-    r = Retriever(store, SearchSettings())
+    r = Retriever(store, _settings())
     vectors = [{"dense": [1, 0.2, 0], "sparse": {10: 1.0}}, {"dense": [0.2, 1, 0], "sparse": {13: 1.0}}]
     a, _ = _search(r, vectors, parallel=True)
     b, _ = _search(r, vectors, parallel=False)
@@ -135,7 +138,7 @@ def test_a_channel_that_saw_only_the_old_version_ranks_the_new_one_in_its_place(
     store = FakeStore(
         [_row("doc", 1, "spec", "en", [1, 0, 0], [99]), _row("doc", 2, "spec", "en", [1, 0, 0], [98])]
     )
-    r = Retriever(store, SearchSettings())
+    r = Retriever(store, _settings())
     fused, _ = _search(r, [{"dense": [1, 0, 0], "sparse": {99: 1.0}}], channels=("sparse",))
     assert [c.chunk_id for c in fused] == ["doc-v2"]
     assert fused[0].fields["version"] == 2 and "sparse" not in fused[0].fields
@@ -151,7 +154,7 @@ def test_the_replacement_keeps_the_language_restriction_of_its_search() -> None:
         _row("other", 1, "spec", "en", [0.9, 0.1, 0], [99]),
     ]
     store = FakeStore(rows)
-    r = Retriever(store, SearchSettings(language_balance=True))
+    r = Retriever(store, _settings(language_balance=True))
     vectors = [{"dense": [1, 0, 0], "sparse": {99: 1.0}, "lang": "en"}]
     fused, t = _search(r, vectors, channels=("sparse",), explain=True, parallel=False)
     assert [(s["channel"], s["lang"], s["kept"]) for s in t["plan"]] == [
@@ -169,7 +172,7 @@ def test_a_document_deleted_since_the_ann_ran_is_dropped(store: FakeStore) -> No
             return super().doc_versions(doc_ids)
 
     racing = Deleting(store.rows)
-    fused, _ = _search(Retriever(racing, SearchSettings()), [{"dense": [0.2, 1, 0], "sparse": {13: 1.0}}])
+    fused, _ = _search(Retriever(racing, _settings()), [{"dense": [0.2, 1, 0], "sparse": {13: 1.0}}])
     assert "gloss" not in {c.fields["doc_id"] for c in fused} and fused
 
 
@@ -177,7 +180,7 @@ def test_a_chunk_holding_the_querys_identifier_ranks_first(store: FakeStore) -> 
     planted = _row("ticket", 1, "spec", "en", [0.0, 0.0, 1.0], [99])
     planted["text"] = "Refund failures are tracked as PAY-4821 since May."
     store.upsert([planted])
-    r = Retriever(store, SearchSettings())
+    r = Retriever(store, _settings())
     query = {"dense": [1.0, 0.0, 0.0], "sparse": {10: 1.0}, "text": "PAY-4821"}
     cands, t = _search(r, [query], explain=True)
     assert cands[0].fields["doc_id"] == "ticket"  # found by no vector channel's top, first anyway
@@ -193,7 +196,7 @@ def test_a_chunk_holding_the_querys_identifier_ranks_first(store: FakeStore) -> 
     assert all(c.fields["doc_id"] != "ticket" for c in cands)
     _, t = _search(r, [{**query, "text": "refund failures"}], explain=True)
     assert all(p["channel"] != "exact" for p in t["plan"])
-    off = Retriever(store, SearchSettings(identifier_match=False))
+    off = Retriever(store, _settings(identifier_match=False))
     assert off_first(off, query) != "ticket"
 
 
@@ -205,7 +208,7 @@ def off_first(r: Retriever, query: dict[str, Any]) -> str:
 def test_bm25_channel_searches_the_variant_text(store: FakeStore) -> None:
     from serve_app.core.bm25 import Bm25Index
 
-    r = Retriever(store, SearchSettings(), bm25=Bm25Index.build(store))
+    r = Retriever(store, _settings(), bm25=Bm25Index.build(store))
     cands, t = _search(
         r, [{"dense": [1.0, 0.0, 0.0], "sparse": {}, "text": "gloss"}], channels=("bm25",), explain=True
     )
@@ -213,7 +216,7 @@ def test_bm25_channel_searches_the_variant_text(store: FakeStore) -> None:
     assert [p["channel"] for p in t["plan"]] == ["bm25"]
     # Without an index the channel is not served (a search asking only for it finds nothing).
     cands, _ = _search(
-        Retriever(store, SearchSettings()),
+        Retriever(store, _settings()),
         [{"dense": [1.0, 0, 0], "sparse": {}, "text": "gloss"}],
         channels=("bm25",),
     )
@@ -221,7 +224,7 @@ def test_bm25_channel_searches_the_variant_text(store: FakeStore) -> None:
 
 
 def test_rrf_max_scales_a_first_everywhere_chunk_to_one(store: FakeStore) -> None:
-    r = Retriever(store, SearchSettings(sparse_weight=0.5, sparse_coverage=None))
+    r = Retriever(store, _settings(sparse_weight=0.5, sparse_coverage=None))
     fan = asyncio.run(r.search([{"dense": [1.0, 0.1, 0.0], "sparse": {10: 1.0, 11: 1.0}}], top_k=3))
     assert fan.rrf_max == pytest.approx(1.5 / 61)
     assert 0 < fan.candidates[0].rrf <= fan.rrf_max
