@@ -369,9 +369,13 @@ def significance(per_query: dict[str, dict[str, float]], default: str = DEFAULT)
     return out
 
 
+_RERANK_ONLY = {"rerank_candidates", "rerank_fusion_weight", "colbert_weight", "rerank_dense_weight"}
+_RERANK_ONLY |= {"rerank_sparse_weight", "cross_encoder_weight"}
+
+
 def _depth_key(cfg: dict[str, Any]) -> tuple[Any, ...]:
     """What the depth list of a configuration depends on: all of it but the rerank."""
-    search = tuple(sorted(cfg.get("search", {}).items()))
+    search = tuple(sorted((k, v) for k, v in cfg.get("search", {}).items() if k not in _RERANK_ONLY))
     return tuple(cfg["channels"]), bool(cfg.get("expand")), search, cfg.get("idf", True)
 
 

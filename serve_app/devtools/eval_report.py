@@ -90,7 +90,9 @@ def markdown_section(report: dict[str, Any], json_path: Path) -> str:
             f" p = {t['p_ttest']:.3g} (t-test), {t['p_randomization']:.3g} (randomisation)"
             for b, t in sig.items()
         ]
-    if ident := report.get("identifiers"):
+    if (ident := report.get("identifiers")) and "error" in ident:
+        lines += ["", f"Identifier set: not measured ({ident['error']})."]
+    elif ident:
         shapes = ", ".join(f"{k} {v['rank1']:.2f}" for k, v in ident["by_shape"].items())
         lines += [
             "",
@@ -126,15 +128,16 @@ def summary_section(reports: Sequence[dict[str, Any]]) -> str:
         sig = rep.get("significance", {})
         best = sig.get("best_baseline")
         test = sig.get("against", {}).get(best) if best else None
-        ident = rep.get("identifiers")
+        ident = rep.get("identifiers") if "rank1" in rep.get("identifiers", {}) else None
 
         def cell(name: str, cfg: dict[str, Any] = cfg) -> str:
             return _f(cfg[name]["ndcg@10"]) if name in cfg else ""
 
         gain = f"{test['delta']:+.3f} ({best})" if test else ""
         p_values = f"{test['p_ttest']:.3g} / {test['p_randomization']:.3g}" if test else ""
+        stale = "" if "significance" in rep else " (previous pipeline, not re-measured)"
         lines.append(
-            f"| {rep['dataset']} | {default['queries']} | {cell('bm25')} | {cell('dense')}"
+            f"| {rep['dataset']}{stale} | {default['queries']} | {cell('bm25')} | {cell('dense')}"
             f" | {cell('dense100+colbert100')} | {_f(default['ndcg@10'])} | {gain} | {p_values}"
             f" | {_f(ident['rank1']) if ident else ''} |"
         )
@@ -150,6 +153,7 @@ def leave_one_out(reports: Sequence[dict[str, Any]], candidates: Sequence[str]) 
     default on four collections is worth on a fifth. Only candidates measured on every collection
     compete.
     """
+    reports = [r for r in reports if "significance" in r]  # reports of the current pipeline only
     usable = [c for c in candidates if all(c in r["configs"] for r in reports)]
     rows = []
     for held in reports:

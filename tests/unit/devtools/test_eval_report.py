@@ -29,7 +29,8 @@ def test_baseline_and_markdown(tmp_path: Path) -> None:
     assert section.startswith("<!-- eval:toy:start -->") and section.endswith("<!-- eval:toy:end -->")
     assert "| full | 2 | 0.500 | 0.990 | 0.900 | 0.900 |" in section and "BM25" in section
     summary = summary_section([report])
-    assert "| toy | 2 |  | 0.500 |  | 0.500 |  |  |  |" in summary  # no baselines run: no gain claimed
+    # A report without per-query tests is an older pipeline's: shown as such, no gain claimed.
+    assert "| toy (previous pipeline, not re-measured) | 2 |  | 0.500 |  | 0.500 |  |  |  |" in summary
     report["configs"]["bm25"] = {**row, "ndcg@10": 0.3}
     report["significance"] = {
         "default": "full",
@@ -62,6 +63,9 @@ def test_leave_one_collection_out_picks_on_the_others() -> None:
         return {"dataset": name, "configs": {"a": {"ndcg@10": a}, "b": {"ndcg@10": b}, "c": {"ndcg@10": 1.0}}}
 
     reports = [rep("x", 0.9, 0.1), rep("y", 0.2, 0.4), rep("z", 0.3, 0.5)]
+    for r in reports:
+        r["significance"] = {}
+    reports.append({"dataset": "old", "configs": {"a": {"ndcg@10": 0.0}}})  # an older pipeline's: left out
     reports[2]["configs"].pop("c")  # measured on two collections only: does not compete
     rows = {r["held_out"]: r for r in leave_one_out(reports, ["a", "b", "c"])}
     assert rows["x"]["picked"] == "b" and rows["x"]["held_out_ndcg@10"] == 0.1  # b wins on y and z
