@@ -104,7 +104,7 @@ class SearchSettings(_Section):
     )
     identifier_weight: float = Field(default=2.0, ge=0, description="RRF weight of the identifier list")
     language_balance: bool = Field(
-        default=True,
+        default=False,
         description="stage 1 also searches each other language separately, so passages in the "
         "query's language cannot crowd the others out of the candidate pool (docs/retrieval.md)",
     )
@@ -121,7 +121,7 @@ class SearchSettings(_Section):
         "English text shares almost no tokens: its sparse list is noise); None = fixed weight",
     )
     rerank: bool = True
-    rerank_candidates: int = Field(default=30, ge=1, le=200, description="fused candidates the rerank scores")
+    rerank_candidates: int = Field(default=20, ge=1, le=200, description="fused candidates the rerank scores")
     colbert_weight: float = Field(
         default=1.0, ge=0, description="weight of ColBERT MaxSim in the rerank score"
     )
@@ -133,7 +133,7 @@ class SearchSettings(_Section):
     )
     rerank_sparse_weight: float = Field(default=0.0, ge=0)
     rerank_fusion_weight: float = Field(
-        default=0.1,
+        default=0.0,
         ge=0,
         description="weight of the candidate's place in the fused list, (rrf_k + 1) / (rrf_k + 1 + "
         "position), in the rerank score: the language-balanced fusion keeps answers in the other "
