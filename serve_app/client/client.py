@@ -14,7 +14,7 @@ from typing import Any, Literal, Self, TypeVar
 import httpx
 from tenacity import AsyncRetrying, Retrying
 
-from serve_app.client import calls
+import serve_app.client.calls as calls
 from serve_app.client.calls import Call, DocumentLike, FiltersLike
 from serve_app.client.models import (
     Channel,

@@ -44,6 +44,14 @@ log = logging.getLogger(__name__)
 # the default /v1/search pipeline (today's SearchSettings defaults). Overrides of search settings
 # ride along. The baselines and the ablation rows switch off what they do not measure.
 _PLAIN = {"language_balance": False, "identifier_match": False, "rerank_fusion_weight": 0.0}
+
+
+def _full(**search: Any) -> dict[str, Any]:
+    """The default pipeline (hybrid, expansion, rerank) with these search settings overridden."""
+    cfg: dict[str, Any] = {"channels": ("dense", "sparse"), "rerank": True, "expand": True}
+    return {**cfg, "search": search} if search else cfg
+
+
 CONFIGS: dict[str, dict[str, Any]] = {
     # The reference baselines (BASELINES): BM25 on the same chunks, dense alone, and dense top 100
     # reranked by ColBERT MaxSim over those 100.
@@ -67,52 +75,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "dense+sparse+balance": {"channels": ("dense", "sparse"), "search": {**_PLAIN, "language_balance": True}},
     "dense+sparse+expansion": {"channels": ("dense", "sparse"), "expand": True, "search": _PLAIN},
     "dense+sparse+colbert": {"channels": ("dense", "sparse"), "rerank": True, "search": _PLAIN},
-    "full": {"channels": ("dense", "sparse"), "rerank": True, "expand": True},
+    "full": _full(),
     # The configuration measured as "full" in the 2026-12-02 reports (docs/BENCHMARKS.md): best on
     # the dev sets, not the service default (the sample-document check regressed with it).
-    "balanced": {
-        "channels": ("dense", "sparse"),
-        "rerank": True,
-        "expand": True,
-        "search": {"language_balance": True, "rerank_candidates": 30, "rerank_fusion_weight": 0.1},
-    },
+    "balanced": _full(language_balance=True, rerank_candidates=30, rerank_fusion_weight=0.1),
     # Candidates for the default, each one change away from it (the leave-one-collection-out choice).
-    "full-previous": {
-        "channels": ("dense", "sparse"),
-        "rerank": True,
-        "expand": True,
-        "search": {**_PLAIN, "identifier_match": True, "rerank_candidates": 20},
-    },
-    "full-no-balance": {
-        "channels": ("dense", "sparse"),
-        "rerank": True,
-        "expand": True,
-        "search": {"language_balance": False},
-    },
-    "full-prior0": {
-        "channels": ("dense", "sparse"),
-        "rerank": True,
-        "expand": True,
-        "search": {"rerank_fusion_weight": 0.0},
-    },
-    "full-prior0.05": {
-        "channels": ("dense", "sparse"),
-        "rerank": True,
-        "expand": True,
-        "search": {"rerank_fusion_weight": 0.05},
-    },
-    "full-prior0.2": {
-        "channels": ("dense", "sparse"),
-        "rerank": True,
-        "expand": True,
-        "search": {"rerank_fusion_weight": 0.2},
-    },
-    "full@50": {
-        "channels": ("dense", "sparse"),
-        "rerank": True,
-        "expand": True,
-        "search": {"rerank_candidates": 50},
-    },
+    "full-previous": _full(**{**_PLAIN, "identifier_match": True, "rerank_candidates": 20}),
+    "full-no-balance": _full(language_balance=False),
+    "full-prior0": _full(rerank_fusion_weight=0.0),
+    "full-prior0.05": _full(rerank_fusion_weight=0.05),
+    "full-prior0.2": _full(rerank_fusion_weight=0.2),
+    "full@50": _full(rerank_candidates=50),
 }
 CANDIDATES = (
     "full",
