@@ -11,13 +11,14 @@ $(BIN)/specrag: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first and pinned: resolving it later would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,lexicon]"
 	touch $(BIN)/specrag
 
 setup: $(BIN)/specrag model
 
 model: $(BIN)/specrag
 	$(BIN)/specrag model build-offline
+	$(BIN)/specrag lexicon build
 
 run: setup
 	$(BIN)/specrag up

@@ -1,8 +1,10 @@
-"""QueryExpander: a thin Serve shell around ``QueryExpansion`` (LLM variants + learned glossary).
+"""QueryExpander: a thin Serve shell around ``QueryExpansion`` (LLM variants, the ja-en lexicon,
+the learned glossary).
 
-The glossary is re-learned from the live collection every ``expander.glossary_refresh_s`` in a
-thread, so documents ingested meanwhile teach it new terms without a redeploy; a Milvus outage
-only keeps the previous glossary.
+The glossary and the collection's language mix (which decides whether a Japanese query gets the
+lexicon's English variant) are re-read from the live collection every
+``expander.glossary_refresh_s`` in a thread, so documents ingested meanwhile teach it new terms
+without a redeploy; a Milvus outage only keeps the previous state.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any
 from ray import serve
 
 from serve_app.core.contracts import Expansion
-from serve_app.core.expansion import QueryExpansion, learn_glossary
+from serve_app.core.expansion import Glossary, QueryExpansion, learn_glossary
+from serve_app.core.lexicon import load_lexicon
+from serve_app.core.store import language_counts
 from serve_app.serving.observability import metric
 from serve_app.settings import Settings
 
@@ -28,7 +32,9 @@ class QueryExpander:
         from serve_app.core.store import make_store
 
         self.settings = settings
-        self.engine = QueryExpansion(settings.expander, max_chars=settings.limits.max_query_chars)
+        x = settings.expander
+        lexicon = load_lexicon(x.lexicon_path) if x.lexicon != "off" else None
+        self.engine = QueryExpansion(x, max_chars=settings.limits.max_query_chars, lexicon=lexicon)
         self.store = make_store(settings, dim)
         self._learning: asyncio.Task[None] | None = None
         self._learn_error: str | None = None
@@ -36,13 +42,18 @@ class QueryExpander:
     def _maybe_learn(self) -> None:
         s = self.settings.expander
         due = time.time() - self.engine.glossary.learned_at > s.glossary_refresh_s
-        if s.glossary and due and (self._learning is None or self._learning.done()):
+        wanted = s.glossary or (s.lexicon != "off" and self.engine.lexicon is not None)
+        if wanted and due and (self._learning is None or self._learning.done()):
             self._learning = asyncio.get_running_loop().create_task(self._learn())
 
     async def _learn(self) -> None:
         soon = time.time() - self.settings.expander.glossary_refresh_s + 30
         try:
-            glossary = await asyncio.to_thread(learn_glossary, self.store, self.settings.expander)
+            if self.settings.expander.glossary:
+                glossary = await asyncio.to_thread(learn_glossary, self.store, self.settings.expander)
+            else:  # the lexicon alone needs only the language mix
+                glossary = Glossary(learned_at=time.time())
+            self.engine.languages = await asyncio.to_thread(language_counts, self.store)
             self._learn_error = None
             if not len(glossary):  # nothing ingested yet, most likely: look again soon
                 glossary.learned_at = min(glossary.learned_at, soon)

@@ -5,6 +5,8 @@ Its ColBERT vectors come through the Embedder's handle, so they share its replic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -22,8 +24,10 @@ class Reranker:
         cross = load_cross_encoder(s.cross_encoder, s.cross_encoder_device) if s.cross_encoder else None
         self.engine = ColbertReranker(HandleEmbedder(embedder), s, cross)
 
-    async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]:
-        return await self.engine.rerank(query, candidates)
+    async def rerank(
+        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+    ) -> list[Candidate]:
+        return await self.engine.rerank(query, candidates, variants)
 
     async def score_texts(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]:
         """Arbitrary texts scored against a query (``/v1/rerank``, TEI's ``/rerank``)."""

@@ -1,7 +1,9 @@
 """Searcher: a thin Serve shell around ``Retriever`` (parallel two-stage fan-out over Milvus + RRF).
 
-With the offline model (placeholder sparse head) it keeps the collection's IDF table and rebuilds
-it every ``search.idf_refresh_s`` in a thread; until the first build, queries are unweighted.
+Every ``search.idf_refresh_s`` it re-reads, in a thread, what the fan-out adapts to: the
+collection's language mix (which languages a balanced search lists separately) and, with the
+offline model (placeholder sparse head), the IDF table; until the first read, queries are
+unweighted and a balanced search lists both languages.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ray import serve
 from serve_app.core.contracts import Fanout, QueryVector
 from serve_app.core.lexical import IdfTable, idf_enabled
 from serve_app.core.retrieval import Retriever
-from serve_app.core.store import StoreUnavailable, make_store
+from serve_app.core.store import StoreUnavailable, language_counts, make_store
 from serve_app.serving.observability import metric
 from serve_app.settings import Settings
 
@@ -33,22 +35,25 @@ class Searcher:
         self._idf_checked = 0.0
 
     def _maybe_refresh_idf(self) -> None:
-        if not self.use_idf or (self._idf_task is not None and not self._idf_task.done()):
+        if self._idf_task is not None and not self._idf_task.done():
             return
         if time.time() - self._idf_checked > self.settings.search.idf_refresh_s:
             self._idf_checked = time.time()
             self._idf_task = asyncio.get_running_loop().create_task(self._refresh_idf())
 
     async def _refresh_idf(self) -> None:
+        """The language mix, and the IDF table where the model needs one."""
         try:
-            table = await asyncio.to_thread(IdfTable.build, self.store)
-        except Exception as exc:  # keep the previous table (or none): searches still work
+            languages = await asyncio.to_thread(language_counts, self.store)
+            table = await asyncio.to_thread(IdfTable.build, self.store) if self.use_idf else None
+        except Exception as exc:  # keep the previous state (or none): searches still work
             self._idf_checked = time.time() - self.settings.search.idf_refresh_s + 30  # retry soon
-            logging.getLogger("ray.serve.specrag.searcher").warning("IDF rebuild failed: %s", exc)
+            logging.getLogger("ray.serve.specrag.searcher").warning("corpus statistics failed: %s", exc)
             return
-        if table.chunks:
+        self.retriever.languages = languages
+        if table is not None and table.chunks:
             self.retriever.idf = table
-        else:  # nothing ingested yet: look again soon rather than after a whole period
+        if not sum(languages.values()):  # nothing ingested yet: look again soon, not after a period
             self._idf_checked = time.time() - self.settings.search.idf_refresh_s + 30
 
     async def search(self, vectors: Sequence[QueryVector], **kwargs: Any) -> Fanout:
@@ -68,7 +73,11 @@ class Searcher:
 
     def idf_status(self) -> dict[str, Any]:
         idf = self.retriever.idf
-        return {"enabled": self.use_idf, "chunks": idf.chunks if idf else 0}
+        return {
+            "enabled": self.use_idf,
+            "chunks": idf.chunks if idf else 0,
+            "languages": self.retriever.languages,
+        }
 
     async def ready(self) -> dict[str, Any]:
         """Milvus answers and the collection exists (``not_initialized`` before the first ingest)."""

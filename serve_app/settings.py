@@ -94,7 +94,7 @@ class SearchSettings(_Section):
         default=1.0, ge=0, description="RRF weight of every bm25 list (when a search asks for that channel)"
     )
     variant_weights: dict[str, float] = Field(
-        default={"original": 1.0, "llm": 0.7, "glossary": 0.5},
+        default={"original": 1.0, "llm": 0.7, "glossary": 0.5, "lexicon": 1.0},
         description="RRF weight per variant origin, multiplied with the channel weight",
     )
     identifier_match: bool = Field(
@@ -104,9 +104,17 @@ class SearchSettings(_Section):
     )
     identifier_weight: float = Field(default=2.0, ge=0, description="RRF weight of the identifier list")
     language_balance: bool = Field(
-        default=False,
-        description="stage 1 also searches each other language separately, so passages in the "
-        "query's language cannot crowd the others out of the candidate pool (docs/retrieval.md)",
+        default=True,
+        description="a query with no variant in some language of the corpus is searched in each "
+        "language separately (one list per language, equal weights), so passages in its own language "
+        "cannot crowd the others out of the candidate pool (docs/retrieval.md)",
+    )
+    language_min_share: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="a language is balanced only when it holds at least this share of the current "
+        "chunks; with fewer than two such languages a search keeps one list per variant and channel",
     )
     sparse_idf: Literal["auto", "on", "off"] = Field(
         default="auto",
@@ -121,7 +129,12 @@ class SearchSettings(_Section):
         "English text shares almost no tokens: its sparse list is noise); None = fixed weight",
     )
     rerank: bool = True
-    rerank_candidates: int = Field(default=20, ge=1, le=200, description="fused candidates the rerank scores")
+    rerank_candidates: int = Field(default=50, ge=1, le=200, description="fused candidates the rerank scores")
+    rerank_variants: list[str] = Field(
+        default=["lexicon"],
+        description="variants of these origins are read by the rerank too: ColBERT and dense scores "
+        "are the mean over the query and them",
+    )
     colbert_weight: float = Field(
         default=1.0, ge=0, description="weight of ColBERT MaxSim in the rerank score"
     )
@@ -138,6 +151,14 @@ class SearchSettings(_Section):
         description="weight of the candidate's place in the fused list, (rrf_k + 1) / (rrf_k + 1 + "
         "position), in the rerank score: the language-balanced fusion keeps answers in the other "
         "language near the top where ColBERT alone prefers the query's language (docs/retrieval.md)",
+    )
+    rerank_lexical_weight: float = Field(
+        default=0.2,
+        ge=0,
+        description="weight of the candidate's lexical evidence in the rerank score: the share of the "
+        "query's IDF mass it matches, times the query's lexical confidence (sparse_coverage), so it "
+        "counts for a question that copies the passage's words and not across languages (needs the "
+        "IDF table: the offline model)",
     )
     cross_encoder: str | None = Field(
         default=None,
@@ -172,6 +193,23 @@ class ExpanderSettings(_Section):
         default_factory=list, description="TSV files: term<TAB>translation-or-synonym[<TAB>...]"
     )
     glossary_refresh_s: float = Field(default=300.0, gt=0, description="how often pairs are re-learned")
+    lexicon: Literal["off", "fallback", "always"] = Field(
+        default="always",
+        description="a dictionary (JMdict) rendering of a Japanese query in English as one more variant "
+        "(the rerank reads it too, search.rerank_variants): always, or only as a fallback when the LLM "
+        "gave no English variant (none configured, failing or empty), or off",
+    )
+    lexicon_min_share: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="the dictionary variant only where English chunks make up at least this share "
+        "of the collection (a Japanese-only corpus has nothing an English variant could find)",
+    )
+    lexicon_path: Path = Field(
+        default=DEFAULT_HOME / "lexicon" / "ja-en.tsv",
+        description="the ja-en lexicon `specrag lexicon build` writes (make setup does)",
+    )
 
 
 class LimitSettings(_Section):

@@ -1,10 +1,10 @@
-"""``specrag`` command line: up, ingest, eval, model build-offline, settings."""
+"""``specrag`` command line: up, ingest, eval, model build-offline, lexicon build, settings."""
 
 from __future__ import annotations
 
 import typer
 
-from serve_app.cli import bench, documents, evaluate, model, openapi, reindex, reliability, service
+from serve_app.cli import bench, documents, evaluate, lexicon, model, openapi, reindex, reliability, service
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -18,6 +18,7 @@ app.command()(service.settings)
 app.command()(service.up)
 app.command()(openapi.openapi)
 app.add_typer(model.model_app, name="model")
+app.add_typer(lexicon.lexicon_app, name="lexicon")
 app.add_typer(service.keys_app, name="keys")
 app.add_typer(bench.bench_app, name="bench")
 app.add_typer(reliability.reliability_app, name="reliability")

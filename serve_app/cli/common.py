@@ -49,13 +49,32 @@ def prepare(verbose: bool) -> Settings:
 
 
 def ensure_model(settings: Settings) -> None:
-    """The embedded default builds itself on first use; a production path must already exist."""
+    """The embedded default builds itself on first use (the model, and the ja-en lexicon the
+    expander reads); a production path must already exist."""
     from serve_app.devtools.model_build import SIDECAR, build_offline_model
 
     path = Path(settings.model.name_or_path)
     if path == Path(ModelSettings().name_or_path) and not (path / SIDECAR).exists():
         typer.echo(f"building the offline model into {path} (once, ~20 s)")
         build_offline_model(path)
+    ensure_lexicon(settings)
+
+
+def ensure_lexicon(settings: Settings) -> None:
+    """The default ja-en lexicon builds itself on first use (2 s) where jamdict-data is installed;
+    without it the expansion goes on without a lexicon variant (and says so)."""
+    from serve_app.settings import ExpanderSettings
+
+    path = settings.expander.lexicon_path
+    if settings.expander.lexicon == "off" or path.exists() or path != ExpanderSettings().lexicon_path:
+        return
+    from serve_app.devtools.lexicon_build import build_lexicon
+
+    try:
+        typer.echo(f"building the ja-en lexicon into {path} (once, ~2 s)")
+        build_lexicon(path)
+    except RuntimeError as exc:
+        typer.echo(f"no lexicon: {exc}", err=True)
 
 
 def host_port(uri: str, default_port: int = 19530) -> tuple[str, int]:

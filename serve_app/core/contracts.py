@@ -51,7 +51,7 @@ class QueryVariant(TypedDict):
 
     text: str
     lang: str
-    origin: str  # original | llm | glossary
+    origin: str  # original | llm | lexicon | glossary
     terms: NotRequired[list[list[str]]]  # glossary: the [term, replacement] pairs swapped
 
 

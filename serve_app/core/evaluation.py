@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.core.contracts import ScoredResult
+from serve_app.core.contracts import Expansion, ScoredResult
 from serve_app.core.pipeline import (
     Expander,
     LocalEmbedder,
@@ -43,12 +43,21 @@ log = logging.getLogger(__name__)
 # One row of the matrix each: which channels, ColBERT rerank or not, expansion or not. "full" is
 # the default /v1/search pipeline (today's SearchSettings defaults). Overrides of search settings
 # ride along. The baselines and the ablation rows switch off what they do not measure.
-_PLAIN = {"language_balance": False, "identifier_match": False, "rerank_fusion_weight": 0.0}
+_PLAIN = {
+    "language_balance": False,
+    "identifier_match": False,
+    "rerank_fusion_weight": 0.0,
+    "rerank_lexical_weight": 0.0,
+    "rerank_variants": [],
+}
 
 
-def _full(**search: Any) -> dict[str, Any]:
-    """The default pipeline (hybrid, expansion, rerank) with these search settings overridden."""
+def _full(drop: tuple[str, ...] = (), **search: Any) -> dict[str, Any]:
+    """The default pipeline (hybrid, expansion, rerank) with these search settings overridden and
+    the variants of the ``drop`` origins left out of the expansion."""
     cfg: dict[str, Any] = {"channels": ("dense", "sparse"), "rerank": True, "expand": True}
+    if drop:
+        cfg["drop"] = drop
     return {**cfg, "search": search} if search else cfg
 
 
@@ -76,26 +85,30 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "dense+sparse+expansion": {"channels": ("dense", "sparse"), "expand": True, "search": _PLAIN},
     "dense+sparse+colbert": {"channels": ("dense", "sparse"), "rerank": True, "search": _PLAIN},
     "full": _full(),
-    # The configuration measured as "full" in the 2026-12-02 reports (docs/BENCHMARKS.md): best on
-    # the dev sets, not the service default (the sample-document check regressed with it).
-    "balanced": _full(language_balance=True, rerank_candidates=30, rerank_fusion_weight=0.1),
+    # The default until 2026-12-06 (glossary expansion, no balance, ColBERT rerank of the fused
+    # top 20, the identifier lookup): the figures of the previous reports, and the latency baseline.
+    "full-previous": _full(
+        drop=("lexicon",), **{**_PLAIN, "identifier_match": True, "rerank_candidates": 20}
+    ),
     # Candidates for the default, each one change away from it (the leave-one-collection-out choice).
-    "full-previous": _full(**{**_PLAIN, "identifier_match": True, "rerank_candidates": 20}),
+    "full-no-lexicon": _full(drop=("lexicon",)),
+    "full-no-rv": _full(rerank_variants=[]),
     "full-no-balance": _full(language_balance=False),
-    "full-prior0": _full(rerank_fusion_weight=0.0),
-    "full-prior0.05": _full(rerank_fusion_weight=0.05),
-    "full-prior0.2": _full(rerank_fusion_weight=0.2),
-    "full@50": _full(rerank_candidates=50),
+    "full-no-lexical": _full(rerank_lexical_weight=0.0),
+    "full-prior0.1": _full(rerank_fusion_weight=0.1),
+    "full@20": _full(rerank_candidates=20),
+    "full@30": _full(rerank_candidates=30),
 }
 CANDIDATES = (
     "full",
-    "balanced",
     "full-previous",
+    "full-no-lexicon",
+    "full-no-rv",
     "full-no-balance",
-    "full-prior0",
-    "full-prior0.05",
-    "full-prior0.2",
-    "full@50",
+    "full-no-lexical",
+    "full-prior0.1",
+    "full@20",
+    "full@30",
 )
 BASELINES = ("bm25", "dense", "dense100+colbert100")
 DEFAULT = "full"  # the configuration /v1/search runs with no options
@@ -212,8 +225,14 @@ def config_pipeline(
     """The serving pipeline wired to in-process engines, with the configuration's setting overrides."""
     cfg = CONFIGS[name]
     search = retriever.settings.model_copy(update=cfg.get("search", {}))
+    if cfg.get("drop"):
+        expander = DropOrigins(expander, cfg["drop"])
     r = Retriever(
-        retriever.store, search, idf=retriever.idf if cfg.get("idf", True) else None, bm25=retriever.bm25
+        retriever.store,
+        search,
+        idf=retriever.idf if cfg.get("idf", True) else None,
+        bm25=retriever.bm25,
+        languages=retriever.languages,
     )
     return SearchPipeline(
         search,
@@ -222,6 +241,17 @@ def config_pipeline(
         retriever=r,
         reranker=ColbertReranker(embedder, search, cross_encoder if cfg.get("cross_encoder", True) else None),
     )
+
+
+class DropOrigins:
+    """An expander without the variants of some origins (a configuration without the lexicon)."""
+
+    def __init__(self, inner: Expander, origins: Sequence[str]) -> None:
+        self.inner, self.origins = inner, set(origins)
+
+    async def expand(self, query: str, enabled: bool = True) -> Expansion:
+        out = await self.inner.expand(query, enabled)
+        return {**out, "variants": [v for v in out["variants"] if v["origin"] not in self.origins]}
 
 
 async def run_queries(
@@ -352,13 +382,20 @@ def significance(per_query: dict[str, dict[str, float]], default: str = DEFAULT)
 
 
 _RERANK_ONLY = {"rerank_candidates", "rerank_fusion_weight", "colbert_weight", "rerank_dense_weight"}
-_RERANK_ONLY |= {"rerank_sparse_weight", "cross_encoder_weight"}
+_RERANK_ONLY |= {"rerank_sparse_weight", "cross_encoder_weight", "rerank_lexical_weight", "rerank_variants"}
 
 
 def _depth_key(cfg: dict[str, Any]) -> tuple[Any, ...]:
     """What the depth list of a configuration depends on: all of it but the rerank."""
-    search = tuple(sorted((k, v) for k, v in cfg.get("search", {}).items() if k not in _RERANK_ONLY))
-    return tuple(cfg["channels"]), bool(cfg.get("expand")), search, cfg.get("idf", True)
+    search = tuple(
+        sorted(
+            (k, json.dumps(v, sort_keys=True))
+            for k, v in cfg.get("search", {}).items()
+            if k not in _RERANK_ONLY
+        )
+    )
+    drop = tuple(cfg.get("drop", ()))
+    return tuple(cfg["channels"]), bool(cfg.get("expand")), search, cfg.get("idf", True), drop
 
 
 def _scored(

@@ -33,6 +33,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop
 
 from serve_app.core.chunking import detect_lang
 from serve_app.core.contracts import Expansion, QueryVariant
+from serve_app.core.lexicon import Lexicon
 from serve_app.settings import ExpanderSettings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 class Variant:
     text: str
     lang: str
-    origin: str  # original | llm | glossary
+    origin: str  # original | llm | lexicon | glossary
     terms: tuple[tuple[str, str], ...] = ()  # glossary: the (term, replacement) pairs swapped
 
     def as_dict(self) -> QueryVariant:
@@ -418,10 +419,19 @@ class QueryExpansion:
     """The original query, then LLM variants (if configured and healthy), then glossary variants."""
 
     def __init__(
-        self, settings: ExpanderSettings, *, max_chars: int = 2000, llm: LLMExpander | None = None
+        self,
+        settings: ExpanderSettings,
+        *,
+        max_chars: int = 2000,
+        llm: LLMExpander | None = None,
+        lexicon: Lexicon | None = None,
     ) -> None:
         self.settings = settings
         self.llm = llm or (LLMExpander(settings, max_chars=max_chars) if settings.llm_url else None)
+        self.lexicon = lexicon
+        # Current chunks per language (``store.language_counts``), refreshed with the glossary;
+        # None = not measured yet.
+        self.languages: dict[str, int] | None = None
         self.glossary = Glossary()
         if settings.glossary:
             for path in settings.term_files:
@@ -441,6 +451,8 @@ class QueryExpansion:
             except ExpansionError as exc:
                 llm, llm_error = "fallback", str(exc)
                 log.warning("query expansion fell back to the glossary: %s", exc)
+        if lexical := self._lexicon_variant(query, variants):
+            variants.append(lexical)
         if self.settings.glossary:
             seen = {_key(v.text) for v in variants}
             for v in self.glossary.variants(query, self.settings.glossary_variants):
@@ -451,6 +463,22 @@ class QueryExpansion:
             out["llm_error"] = llm_error
         out["glossary_pairs"] = len(self.glossary)
         return out
+
+    def _lexicon_variant(self, query: str, variants: list[Variant]) -> Variant | None:
+        """The dictionary's English rendering of a Japanese query (``expander.lexicon``)."""
+        mode = self.settings.lexicon
+        if self.lexicon is None or mode == "off" or variants[0].lang != "ja":
+            return None
+        if (counts := self.languages) is not None:  # nothing English to find: no English variant
+            total = sum(counts.values())
+            if not total or counts.get("en", 0) / total < self.settings.lexicon_min_share:
+                return None
+        if mode == "fallback" and any(v.origin == "llm" and v.lang == "en" for v in variants):
+            return None
+        text = self.lexicon.translate(query)
+        if not text or _key(text) in {_key(v.text) for v in variants}:
+            return None
+        return Variant(text, detect_lang(text), "lexicon")
 
 
 _LEARN_FIELDS = ["doc_id", "title", "title_path", "text", "kind", "lang"]

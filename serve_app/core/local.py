@@ -10,8 +10,9 @@ from __future__ import annotations
 from serve_app.core.bm25 import Bm25Index
 from serve_app.core.expansion import QueryExpansion, learn_glossary
 from serve_app.core.lexical import IdfTable, idf_enabled
+from serve_app.core.lexicon import load_lexicon
 from serve_app.core.retrieval import Retriever
-from serve_app.core.store import Store
+from serve_app.core.store import Store, language_counts
 from serve_app.settings import Settings
 
 
@@ -24,12 +25,15 @@ def local_retriever(settings: Settings, store: Store, *, bm25: bool = False) -> 
         settings.search,
         idf=IdfTable.build(store) if use_idf else None,
         bm25=Bm25Index.build(store) if bm25 else None,
+        languages=language_counts(store),
     )
 
 
 def local_expansion(settings: Settings, store: Store) -> QueryExpansion:
     """The expansion engine with the glossary learned from the collection (when enabled)."""
-    expansion = QueryExpansion(settings.expander, max_chars=settings.limits.max_query_chars)
+    lexicon = load_lexicon(settings.expander.lexicon_path) if settings.expander.lexicon != "off" else None
+    expansion = QueryExpansion(settings.expander, max_chars=settings.limits.max_query_chars, lexicon=lexicon)
     if settings.expander.glossary:
         expansion.glossary = learn_glossary(store, settings.expander)
+    expansion.languages = language_counts(store)
     return expansion

@@ -80,7 +80,9 @@ class Retriever(Protocol):
 
 
 class Reranker(Protocol):
-    async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]: ...
+    async def rerank(
+        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+    ) -> list[Candidate]: ...
 
 
 class SearchObserver:
@@ -193,7 +195,8 @@ class SearchPipeline:
                 "candidates": len(fan.candidates),
             },
         )
-        candidates, reranked = await self._rerank(q.query, fan.candidates, rerank, degraded)
+        also = [v["text"] for v in variants[1:] if v["origin"] in s.rerank_variants]
+        candidates, reranked = await self._rerank(q.query, fan.candidates, rerank, degraded, also)
         t4 = time.perf_counter()
         timings = {
             "expand": (t1 - t0) * 1000,
@@ -245,12 +248,12 @@ class SearchPipeline:
         return expansion
 
     async def _rerank(
-        self, query: str, candidates: list[Candidate], rerank: bool, degraded: list[str]
+        self, query: str, candidates: list[Candidate], rerank: bool, degraded: list[str], variants: list[str]
     ) -> tuple[list[Candidate], bool]:
         if not rerank or not candidates:
             return candidates, False
         try:
-            return await self.reranker.rerank(query, candidates), True
+            return await self.reranker.rerank(query, candidates, variants), True
         except Exception:
             log.exception("reranker failed; returning the fused order")
             degraded.append("rerank")

@@ -14,6 +14,7 @@ TEI's ``/rerank``). A text's *raw* score is that formula's weighted mean; its *r
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from serve_app.core.contracts import EmbedOutput, InputType, TextScore, Truncate
@@ -53,18 +54,23 @@ class ColbertReranker:
         self.settings = settings
         self.cross = cross_encoder
 
-    async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]:
+    async def rerank(
+        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+    ) -> list[Candidate]:
+        """``variants``: other readings of the query (its translation) whose ColBERT and dense
+        scores are averaged with the query's; a variant the model fails on is left out."""
         if not candidates:
             return candidates
         texts = [passage_text(c.fields) for c in candidates]
         calls: list[Any] = [
-            self.embedder.embed([query], "query", True),
+            self.embedder.embed([query, *variants], "query", True),
             self.embedder.embed(texts, "passage", True),
         ]
         if self.cross is not None:
             calls.append(asyncio.to_thread(cross_encoder_scores, self.cross, query, texts))
         out = await asyncio.gather(*calls)
-        return rerank(out[0][0], out[1], candidates, self.settings, out[2] if self.cross else None)
+        queries = [out[0][0], *(q for q in out[0][1:] if not q["error"])]
+        return rerank(queries, out[1], candidates, self.settings, out[2] if self.cross else None)
 
     async def score_texts(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]:
         """Every text scored against ``query``, best first (equal scores keep the request's order).
@@ -87,7 +93,7 @@ class ColbertReranker:
         cross: list[float] | None = out[2] if self.cross is not None else None
         scored = []
         for i, p in enumerate(passages):
-            scores = rerank_scores(q, p, self.settings, cross[i] if cross is not None else None)
+            scores = rerank_scores([q], p, self.settings, cross[i] if cross is not None else None)
             raw = scores.pop("rerank")
             scored.append(
                 TextScore(

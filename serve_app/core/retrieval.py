@@ -18,6 +18,7 @@ from serve_app.core.fusion import Candidate, RankedList, rrf_fuse
 from serve_app.core.identifiers import find_identifiers, pins
 from serve_app.core.lexical import IdfTable
 from serve_app.core.store import (
+    LANGUAGES,
     MAX_WINDOW,
     SCALAR_FIELDS,
     Filter,
@@ -78,11 +79,41 @@ class Retriever:
         *,
         idf: IdfTable | None = None,
         bm25: Bm25Index | None = None,
+        languages: dict[str, int] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.idf = idf
         self.bm25 = bm25  # the bm25 channel's index (None: the channel is not served)
+        # Current chunks per language (``store.language_counts``); None = not measured yet.
+        self.languages = languages
+
+    def corpus_languages(self) -> list[str]:
+        """The languages holding at least ``language_min_share`` of the current chunks (both
+        while the mix is not measured yet: an empty language costs one empty search)."""
+        counts = self.languages
+        if counts is None:
+            return list(LANGUAGES)
+        total = sum(counts.values())
+        share = self.settings.language_min_share
+        return [lg for lg in LANGUAGES if total and counts.get(lg, 0) / total >= share]
+
+    def _stage1_languages(self, vectors: Sequence[QueryVector], filters: dict[str, Any]) -> list[str | None]:
+        """Per variant and channel, one list (``[None]``) or one list per corpus language.
+
+        Language balance applies to a query none of whose variants is in some language of the
+        corpus (an English question over ja/en documents, with no Japanese rewrite): the encoder
+        prefers its own language, so each language gets its own list and both reach the rerank. A
+        query with a variant in every language (a Japanese question and its English translation
+        from the LLM or the lexicon) already searches each language in its own words.
+        """
+        if not self.settings.language_balance or filters.get("langs"):
+            return [None]
+        present = self.corpus_languages()
+        covered = {vec.get("lang") for vec in vectors}
+        if len(present) < 2 or set(present) <= covered:
+            return [None]
+        return list(present)
 
     async def search(
         self,
@@ -102,6 +133,7 @@ class Retriever:
         filters = {k: v for k, v in (filters or {}).items() if v}
         plan: list[_Search] = []
         queries: list[dict[str, Any]] = []
+        langs = self._stage1_languages(vectors, filters)
         for v, vec in enumerate(vectors):
             vw = s.variant_weights.get(vec.get("origin", "original"), 1.0)
             sparse = vec.get("sparse") or {}
@@ -109,9 +141,6 @@ class Retriever:
                 sparse = self.idf.weigh(sparse)
             text = vec.get("text") or ""
             queries.append({"dense": vec["dense"], "sparse": sparse, "bm25": text})
-            langs: list[str | None] = [None]
-            if s.language_balance and not filters.get("langs"):
-                langs += [lg for lg in ("ja", "en") if lg != vec.get("lang")]
             searchable = {"dense": True, "sparse": bool(sparse), "bm25": bool(text) and self.bm25 is not None}
             weights = (("dense", s.dense_weight), ("sparse", s.sparse_weight), ("bm25", s.bm25_weight))
             for channel, cw in weights:
@@ -147,7 +176,7 @@ class Retriever:
             for job in plan:
                 run(job, stage1_expr(job))
         searched = time.perf_counter()
-        self._weigh_sparse(plan, queries)
+        gate = self._weigh_sparse(plan, queries)
         current = await self._current_only(plan, queries)
         if filters:
             pushed = build_filter(current_only=False, **filters)
@@ -177,6 +206,10 @@ class Retriever:
         if len(lists) == 1:  # one list: its own order, whatever its weight
             lists[0].weight = 1.0
         fused = rrf_fuse(lists, k=s.rrf_k)
+        if gate is not None and self.corpus_languages() == [vectors[0].get("lang")]:
+            # Lexical overlap can only reward passages in the query's own language: where the
+            # answer may be in another one (a bilingual corpus), it would push that answer down.
+            _lexical_evidence(fused, plan, queries, gate)
         if idents and pins(vectors[0].get("text") or "", idents):
             # A lookup: the chunks holding more of its identifiers go first (RRF order within), and
             # stay first through the rerank (``pinned``).
@@ -252,8 +285,9 @@ class Retriever:
         hits.sort(key=lambda h: (-h.score, h.chunk_id))
         return hits[:limit]
 
-    def _weigh_sparse(self, plan: list[_Search], queries: list[dict[str, Any]]) -> None:
-        """Scale each sparse list by how much of the query's IDF mass its best hit matched.
+    def _weigh_sparse(self, plan: list[_Search], queries: list[dict[str, Any]]) -> float | None:
+        """Scale each sparse list by how much of the query's IDF mass its best hit matched; return
+        that scale for the original query (its lexical confidence), ``None`` without IDF.
 
         With IDF and the placeholder head the best score is the summed IDF of the shared tokens, so
         score / query mass is in [0, 1]: ~0.5 for a same-language question, ~0.1 when a Japanese
@@ -261,18 +295,23 @@ class Retriever:
         """
         ramp = self.settings.sparse_coverage
         if self.idf is None or ramp is None:
-            return
+            return None
         lo, hi = ramp
+        gate = 0.0
         best: dict[int, float] = {}
-        for job in plan:  # the unrestricted list's best hit measures the whole corpus
-            if job.channel == "sparse" and job.lang is None:
-                best[job.variant] = job.top
+        for job in plan:  # the best hit of the variant's lists measures the whole corpus
+            if job.channel == "sparse":
+                best[job.variant] = max(best.get(job.variant, 0.0), job.top)
         for job in plan:
             if job.channel != "sparse":
                 continue
             mass = sum(queries[job.variant]["sparse"].values())
             coverage = best.get(job.variant, job.top) / mass if mass > 0 else 0.0
-            job.weight *= min(1.0, max(0.0, (coverage - lo) / max(hi - lo, 1e-9)))
+            scale = min(1.0, max(0.0, (coverage - lo) / max(hi - lo, 1e-9)))
+            job.weight *= scale
+            if job.variant == 0:
+                gate = scale
+        return gate
 
     async def _current_only(
         self, plan: list[_Search], queries: list[dict[str, Any]]
@@ -348,12 +387,31 @@ class Retriever:
         return [Hit(chunk_id=fields["chunk_id"], score=scores[best], fields=fields)]
 
 
+def _lexical_evidence(
+    fused: list[Candidate], plan: Sequence[_Search], queries: Sequence[dict[str, Any]], gate: float
+) -> None:
+    """``lexical`` per candidate: the share of the original query's IDF mass it matches (its best
+    score in the query's own sparse lists over the mass), times the query's lexical confidence
+    (``gate``): ~0 across languages, where shared tokens are noise. The rerank may weigh it in
+    (``rerank_lexical_weight``); a candidate no sparse list found counts 0."""
+    mass = sum(queries[0]["sparse"].values()) if queries else 0.0
+    if mass <= 0:
+        return
+    best: dict[str, float] = {}
+    for job in plan:
+        if job.channel == "sparse" and job.variant == 0:
+            for hit in job.hits:
+                best[hit.chunk_id] = max(best.get(hit.chunk_id, 0.0), hit.score)
+    for cand in fused:
+        cand.channel_scores["lexical"] = gate * min(best.get(cand.chunk_id, 0.0) / mass, 1.0)
+
+
 def _doc_ids(plan: Sequence[_Search]) -> list[str]:
     return sorted({h.fields["doc_id"] for job in plan for h in job.hits})
 
 
 def rerank(
-    query: dict[str, Any],
+    queries: Sequence[dict[str, Any]],
     passages: Sequence[dict[str, Any]],
     candidates: list[Candidate],
     settings: SearchSettings,
@@ -362,15 +420,18 @@ def rerank(
     """Weighted mean of ColBERT MaxSim, dense and sparse, as BGE-M3's ``compute_score`` combines them,
     plus a cross-encoder's (sigmoid) score when one is configured.
 
-    ``query`` / ``passages`` are Embedder outputs (dense, sparse, colbert) from one pass each, so
-    every candidate gets all three scores, also one that only the sparse channel found.
+    ``queries`` (the original query first, then any variants the rerank also reads) and
+    ``passages`` are Embedder outputs (dense, sparse, colbert) from one pass each, so every
+    candidate gets all three scores, also one that only the sparse channel found.
     ``candidates`` come in fused order: their place in it joins the mean as ``fusion``
     (``rerank_fusion_weight``; 1.0 for the first, (k + 1) / (k + 1 + i) for the i-th after it).
     """
     k = settings.rrf_k
     for i, (cand, p) in enumerate(zip(candidates, passages, strict=True)):
         cross = float(cross_scores[i]) if cross_scores is not None else None
-        cand.channel_scores.update(rerank_scores(query, p, settings, cross, fusion=(k + 1) / (k + 1 + i)))
+        place = (k + 1) / (k + 1 + i)
+        lexical = cand.channel_scores.get("lexical")
+        cand.channel_scores.update(rerank_scores(queries, p, settings, cross, fusion=place, lexical=lexical))
     # Chunks pinned by an identifier lookup stay first, as in the fused order.
     return sorted(
         candidates,
@@ -379,25 +440,31 @@ def rerank(
 
 
 def rerank_scores(
-    query: dict[str, Any],
+    queries: Sequence[dict[str, Any]],
     passage: dict[str, Any],
     settings: SearchSettings,
     cross: float | None = None,
     *,
     fusion: float | None = None,
+    lexical: float | None = None,
 ) -> dict[str, float]:
     """One passage's rerank scores: ColBERT, dense, sparse (+ cross-encoder, + its place in the
     fused list when it has one) and their weighted mean under ``rerank``; the one formula of
-    ``rerank`` and of the text rerank (``/v1/rerank``, where texts have no fused place)."""
+    ``rerank`` and of the text rerank (``/v1/rerank``, where texts have no fused place).
+
+    With several ``queries`` (a query and its translation, ``rerank_variants``) the ColBERT and
+    dense scores are their means: a passage that matches either reading scores between the two.
+    The sparse score is the original's (a translation's lexical overlap is not the query's)."""
     s = settings
     ce_weight = s.cross_encoder_weight if cross is not None else 0.0
     fusion_weight = s.rerank_fusion_weight if fusion is not None else 0.0
-    parts = s.colbert_weight + s.rerank_dense_weight + s.rerank_sparse_weight + fusion_weight
+    lexical_weight = s.rerank_lexical_weight if lexical is not None else 0.0
+    parts = s.colbert_weight + s.rerank_dense_weight + s.rerank_sparse_weight + fusion_weight + lexical_weight
     total = max(parts + ce_weight, 1e-9)
     scores = {
-        "colbert": colbert_maxsim(query["colbert"], passage["colbert"]),
-        "m3_dense": float(query["dense"] @ passage["dense"]),
-        "m3_sparse": lexical_score(query["sparse"], passage["sparse"]),
+        "colbert": sum(colbert_maxsim(q["colbert"], passage["colbert"]) for q in queries) / len(queries),
+        "m3_dense": sum(float(q["dense"] @ passage["dense"]) for q in queries) / len(queries),
+        "m3_sparse": lexical_score(queries[0]["sparse"], passage["sparse"]),
     }
     combined = (
         s.colbert_weight * scores["colbert"]
@@ -410,6 +477,8 @@ def rerank_scores(
     if fusion is not None:
         scores["fusion"] = fusion
         combined += fusion_weight * fusion
+    if lexical is not None:
+        combined += lexical_weight * lexical
     scores["rerank"] = combined / total
     return scores
 

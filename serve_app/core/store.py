@@ -1286,6 +1286,17 @@ class Store(Protocol):
         self, expr: Filter, *, limit: int = 1000, fields: Sequence[str] | None = None
     ) -> list[dict[str, Any]]: ...
 
+    def count(self, expr: Filter | None = None) -> int: ...
+
+
+LANGUAGES = ("ja", "en")  # what ``chunking.detect_lang`` assigns to documents and chunks
+
+
+def language_counts(store: Store) -> dict[str, int]:
+    """Current chunks per language: the corpus' language mix, which decides whether a search
+    balances languages and whether a Japanese query gets an English dictionary variant."""
+    return {lang: store.count(build_filter(langs=lang)) for lang in LANGUAGES}
+
 
 def meta_collection(alias: str) -> str:
     """Where job state and failure records of ``alias`` live (outside the alias, so they survive a switch)."""

@@ -103,7 +103,7 @@ class SearchResult(BaseModel):
 class QueryVariant(BaseModel):
     text: str
     lang: str
-    origin: str = Field(description="original | llm | glossary")
+    origin: str = Field(description="original | llm | lexicon | glossary")
     terms: list[list[str]] | None = Field(
         default=None, description="glossary: the [term, replacement] pairs swapped"
     )

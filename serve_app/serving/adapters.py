@@ -109,8 +109,10 @@ class HandleReranker:
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
 
-    async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]:
-        return await self.handle.rerank.remote(query, candidates)
+    async def rerank(
+        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+    ) -> list[Candidate]:
+        return await self.handle.rerank.remote(query, candidates, list(variants))
 
     async def score_texts(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]:
         """A pure function of its inputs, so a dead replica is retried; ``InputTooLong`` and

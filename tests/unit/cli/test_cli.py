@@ -17,6 +17,7 @@ runner = CliRunner()
 COMMANDS = ["ingest", "delete", "reindex", "rollback", "eval", "settings", "up", "openapi"]
 GROUPS = {
     "model": ["build-offline"],
+    "lexicon": ["build"],
     "keys": ["create"],
     "bench": ["embed", "reembed", "search", "load"],
     "reliability": ["run", "soak", "fuzz"],

@@ -41,7 +41,7 @@ def test_rerank_orders_by_weighted_m3_score() -> None:
     p = enc.encode([passage_text(c.fields) for c in cands], colbert=True)
     query = {"dense": q.dense[0], "sparse": q.sparse[0], "colbert": q.colbert[0]}
     passages = [{"dense": p.dense[i], "sparse": p.sparse[i], "colbert": p.colbert[i]} for i in range(2)]
-    ranked = rerank(query, passages, cands, SearchSettings())
+    ranked = rerank([query], passages, cands, SearchSettings())
     assert [c.chunk_id for c in ranked] == ["c1", "c0"]
     assert {"colbert", "m3_dense", "m3_sparse", "rerank"} <= set(ranked[0].channel_scores)
 

@@ -4,6 +4,7 @@ the degradation rules, scores, explain and timings."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,9 @@ class Reranker:
         self.fail = fail
         self.seen = 0
 
-    async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]:
+    async def rerank(
+        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+    ) -> list[Candidate]:
         if self.fail:
             raise RuntimeError("reranker down")
         self.seen = len(candidates)
@@ -131,7 +134,9 @@ def test_scores_stay_in_unit_range_whether_the_rerank_ran_or_failed() -> None:
 
 
 class RawScale(Reranker):
-    async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]:
+    async def rerank(
+        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+    ) -> list[Candidate]:
         for i, c in enumerate(candidates):
             c.channel_scores["rerank"] = 1.7 if i == 0 else -0.2
         return candidates

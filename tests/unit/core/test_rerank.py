@@ -81,6 +81,35 @@ def test_text_scores_are_the_search_rerank_scores() -> None:
         assert cand.channel_scores["rerank"] == pytest.approx(expected)
 
 
+def test_a_variant_read_by_the_rerank_averages_with_the_query() -> None:
+    """``rerank_variants``: the query's translation is read too, ColBERT and dense are the means."""
+    engine = _engine()
+    alone = {t["index"]: t["scores"] for t in _score(engine, TEXTS)}
+    other = {t["index"]: t["scores"] for t in _score(engine, TEXTS, query="inventory first")}
+    candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": t}) for i, t in enumerate(TEXTS)]
+    ranked = asyncio.run(engine.rerank(QUERY, candidates, ["inventory first"]))
+    for cand in ranked:
+        i = int(cand.chunk_id[1:])
+        mean = (alone[i]["colbert"] + other[i]["colbert"]) / 2
+        assert cand.channel_scores["colbert"] == pytest.approx(mean)
+        assert cand.channel_scores["m3_dense"] == pytest.approx(
+            (alone[i]["m3_dense"] + other[i]["m3_dense"]) / 2
+        )
+        assert cand.channel_scores["m3_sparse"] == pytest.approx(alone[i]["m3_sparse"]), "the query's own"
+
+
+def test_lexical_evidence_joins_with_its_weight() -> None:
+    """A candidate's ``lexical`` score (set by the fan-out) counts with ``rerank_lexical_weight``."""
+    engine = _engine(rerank_lexical_weight=0.5)
+    plain = {t["index"]: t["score"] for t in _score(engine, TEXTS)}
+    candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": t}) for i, t in enumerate(TEXTS)]
+    candidates[0].channel_scores["lexical"] = 1.0  # the fan-out found all of the query's words in it
+    asyncio.run(engine.rerank(QUERY, candidates))
+    by_id = {c.chunk_id: c.channel_scores["rerank"] for c in candidates}
+    assert by_id["c0"] == pytest.approx((plain[0] + 0.5) / 1.5)
+    assert by_id["c1"] == pytest.approx(plain[1]), "no lexical score: the formula without it"
+
+
 def test_equal_scores_keep_the_request_order_and_no_texts_is_no_call() -> None:
     engine = _engine()
     scored = _score(engine, ["same words", "other", "same words"])
@@ -192,7 +221,7 @@ def test_rerank_of_search_candidates_is_unchanged_by_the_shared_formula() -> Non
     ]
     cands = [Candidate("a", {"text": "a"}), Candidate("b", {"text": "b"})]
     settings = SearchSettings(rerank_dense_weight=1.0, rerank_sparse_weight=1.0, rerank_fusion_weight=0.5)
-    ranked = rerank(query, passages, cands, settings)
+    ranked = rerank([query], passages, cands, settings)
     assert [c.chunk_id for c in ranked] == ["a", "b"]
     # colbert + dense + sparse + 0.5 x place in the fused list (1 for the first, 61/62 for the second)
     assert ranked[0].channel_scores["rerank"] == pytest.approx((0.5 + 1.0 + 0.5 + 0.5 * 1.0) / 3.5)

@@ -117,11 +117,67 @@ def test_sparse_weight_follows_the_share_of_idf_mass_matched(store: FakeStore) -
     assert t["plan"][1]["weight"] == pytest.approx(0.0)
 
 
-def test_language_balance_adds_a_search_per_other_language(store: FakeStore) -> None:
-    r = Retriever(store, _settings(language_balance=True))
-    fused, t = _search(r, [{"dense": [1, 0.3, 0], "sparse": {}, "lang": "en"}], explain=True)
-    assert [(s["channel"], s["lang"]) for s in t["plan"]] == [("dense", None), ("dense", "ja")]
-    assert "spec-b" in {c.fields["doc_id"] for c in fused}
+def test_lexical_evidence_is_the_matched_idf_share_times_the_query_confidence(store: FakeStore) -> None:
+    idf = IdfTable.build(store)
+    vectors = [{"dense": [0, 1, 0], "sparse": {13: 1.0, 11: 1.0}, "lang": "en"}]
+    r = Retriever(store, _settings(sparse_coverage=(0.1, 0.4)), idf=idf, languages={"ja": 0, "en": 16})
+    fused, _ = _search(r, vectors, top_k=5)
+    lexical = {c.chunk_id: c.channel_scores["lexical"] for c in fused}
+    mass = idf.idf[13] + idf.idf[11]
+    # gloss holds token 13, spec-a token 11: each matches its token's share of the query's IDF mass;
+    # the best share (13's, over 0.4) makes the query's lexical confidence full
+    assert lexical["gloss-v1"] == pytest.approx(idf.idf[13] / mass)
+    assert lexical["spec-a-v2"] == pytest.approx(idf.idf[11] / mass)
+    assert all(v == 0.0 for k, v in lexical.items() if k not in ("gloss-v1", "spec-a-v2"))
+    # a corpus with another language in it: no lexical evidence (it would favour the query's own)
+    r.languages = {"ja": 1, "en": 15}
+    fused, _ = _search(r, vectors, top_k=5)
+    assert all("lexical" not in c.channel_scores for c in fused)
+
+
+def test_language_balance_lists_each_language_separately(store: FakeStore) -> None:
+    # English chunks fill a list of 6 (2 x overfetch 3) before the one Japanese chunk.
+    vectors = [{"dense": [1, 0.05, 0.3], "sparse": {}, "lang": "en"}]
+    r = Retriever(store, _settings(language_balance=False))
+    fused, _ = _search(r, vectors, top_k=1, limit=2)
+    assert "spec-b" not in {c.fields["doc_id"] for c in fused}
+    r = Retriever(store, _settings(language_balance=True), languages={"ja": 1, "en": 14})
+    fused, t = _search(r, vectors, top_k=1, limit=2, explain=True)
+    assert [(s["channel"], s["lang"]) for s in t["plan"]] == [("dense", "ja"), ("dense", "en")]
+    # one list per language, equal weights: each language's best chunk ties for first place
+    assert {fused[0].fields["lang"], fused[1].fields["lang"]} == {"ja", "en"}
+    assert fused[0].rrf == pytest.approx(fused[1].rrf)
+
+
+def test_a_query_with_a_variant_in_every_language_is_not_balanced(store: FakeStore) -> None:
+    r = Retriever(store, _settings(language_balance=True), languages={"ja": 1, "en": 14})
+    vectors = [
+        {"dense": [1, 0, 0], "sparse": {}, "lang": "ja", "origin": "original"},
+        {"dense": [1, 0.1, 0], "sparse": {}, "lang": "en", "origin": "lexicon"},
+    ]
+    _, t = _search(r, vectors, explain=True)
+    assert [(s["variant"], s["lang"]) for s in t["plan"]] == [(0, None), (1, None)]
+    _, t = _search(r, vectors[:1], explain=True)  # the same question without its translation
+    assert [(s["variant"], s["lang"]) for s in t["plan"]] == [(0, "ja"), (0, "en")]
+    _, t = _search(r, vectors[:1], explain=True, filters={"langs": ["ja"]})  # the client chose
+    assert [(s["variant"], s["lang"]) for s in t["plan"]] == [(0, None)]
+
+
+@pytest.mark.parametrize(
+    ("languages", "lists"),
+    [
+        (None, ["ja", "en"]),  # not measured yet: both
+        ({"ja": 0, "en": 15}, [None]),  # one language: one list, as without balance
+        ({"ja": 1, "en": 999}, [None]),  # 0.1 %, under language_min_share
+        ({"ja": 20, "en": 980}, ["ja", "en"]),
+    ],
+)
+def test_language_balance_follows_the_corpus_language_mix(
+    store: FakeStore, languages: dict[str, int] | None, lists: list[str | None]
+) -> None:
+    r = Retriever(store, _settings(language_balance=True, language_min_share=0.01), languages=languages)
+    _, t = _search(r, [{"dense": [1, 0, 0], "sparse": {}, "lang": "ja"}], explain=True)
+    assert [s["lang"] for s in t["plan"]] == lists
 
 
 def test_sequential_and_parallel_fan_out_agree(store: FakeStore) -> None:
@@ -158,11 +214,11 @@ def test_the_replacement_keeps_the_language_restriction_of_its_search() -> None:
     vectors = [{"dense": [1, 0, 0], "sparse": {99: 1.0}, "lang": "en"}]
     fused, t = _search(r, vectors, channels=("sparse",), explain=True, parallel=False)
     assert [(s["channel"], s["lang"], s["kept"]) for s in t["plan"]] == [
-        ("sparse", None, 2),
         ("sparse", "ja", 0),
+        ("sparse", "en", 1),
     ]
-    assert store.exprs == [None, 'lang == "ja"']
-    assert {c.chunk_id for c in fused} == {"doc-v2", "other-v1"}
+    assert store.exprs == ['lang == "ja"', 'lang == "en"']
+    assert {c.chunk_id for c in fused} == {"other-v1"}
 
 
 def test_a_document_deleted_since_the_ann_ran_is_dropped(store: FakeStore) -> None:

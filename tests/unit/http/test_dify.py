@@ -5,6 +5,7 @@ filters it receives, so what a profile or condition maps to shows in the records
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,9 @@ class Backend:
         ][: kw["limit"]]
         return Fanout(candidates, {"search": 1.0, "versions": 0.1, "fuse": 0.1}, 2, rrf_max=1 / 61)
 
-    async def rerank(self, query: str, candidates: list[Candidate]) -> list[Candidate]:
+    async def rerank(
+        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+    ) -> list[Candidate]:
         if self.rerank_error:
             raise self.rerank_error
         for c in candidates:
