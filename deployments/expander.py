@@ -21,7 +21,7 @@ from serve_app.core.expansion import Glossary, QueryExpansion, learn_glossary
 from serve_app.core.lexicon import load_lexicon
 from serve_app.core.store import language_counts
 from serve_app.serving.observability import metric
-from serve_app.settings import Settings
+from serve_app.settings import DataScope, Settings
 
 log = logging.getLogger("ray.serve.specrag.expander")
 
@@ -64,13 +64,13 @@ class QueryExpander:
             self._learn_error = f"{type(exc).__name__}: {str(exc)[:200]}"
             log.warning("glossary refresh failed: %s", self._learn_error)
 
-    async def expand(self, query: str, enabled: bool = True) -> Expansion:
+    async def expand(self, query: str, enabled: bool = True, scope: DataScope | None = None) -> Expansion:
         first = self.engine.glossary.learned_at == 0
         self._maybe_learn()
         if first and enabled and self._learning is not None:
             # The first search waits (briefly) for the first glossary; later refreshes run behind.
             await asyncio.wait({self._learning}, timeout=5)
-        out = await self.engine.expand(query, enabled)
+        out = await self.engine.expand(query, enabled, scope)
         if out.get("llm") == "fallback":
             metric("expander_fallbacks").inc(tags={"reason": "llm"})
         return out

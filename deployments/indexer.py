@@ -19,7 +19,7 @@ from serve_app.core.ingest import Ingestor, SourceDocument
 from serve_app.core.meta import MetaStore
 from serve_app.core.store import StoreUnavailable, doc_version_filter, make_store
 from serve_app.serving.observability import metric
-from serve_app.settings import Settings
+from serve_app.settings import DataScope, Settings
 
 EMBED_TIMEOUT_S = 300.0  # one embedding call of a write batch; a hung Embedder must not block writes forever
 
@@ -57,10 +57,13 @@ class Indexer:
             record_runs=False,
         )
 
-    def _upsert(self, docs: list[dict[str, Any]]) -> dict[str, Any]:
+    def _upsert(self, docs: list[dict[str, Any]], scope: DataScope | None = None) -> dict[str, Any]:
+        sources = [SourceDocument(**d) for d in docs]
         try:
-            with self._lock:
-                report = self._ingestor().ingest([SourceDocument(**d) for d in docs], total=len(docs))
+            with self._lock:  # the scope check and the write are one step for other writers
+                ingestor = self._ingestor()
+                ingestor.check_scope(scope, docs=sources)
+                report = ingestor.ingest(sources, total=len(docs))
         except StoreUnavailable:
             metric("milvus_errors").inc(tags={"where": "indexer", "kind": "unavailable"})
             raise
@@ -78,16 +81,19 @@ class Indexer:
                 metric(name).inc(value, tags={"outcome" if name == "documents" else "kind": kind})
         return report.as_dict()
 
-    def _delete(self, doc_ids: list[str]) -> dict[str, Any]:
+    def _delete(self, doc_ids: list[str], scope: DataScope | None = None) -> dict[str, Any]:
         with self._lock:
-            report = self._ingestor().delete_documents(doc_ids)
+            ingestor = self._ingestor()
+            ingestor.check_scope(scope, doc_ids=doc_ids)
+            report = ingestor.delete_documents(doc_ids)
         return {"deleted": report.deleted, "chunks_deleted": report.chunks_deleted}
 
-    async def upsert(self, docs: list[dict[str, Any]]) -> dict[str, Any]:
-        return await asyncio.to_thread(self._upsert, docs)
+    async def upsert(self, docs: list[dict[str, Any]], scope: DataScope | None = None) -> dict[str, Any]:
+        """``scope``: the caller's write scope (``OutOfScope`` before anything is written)."""
+        return await asyncio.to_thread(self._upsert, docs, scope)
 
-    async def delete(self, doc_ids: list[str]) -> dict[str, Any]:
-        return await asyncio.to_thread(self._delete, doc_ids)
+    async def delete(self, doc_ids: list[str], scope: DataScope | None = None) -> dict[str, Any]:
+        return await asyncio.to_thread(self._delete, doc_ids, scope)
 
     def check_health(self) -> None:
         """Stateless between requests: alive is healthy (a Milvus outage is a 503, not a restart)."""

@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.core.contracts import EmbedOutput, InputType, TextScore, Truncate
-from serve_app.core.ingest import ModelMismatch
+from serve_app.core.ingest import ModelMismatch, OutOfScope
 from serve_app.core.pipeline import SearchPipeline
 from serve_app.core.store import StoreUnavailable
 from serve_app.http.app import create_app
@@ -30,7 +30,7 @@ from serve_app.serving.adapters import (
     first_line,
 )
 from serve_app.serving.handles import find_cause, root_cause
-from serve_app.settings import Settings
+from serve_app.settings import DataScope, Settings
 
 log = logging.getLogger("ray.serve.specrag.ingress")
 
@@ -116,14 +116,18 @@ class Ingress:
                 raise StoreUnavailable(str(unavailable)) from exc
             if (mismatch := find_cause(exc, ModelMismatch)) is not None:
                 raise ModelMismatch(str(mismatch)) from exc
+            if (refused := find_cause(exc, OutOfScope)) is not None:
+                raise OutOfScope(str(refused)) from exc
             log.exception("indexer call failed")
             raise BackendUnavailable("indexer unavailable", first_line(exc)) from exc
 
-    async def upsert_documents(self, docs: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self._indexer(self.indexer.upsert.remote(docs))
+    async def upsert_documents(
+        self, docs: list[dict[str, Any]], scope: DataScope | None = None
+    ) -> dict[str, Any]:
+        return await self._indexer(self.indexer.upsert.remote(docs, scope))
 
     async def get_document(self, doc_id: str) -> dict[str, Any] | None:
         return await self._indexer(self.indexer.get.remote(doc_id))
 
-    async def delete_documents(self, doc_ids: list[str]) -> dict[str, Any]:
-        return await self._indexer(self.indexer.delete.remote(doc_ids))
+    async def delete_documents(self, doc_ids: list[str], scope: DataScope | None = None) -> dict[str, Any]:
+        return await self._indexer(self.indexer.delete.remote(doc_ids, scope))

@@ -57,6 +57,6 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     indexer = Indexer.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(
         settings, embedder, model_dim(settings)
     )
-    return Ingress.options(ray_actor_options={"num_cpus": 0}).bind(
+    return Ingress.options(num_replicas=sv.ingress_replicas, ray_actor_options={"num_cpus": 0}).bind(
         settings, expander, embedder, searcher, reranker, indexer
     )

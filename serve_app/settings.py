@@ -10,6 +10,7 @@ with the field's name instead of somewhere inside a replica.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -266,6 +267,38 @@ class ReindexSettings(_Section):
     lease_s: float = Field(default=60.0, gt=0, description="a job silent this long counts as dead")
 
 
+class DataScope(_Section):
+    """The documents a caller may touch: those matching every field set here (unset = any).
+
+    A search of a scoped caller only ever sees these documents (its own filters narrow further),
+    its query variants come only from glossary terms learned from them, and it may write or
+    delete only documents that match both before and after the change. Hashable (tuples), so a
+    memo can key on it."""
+
+    sources: tuple[str, ...] | None = Field(
+        default=None, description="source prefixes, e.g. 'team-a/' (a document's source starts with one)"
+    )
+    kinds: tuple[str, ...] | None = Field(default=None, description="document kinds (spec, api, ...)")
+    tags: tuple[str, ...] | None = Field(default=None, description="documents carrying any of these tags")
+
+    def allows(self, source: str, kind: str, tags: Sequence[str]) -> bool:
+        """A document with these fields is in the scope (``store.scope_filter`` says the same to
+        Milvus)."""
+        return (
+            (self.sources is None or any(source.startswith(p) for p in self.sources))
+            and (self.kinds is None or kind in self.kinds)
+            and (self.tags is None or bool(set(self.tags) & set(tags)))
+        )
+
+    @model_validator(mode="after")
+    def _no_empty_list(self) -> DataScope:
+        for name in ("sources", "kinds", "tags"):
+            values = getattr(self, name)
+            if values is not None and (not values or any(not v for v in values)):
+                raise ValueError(f"{name}: give at least one non-empty value, or leave it unset for any")
+        return self
+
+
 class ApiKey(_Section):
     """One caller's key, stored as its SHA-256 (``specrag keys create NAME`` prints both)."""
 
@@ -273,13 +306,58 @@ class ApiKey(_Section):
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="hex SHA-256 of the key; never the key")
     scopes: list[Literal["search", "ingest", "admin"]] = Field(default=["search"], min_length=1)
     rate_per_minute: int | None = Field(default=None, ge=1, description="None = auth.rate_per_minute")
+    read: DataScope | None = Field(default=None, description="documents it may read; None = all")
+    write: DataScope | None = Field(default=None, description="documents it may write or delete; None = all")
+
+
+class JwtSettings(_Section):
+    """Bearer JWTs from an identity provider, verified against its JWKS (PyJWT).
+
+    Claims map to a principal: ``name_claim`` names it (rate limits), ``scopes_claim`` (a
+    space-separated string or a list) gives the route scopes — ``search``, ``ingest``, ``admin``,
+    optionally prefixed by ``scope_prefix`` — and ``read_claim`` / ``write_claim`` (objects with
+    ``sources``, ``kinds``, ``tags``) the data scopes; a missing data claim means unrestricted."""
+
+    jwks_file: Path | None = Field(
+        default=None, description="a JWKS document on disk (re-read with auth.file)"
+    )
+    jwks_url: str | None = Field(default=None, description="the provider's JWKS endpoint (keys cached 5 min)")
+    issuer: str | None = Field(default=None, description="required 'iss'; None = not checked")
+    audience: list[str] = Field(min_length=1, description="accepted 'aud' values (one must match)")
+    algorithms: list[str] = Field(default=["RS256", "ES256"], min_length=1)
+    leeway_s: float = Field(default=30.0, ge=0, le=600, description="clock skew allowed on exp/nbf/iat")
+    name_claim: str = "sub"
+    scopes_claim: str = "scope"
+    scope_prefix: str = Field(default="", description="e.g. 'specrag:' when scopes read 'specrag:search'")
+    read_claim: str = "specrag_read"
+    write_claim: str = "specrag_write"
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtSettings:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("set exactly one of jwks_file and jwks_url")
+        if any(a.upper().startswith("HS") or a.lower() == "none" for a in self.algorithms):
+            raise ValueError("only asymmetric algorithms (RS*, PS*, ES*, EdDSA) verify against a JWKS")
+        return self
 
 
 class AuthSettings(_Section):
-    """API keys; none configured = an open API (the embedded default on loopback)."""
+    """API keys and JWTs; none configured = an open API (the embedded default on loopback)."""
 
     keys: list[ApiKey] = Field(default_factory=list)
-    rate_per_minute: int = Field(default=600, ge=1, description="per key and ingress replica")
+    jwt: JwtSettings | None = None
+    rate_per_minute: int = Field(default=600, ge=1, description="per key (or JWT subject), all replicas")
+    shared_rate_limits: bool = Field(
+        default=True,
+        description="count limits in Redis (redis.url) so they hold across Ingress replicas; when Redis "
+        "fails they fall back to per-replica counting (fail open, flagged by a header and a metric)",
+    )
+    file: Path | None = Field(
+        default=None,
+        description="a YAML/JSON file with this section's fields (a mounted Secret); re-read when it "
+        "changes, so keys, JWT settings and limits rotate without restarting any replica",
+    )
+    reload_s: float = Field(default=5.0, gt=0, le=3600, description="how often auth.file is checked")
 
     @model_validator(mode="after")
     def _unique_names(self) -> AuthSettings:
@@ -337,6 +415,9 @@ class ServeSettings(_Section):
     embedder_num_gpus: float = Field(default=0.0, ge=0)
     embedder_num_cpus: float = Field(default=1.0, ge=0)
     reranker_replicas: int = Field(default=1, ge=1)
+    ingress_replicas: int = Field(
+        default=1, ge=1, description="HTTP replicas (rate limits are shared via Redis)"
+    )
     log_encoding: Literal["TEXT", "JSON"] = Field(
         default="JSON", description="Serve's log files: JSON lines with request ids and stage timings"
     )

@@ -106,21 +106,51 @@ def keys_create(
         list[str] | None, typer.Option("--scope", help="search, ingest or admin (repeatable).")
     ] = None,
     rate_per_minute: Annotated[int | None, typer.Option(min=1, help="Default: auth.rate_per_minute.")] = None,
+    read_source: Annotated[
+        list[str] | None, typer.Option(help="Readable only: documents whose source starts so (repeatable).")
+    ] = None,
+    read_kind: Annotated[
+        list[str] | None, typer.Option(help="Readable only: these kinds (repeatable).")
+    ] = None,
+    read_tag: Annotated[
+        list[str] | None, typer.Option(help="Readable only: carrying a tag (repeatable).")
+    ] = None,
+    write_source: Annotated[
+        list[str] | None, typer.Option(help="Writable only: documents whose source starts so (repeatable).")
+    ] = None,
+    write_kind: Annotated[
+        list[str] | None, typer.Option(help="Writable only: these kinds (repeatable).")
+    ] = None,
+    write_tag: Annotated[
+        list[str] | None, typer.Option(help="Writable only: carrying a tag (repeatable).")
+    ] = None,
 ) -> None:
-    """Print a new random key once, and the settings entry (its SHA-256; the key is stored nowhere)."""
+    """Print a new random key once, and the settings entry (its SHA-256; the key is stored nowhere).
+
+    ``--read-*`` / ``--write-*`` give it a data scope: the documents it may read, and write or
+    delete (fields combine with "and"; repeated values of one field with "or")."""
     from pydantic import ValidationError
 
     from serve_app.http.security import hash_key, new_key
     from serve_app.settings import ApiKey
 
+    def data_scope(sources: list[str] | None, kinds: list[str] | None, tags: list[str] | None) -> dict | None:
+        fields = {"sources": sources, "kinds": kinds, "tags": tags}
+        return {k: v for k, v in fields.items() if v} or None
+
     key = new_key()
     try:
         entry = ApiKey(
-            name=name, sha256=hash_key(key), scopes=scope or ["search"], rate_per_minute=rate_per_minute
+            name=name,
+            sha256=hash_key(key),
+            scopes=scope or ["search"],
+            rate_per_minute=rate_per_minute,
+            read=data_scope(read_source, read_kind, read_tag),
+            write=data_scope(write_source, write_kind, write_tag),
         )
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from None
-    line = json.dumps(entry.model_dump(exclude_none=True))
+    line = json.dumps(entry.model_dump(mode="json", exclude_none=True))
     typer.echo(f"key (shown once, give it to {name}): {key}")
     typer.echo(f"settings entry for auth.keys: {line}")
-    typer.echo(f"e.g. SPECRAG_AUTH__KEYS='[{line}]'  or under args.auth.keys in serve_config.yaml")
+    typer.echo(f"add it under keys: in the auth.file (re-read on change), or SPECRAG_AUTH__KEYS='[{line}]'")

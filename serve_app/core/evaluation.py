@@ -37,6 +37,7 @@ from serve_app.core.pipeline import (
 )
 from serve_app.core.rerank import ColbertReranker
 from serve_app.core.retrieval import Retriever
+from serve_app.settings import DataScope
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +250,8 @@ class DropOrigins:
     def __init__(self, inner: Expander, origins: Sequence[str]) -> None:
         self.inner, self.origins = inner, set(origins)
 
-    async def expand(self, query: str, enabled: bool = True) -> Expansion:
-        out = await self.inner.expand(query, enabled)
+    async def expand(self, query: str, enabled: bool = True, scope: DataScope | None = None) -> Expansion:
+        out = await self.inner.expand(query, enabled, scope)
         return {**out, "variants": [v for v in out["variants"] if v["origin"] not in self.origins]}
 
 

@@ -34,7 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop
 from serve_app.core.chunking import detect_lang
 from serve_app.core.contracts import Expansion, QueryVariant
 from serve_app.core.lexicon import Lexicon
-from serve_app.settings import ExpanderSettings
+from serve_app.settings import DataScope, ExpanderSettings
 
 log = logging.getLogger(__name__)
 
@@ -278,24 +278,51 @@ def _twin_key(doc_id: str) -> tuple[str, str] | None:
     return doc_id[: match.start()] + "{lang}" + doc_id[match.end() :], lang
 
 
+# Where a term pair was learned: the (source, kind, tags) of the documents that had to be read to
+# learn it (one chunk; both titles of translated twins), or None for the operator's term files
+# (visible to every caller).
+Document = tuple[str, str, tuple[str, ...]]
+Origin = tuple[Document, ...] | None
+MAX_ORIGINS = 64  # per pair; beyond it a scoped caller may miss the pair, never see a foreign one
+
+
+def _document(row: dict[str, Any]) -> Document:
+    return (str(row.get("source") or ""), str(row.get("kind") or ""), tuple(row.get("tags") or ()))
+
+
 @dataclass
 class Glossary:
-    """Bilingual term pairs with evidence counts; ``variants`` swaps known terms in a query."""
+    """Bilingual term pairs with evidence counts and provenance; ``variants`` swaps known terms in
+    a query, using only pairs learned from documents the caller's data scope allows."""
 
     pairs: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    origins: dict[tuple[str, str], set[Origin]] = field(default_factory=lambda: defaultdict(set))
     learned_at: float = 0.0
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.pairs.values())
 
-    def add(self, a: str, b: str, weight: int = 1) -> bool:
+    def add(self, a: str, b: str, weight: int = 1, origin: Origin = None) -> bool:
         a, b = _clean_term(a), _clean_term(b)
         sa, sb = _side(a), _side(b)
         if not sa or not sb or sa == sb or _key(a) == _key(b):
             return False
         self.pairs[_key(a)][b] += weight
         self.pairs[_key(b)][a] += weight
+        for pair in ((_key(a), b), (_key(b), a)):
+            seen = self.origins[pair]
+            if len(seen) < MAX_ORIGINS:
+                seen.add(origin)
         return True
+
+    def allowed(self, term: str, replacement: str, scope: DataScope | None) -> bool:
+        """The pair was learned from a document ``scope`` allows (or from a term file)."""
+        if scope is None:
+            return True
+        return any(
+            o is None or all(scope.allows(*doc) for doc in o)
+            for o in self.origins.get((term, replacement), ())
+        )
 
     def load_tsv(self, path: Path) -> int:
         """``term<TAB>translation[<TAB>...]`` per line, ``#`` comments; same-language terms are synonyms."""
@@ -308,54 +335,63 @@ class Glossary:
                 if _side(terms[0]) == _side(other) and _side(other):  # a synonym: both directions
                     self.pairs[_key(terms[0])][other] += 5
                     self.pairs[_key(other)][terms[0]] += 5
+                    self.origins[(_key(terms[0]), other)].add(None)
+                    self.origins[(_key(other), terms[0])].add(None)
                     added += 1
                 else:
                     added += self.add(terms[0], other, 5)
         return added
 
     def learn(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Learn from stored chunks (``doc_id``, ``title``, ``title_path``, ``text``, ``kind``, ``lang``)."""
+        """Learn from stored chunks (``doc_id``, ``title``, ``title_path``, ``text``, ``kind``,
+        ``lang``, ``source``, ``tags``); each pair remembers the documents it came from."""
         added = 0
-        titles: dict[tuple[str, str], str] = {}
+        titles: dict[tuple[str, str], tuple[str, Document]] = {}
         for row in rows:
+            origin: Origin = (_document(row),)
             glossary = row.get("kind") == "glossary"
             for heading in [row.get("title") or "", *(row.get("title_path") or [])]:
-                added += self._from_line(heading)
+                added += self._from_line(heading, origin)
             text = row.get("text") or ""
             if glossary:
                 for line in text.splitlines():
                     if len(line) <= 120:
-                        added += self._from_line(line) + self._from_table(line)
+                        added += self._from_line(line, origin) + self._from_table(line, origin)
             for m in _ASIDE.finditer(text):
-                added += self.add(m.group("a"), m.group("b"))
+                added += self.add(m.group("a"), m.group("b"), origin=origin)
             twin = _twin_key(str(row.get("doc_id", "")))
             if twin and row.get("title"):
-                titles.setdefault(twin, _first_title(str(row["title"])))
-        for (key, lang), title in titles.items():
+                titles.setdefault(twin, (_first_title(str(row["title"])), _document(row)))
+        for (key, lang), (title, doc) in titles.items():
             if lang == "ja" and (other := titles.get((key, "en"))):
-                added += self.add(title, other)
+                # The pair says what both twins are titled: visible where both can be read.
+                added += self.add(title, other[0], origin=tuple(dict.fromkeys((doc, other[1]))))
         self.learned_at = time.time()
         return added
 
-    def _from_line(self, line: str) -> int:
+    def _from_line(self, line: str, origin: Origin = None) -> int:
         m = _PAIR_LINE.match(line.strip())
-        return int(bool(m and self.add(m.group("a"), m.group("b"))))
+        return int(bool(m and self.add(m.group("a"), m.group("b"), origin=origin)))
 
-    def _from_table(self, line: str) -> int:
+    def _from_table(self, line: str, origin: Origin = None) -> int:
         if not line.lstrip().startswith("|"):
             return 0
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         ja = next((c for c in cells if _side(c) == "ja"), None)
         en = next((c for c in cells if _side(c) == "en"), None)
-        return int(bool(ja and en and self.add(ja, en)))
+        return int(bool(ja and en and self.add(ja, en, origin=origin)))
 
-    def matches(self, query: str) -> list[tuple[int, int, str]]:
+    def options(self, term: str, scope: DataScope | None = None) -> list[str]:
+        """The replacements of a known term, most evidence first, learned where ``scope`` reads."""
+        return [t for t, _ in self.pairs[term].most_common() if self.allowed(term, t, scope)]
+
+    def matches(self, query: str, scope: DataScope | None = None) -> list[tuple[int, int, str]]:
         """Known terms in ``_base(query)``, longest first, not overlapping: (start, end, term key)."""
         folded = _base(query).casefold()
         taken = [False] * len(folded)
         found: list[tuple[int, int, str]] = []
         for term in sorted(self.pairs, key=len, reverse=True):
-            if len(term) < 2:
+            if len(term) < 2 or (scope is not None and not self.options(term, scope)):
                 continue
             latin = not _HAS_JA.search(term)
             start = folded.find(term)
@@ -372,11 +408,12 @@ class Glossary:
                 start = folded.find(term, start + 1)
         return sorted(found)
 
-    def variants(self, query: str, n: int = 1) -> list[Variant]:
-        """Up to ``n`` variants with known terms swapped to the other language (best, 2nd best...)."""
+    def variants(self, query: str, n: int = 1, scope: DataScope | None = None) -> list[Variant]:
+        """Up to ``n`` variants with known terms swapped to the other language (best, 2nd best...),
+        using only pairs learned where ``scope`` reads."""
         if n <= 0 or not self.pairs:
             return []
-        found = self.matches(query)
+        found = self.matches(query, scope)
         if not found:
             return []
         base = _base(query)
@@ -385,7 +422,7 @@ class Glossary:
         for choice in range(n):
             parts, swapped, pos = [], [], 0
             for start, end, term in found:
-                options = [t for t, _ in self.pairs[term].most_common()]
+                options = self.options(term, scope)
                 repl = options[min(choice, len(options) - 1)]
                 parts += [base[pos:start], f" {repl} " if _HAS_LATIN.search(repl) else repl]
                 swapped.append((base[start:end], repl))
@@ -437,7 +474,9 @@ class QueryExpansion:
             for path in settings.term_files:
                 self.glossary.load_tsv(Path(path))
 
-    async def expand(self, query: str, enabled: bool = True) -> Expansion:
+    async def expand(self, query: str, enabled: bool = True, scope: DataScope | None = None) -> Expansion:
+        """``scope``: the caller's data scope; glossary variants use only terms learned from the
+        documents it allows (LLM and lexicon variants come from outside the corpus)."""
         variants = [Variant(query, detect_lang(query), "original")]
         llm = "off" if self.llm is None else "skipped"
         if not enabled:
@@ -455,7 +494,7 @@ class QueryExpansion:
             variants.append(lexical)
         if self.settings.glossary:
             seen = {_key(v.text) for v in variants}
-            for v in self.glossary.variants(query, self.settings.glossary_variants):
+            for v in self.glossary.variants(query, self.settings.glossary_variants, scope):
                 if _key(v.text) not in seen:
                     variants.append(v)
         out: Expansion = {"variants": [v.as_dict() for v in variants], "llm": llm}
@@ -481,7 +520,7 @@ class QueryExpansion:
         return Variant(text, detect_lang(text), "lexicon")
 
 
-_LEARN_FIELDS = ["doc_id", "title", "title_path", "text", "kind", "lang"]
+_LEARN_FIELDS = ["doc_id", "title", "title_path", "text", "kind", "lang", "source", "tags"]
 
 
 def learn_glossary(store: Any, settings: ExpanderSettings) -> Glossary:

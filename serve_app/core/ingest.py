@@ -40,13 +40,16 @@ from serve_app.core.chunking import Chunk, chunk_document
 from serve_app.core.meta import MetaStore
 from serve_app.core.retrieval import passage_text
 from serve_app.core.store import (
+    MAX_WINDOW,
     ChunkRecord,
+    Filter,
     MilvusStore,
+    StoreUnavailable,
     chunk_ids_filter,
     doc_ids_filter,
     doc_version_filter,
 )
-from serve_app.settings import ChunkSettings, IngestSettings
+from serve_app.settings import ChunkSettings, DataScope, IngestSettings
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +211,10 @@ class EmbedderUnavailable(RuntimeError):
 
 class ModelMismatch(RuntimeError):
     """The target collection holds vectors of another model; writing ours would corrupt it."""
+
+
+class OutOfScope(PermissionError):
+    """A write or delete would touch a document outside the caller's write scope (403)."""
 
 
 @dataclass(slots=True)
@@ -647,6 +654,48 @@ class Ingestor:
         if progress:
             progress(report)
         return report
+
+    def check_scope(
+        self, scope: DataScope | None, docs: Sequence[SourceDocument] = (), doc_ids: Sequence[str] = ()
+    ) -> None:
+        """``OutOfScope`` unless every document written (as sent) and every document already stored
+        under the ids written or deleted lies in ``scope`` (``None``: no restriction). A caller
+        cannot take over another team's document by reusing its id, nor move its own out."""
+        if scope is None:
+            return
+        for doc in docs:
+            if not scope.allows(doc.source, doc.kind, doc.tags):
+                raise OutOfScope(
+                    f"document {doc.doc_id!r} (source {doc.source!r}, kind {doc.kind!r}, tags {doc.tags}) "
+                    "is outside this caller's write scope"
+                )
+        ids = list(dict.fromkeys([*(d.doc_id for d in docs), *doc_ids]))
+        for doc_id, (source, kind, tags) in self.stored_metadata(ids).items():
+            if not scope.allows(source, kind, tags):
+                raise OutOfScope(f"document {doc_id!r} exists outside this caller's write scope")
+
+    def stored_metadata(self, doc_ids: Sequence[str]) -> dict[str, tuple[str, str, list[str]]]:
+        """doc_id -> (source, kind, tags) of its newest stored version, for the ids that exist."""
+        if not doc_ids:
+            return {}
+        try:
+            rows = self.store.query(
+                doc_ids_filter(doc_ids) & Filter.eq("ordinal", 0),
+                limit=MAX_WINDOW,
+                fields=["doc_id", "version", "source", "kind", "tags"],
+            )
+        except StoreUnavailable as exc:
+            if "does not exist" in str(exc):  # a fresh deployment: no collection, no documents
+                return {}
+            raise
+        newest: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if row["doc_id"] not in newest or int(row["version"]) > int(newest[row["doc_id"]]["version"]):
+                newest[row["doc_id"]] = row
+        return {
+            d: (str(r.get("source") or ""), str(r.get("kind") or ""), list(r.get("tags") or []))
+            for d, r in newest.items()
+        }
 
     def delete_documents(self, doc_ids: Sequence[str]) -> IngestReport:
         """Remove documents (every version); unknown ids are no error (deleting is idempotent)."""

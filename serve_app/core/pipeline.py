@@ -34,7 +34,7 @@ from serve_app.core.contracts import (
 )
 from serve_app.core.fusion import Candidate
 from serve_app.core.retrieval import relevance
-from serve_app.settings import SearchSettings
+from serve_app.settings import DataScope, SearchSettings
 
 # A child of Serve's logger: inside a replica with ``logging_config: {encoding: JSON}`` every line
 # is JSON with the request id and these ``extra`` fields (durations, stage timings).
@@ -57,7 +57,7 @@ class SearchRejected(ValueError):
 
 
 class Expander(Protocol):
-    async def expand(self, query: str, enabled: bool = True) -> Expansion: ...
+    async def expand(self, query: str, enabled: bool = True, scope: DataScope | None = None) -> Expansion: ...
 
 
 class Embedder(Protocol):
@@ -76,6 +76,7 @@ class Retriever(Protocol):
         filters: dict[str, Any] | None,
         limit: int,
         explain: bool,
+        scope: DataScope | None = None,
     ) -> Fanout: ...
 
 
@@ -112,6 +113,9 @@ class SearchQuery:
     rerank: bool | None = None
     expand: bool = True
     explain: bool = False
+    # The caller's data scope (auth): every document the search reads, and every glossary term
+    # its variants use, comes from it. None = all documents.
+    scope: DataScope | None = None
 
 
 @dataclass(slots=True)
@@ -185,6 +189,7 @@ class SearchPipeline:
             filters=q.filters,
             limit=self.rerank_pool(top_k, rerank),
             explain=q.explain,
+            scope=q.scope,
         )
         t3 = time.perf_counter()
         log.info(
@@ -232,7 +237,7 @@ class SearchPipeline:
 
     async def _expand(self, q: SearchQuery, degraded: list[str]) -> Expansion:
         try:
-            expansion = await self.expander.expand(q.query, q.expand)
+            expansion = await self.expander.expand(q.query, q.expand, q.scope)
         except Exception as exc:
             log.exception("expander failed; searching the original query only")
             degraded.append("expander")
@@ -294,7 +299,7 @@ def _explain(expansion: Expansion, fan: Fanout, reranked: bool, degraded: list[s
 class OriginalOnly:
     """An expander that never rewrites: the original query with its detected language."""
 
-    async def expand(self, query: str, enabled: bool = True) -> Expansion:
+    async def expand(self, query: str, enabled: bool = True, scope: DataScope | None = None) -> Expansion:
         return {"variants": [{"text": query, "lang": detect_lang(query), "origin": "original"}], "llm": "off"}
 
 
@@ -303,12 +308,12 @@ class MemoExpander:
 
     def __init__(self, inner: Expander) -> None:
         self.inner = inner
-        self._seen: dict[tuple[str, bool], Expansion] = {}
+        self._seen: dict[tuple[str, bool, DataScope | None], Expansion] = {}
 
-    async def expand(self, query: str, enabled: bool = True) -> Expansion:
-        key = (query, enabled)
+    async def expand(self, query: str, enabled: bool = True, scope: DataScope | None = None) -> Expansion:
+        key = (query, enabled, scope)
         if key not in self._seen:
-            self._seen[key] = await self.inner.expand(query, enabled)
+            self._seen[key] = await self.inner.expand(query, enabled, scope)
         return self._seen[key]
 
 

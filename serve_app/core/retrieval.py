@@ -27,8 +27,9 @@ from serve_app.core.store import (
     and_,
     build_filter,
     doc_version_filter,
+    scope_filter,
 )
-from serve_app.settings import SearchSettings
+from serve_app.settings import DataScope, SearchSettings
 
 _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="specrag-search")
 
@@ -125,12 +126,17 @@ class Retriever:
         limit: int | None = None,
         parallel: bool = True,
         explain: bool = False,
+        scope: DataScope | None = None,
     ) -> Fanout:
-        """``vectors``: per variant ``dense``, ``sparse`` and optionally ``origin`` / ``lang``."""
+        """``vectors``: per variant ``dense``, ``sparse`` and optionally ``origin`` / ``lang``.
+
+        ``scope``: the caller's data scope (auth), a filter it cannot widen: applied with the
+        request's ``filters`` in stage 2 and in every refetch."""
         s = self.settings
         want = max(top_k, limit or 0)
         fetch = min(want * s.overfetch, MAX_WINDOW)
         filters = {k: v for k, v in (filters or {}).items() if v}
+        allowed = scope_filter(scope)
         plan: list[_Search] = []
         queries: list[dict[str, Any]] = []
         langs = self._stage1_languages(vectors, filters)
@@ -153,7 +159,7 @@ class Retriever:
 
         loop = asyncio.get_running_loop()
 
-        def run(job: _Search, expr: Filter | None, pushdown: dict[str, Any] | None = None) -> None:
+        def run(job: _Search, expr: Filter | None, pushdown: Filter | None = None) -> None:
             t0 = time.perf_counter()
             if job.channel == "bm25":
                 job.hits = self._bm25(queries[job.variant]["bm25"], job.lang, fetch, pushdown)
@@ -178,18 +184,22 @@ class Retriever:
         searched = time.perf_counter()
         gate = self._weigh_sparse(plan, queries)
         current = await self._current_only(plan, queries)
-        if filters:
-            pushed = build_filter(current_only=False, **filters)
+        if filters or allowed is not None:
+            pushed = and_(build_filter(current_only=False, **filters), allowed)
             short = []
             for job in plan:
-                job.hits = [h for h in job.hits if _matches(h.fields, filters)]
+                job.hits = [
+                    h
+                    for h in job.hits
+                    if _matches(h.fields, filters) and (allowed is None or allowed.matches(h.fields))
+                ]
                 if len(job.hits) < want and job.fetched >= fetch:
                     short.append(job)  # the filter is selective: let Milvus apply it during the ANN
             if short:
                 exprs = [and_(stage1_expr(j), pushed) for j in short]
                 await asyncio.gather(
                     *(
-                        loop.run_in_executor(_POOL, run, j, e, filters)
+                        loop.run_in_executor(_POOL, run, j, e, pushed)
                         for j, e in zip(short, exprs, strict=True)
                     )
                 )
@@ -248,29 +258,29 @@ class Retriever:
         rrf_max = sum(max(rl.weight, 0.0) for rl in lists) / (s.rrf_k + 1)
         return Fanout(fused, timings, len(plan), described, rrf_max or 1.0)
 
-    def _bm25(self, text: str, lang: str | None, limit: int, pushdown: dict[str, Any] | None) -> list[Hit]:
+    def _bm25(self, text: str, lang: str | None, limit: int, pushdown: Filter | None) -> list[Hit]:
         """The bm25 channel's hits (a snapshot index: stage 2's version check applies as for ANN).
 
         The index has no filter pushdown: a balanced list's language and a selective filter's
         refetch (``pushdown``) read the whole ranking and filter it here.
         """
         assert self.bm25 is not None
-        if not lang and not pushdown:
+        if not lang and pushdown is None:
             return self.bm25.search(text, limit=limit)
         hits = self.bm25.search(text, limit=len(self.bm25))
         return [
             h
             for h in hits
-            if (not lang or h.fields.get("lang") == lang) and (not pushdown or _matches(h.fields, pushdown))
+            if (not lang or h.fields.get("lang") == lang) and (pushdown is None or pushdown.matches(h.fields))
         ][:limit]
 
-    def _exact(self, idents: list[str], limit: int, pushdown: dict[str, Any] | None) -> list[Hit]:
+    def _exact(self, idents: list[str], limit: int, pushdown: Filter | None) -> list[Hit]:
         """Current chunks containing the identifiers verbatim, scored by how many of them they hold.
 
         One LIKE query per identifier (Milvus' ``_`` wildcard may over-match: each row is checked
         here exactly, title trail included).
         """
-        scope = build_filter(current_only=True, **(pushdown or {}))
+        scope = and_(build_filter(current_only=True), pushdown)
         rows: dict[str, dict[str, Any]] = {}
         for ident in idents:
             expr = Filter.contains("text", ident) if scope is None else scope & Filter.contains("text", ident)

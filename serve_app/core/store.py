@@ -50,7 +50,7 @@ import numpy as np
 import pymilvus  # noqa: F401  (configures its loggers when imported: ours must come after)
 
 if TYPE_CHECKING:
-    from serve_app.settings import Settings
+    from serve_app.settings import DataScope, Settings
 
 logger = logging.getLogger(__name__)
 # pymilvus logs every failed call at ERROR (an outage floods the logs); failures are mapped to
@@ -216,6 +216,7 @@ def _as_list(values: str | Iterable[str] | None) -> list[str]:
 #     Clause  := field "==" | "!=" | "<" literal
 #              | field "in" "[" string, ... "]"  (one value renders as "==", none matches nothing)
 #              | field "like" "<prefix>%"        (prefix match; "%" cannot be escaped, so refused)
+#              | any-prefix: (field like "a%" or field like "b%")
 #              | field "like" "%<part>%"         (contains; the same refusal of "%")
 #              | any-tag: tags_key like "%|hex|%" ("or" of several, in parentheses)
 #
@@ -229,13 +230,14 @@ def _as_list(values: str | Iterable[str] | None) -> list[str]:
 #     chunk_ids_filter(ids)             rows with these chunk ids
 #     doc_version_filter(doc, v, op=)   one document's rows with version ==, < or != v
 #     first_chunks_filter()             the ordinal-0 row of every version (publishes a version)
+#     scope_filter(scope)               the documents a caller's data scope allows (auth)
 #     Filter.eq/ne/lt/isin/prefix       single atoms on any field (the meta collection uses these)
 #
 # Store methods take ``Filter | str | None``: a string is sent as it is (hand-written expressions,
 # e.g. ``array_contains(tags, "x")`` in tests and operator tooling); code in specrag passes Filters.
 
-FilterOp = Literal["==", "!=", "<", "in", "prefix", "contains", "any_tag"]
-_OPS: tuple[str, ...] = ("==", "!=", "<", "in", "prefix", "contains", "any_tag")
+FilterOp = Literal["==", "!=", "<", "in", "prefix", "any_prefix", "contains", "any_tag"]
+_OPS: tuple[str, ...] = ("==", "!=", "<", "in", "prefix", "any_prefix", "contains", "any_tag")
 
 
 def _literal(value: str | int | bool) -> str:
@@ -253,8 +255,8 @@ class Clause:
     """One atom of a filter: ``field`` compared with literal(s).
 
     ``==``/``!=``/``<`` take one literal (str, int or bool); ``in`` a tuple of strings; ``prefix`` a
-    string without ``%``; ``any_tag`` (field ``tags``) a non-empty tuple of tags, matched exactly
-    through the hidden ``tags_key`` mirror.
+    string without ``%``, ``any_prefix`` a non-empty tuple of them; ``any_tag`` (field ``tags``) a
+    non-empty tuple of tags, matched exactly through the hidden ``tags_key`` mirror.
     """
 
     field: str
@@ -266,11 +268,13 @@ class Clause:
             raise ValueError(f"invalid field name {self.field!r}")
         if self.op not in _OPS:
             raise ValueError(f"unknown filter operator {self.op!r}")
-        if self.op in ("in", "any_tag"):
+        if self.op in ("in", "any_tag", "any_prefix"):
             if not isinstance(self.value, tuple):
                 raise TypeError(f"{self.op!r} takes a tuple of strings, got {type(self.value).__name__}")
-            if self.op == "any_tag" and not self.value:
-                raise ValueError("any_tag needs at least one tag")
+            if self.op in ("any_tag", "any_prefix") and not self.value:
+                raise ValueError(f"{self.op} needs at least one value")
+            if self.op == "any_prefix" and any("%" in v for v in self.value):
+                raise ValueError("a LIKE pattern cannot contain '%' (Milvus has no escape for it)")
         elif isinstance(self.value, tuple):
             raise TypeError(f"{self.op!r} takes one literal, got a tuple")
         else:
@@ -284,6 +288,10 @@ class Clause:
             return f"{self.field} in [{', '.join(quote(v) for v in self.value)}]"
         if self.op == "prefix":
             return f'{self.field} like {quote(str(self.value))[:-1]}%"'
+        if self.op == "any_prefix":
+            assert isinstance(self.value, tuple)
+            likes = [f'{self.field} like {quote(v)[:-1]}%"' for v in self.value]
+            return likes[0] if len(likes) == 1 else f"({' or '.join(likes)})"
         if self.op == "contains":  # "_" is a one-character wildcard in LIKE: callers recheck exactly
             return f'{self.field} like "%{quote(str(self.value))[1:-1]}%"'
         if self.op == "any_tag":
@@ -321,6 +329,9 @@ class Clause:
             return value in self.value
         if self.op == "contains":
             return str(self.value) in str(value)
+        if self.op == "any_prefix":
+            assert isinstance(self.value, tuple)
+            return any(str(value).startswith(p) for p in self.value)
         return str(value).startswith(str(self.value))  # prefix
 
 
@@ -429,6 +440,20 @@ def build_filter(
     tag_items = [t for t in _as_list(tags) if t]
     if tag_items:
         parts.append(Filter.any_tag(tag_items))
+    return and_(*parts)
+
+
+def scope_filter(scope: DataScope | None) -> Filter | None:
+    """The documents a data scope allows (``None``: any). Sources are prefixes, tags "any of"."""
+    if scope is None:
+        return None
+    parts: list[Filter] = []
+    if scope.sources:
+        parts.append(Filter((Clause("source", "any_prefix", tuple(dict.fromkeys(scope.sources))),)))
+    if scope.kinds:
+        parts.append(Filter.isin("kind", scope.kinds))
+    if scope.tags:
+        parts.append(Filter.any_tag(scope.tags))
     return and_(*parts)
 
 

@@ -18,7 +18,7 @@ from serve_app.http import openapi
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.middleware import BodyLimit, RequestId
 from serve_app.http.security import AuthMiddleware, Guard
-from serve_app.settings import Settings
+from serve_app.settings import DataScope, Settings
 
 
 class Backend(Protocol):
@@ -38,11 +38,15 @@ class Backend(Protocol):
 
     async def readiness(self, timeout_s: float) -> dict[str, dict[str, Any]]: ...
 
-    async def upsert_documents(self, docs: list[dict[str, Any]]) -> dict[str, Any]: ...
+    async def upsert_documents(
+        self, docs: list[dict[str, Any]], scope: DataScope | None = None
+    ) -> dict[str, Any]: ...
 
     async def get_document(self, doc_id: str) -> dict[str, Any] | None: ...
 
-    async def delete_documents(self, doc_ids: list[str]) -> dict[str, Any]: ...
+    async def delete_documents(
+        self, doc_ids: list[str], scope: DataScope | None = None
+    ) -> dict[str, Any]: ...
 
 
 def create_app(
@@ -65,7 +69,14 @@ def create_app(
     # Starlette runs the last added outermost: count every response, give it an id, then
     # authenticate, then size.
     app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
-    app.add_middleware(AuthMiddleware, guard=Guard(settings.auth))
+    redis_url = settings.redis.url.get_secret_value() if settings.redis.url else None
+    on_fallback = None
+    if metrics:
+        from serve_app.serving.observability import metric
+
+        on_fallback = metric("rate_limit_fallbacks").inc
+    app.state.guard = Guard(settings.auth, redis_url=redis_url, on_fallback=on_fallback)
+    app.add_middleware(AuthMiddleware, guard=app.state.guard)
     app.add_middleware(RequestId, echo=request_id_header)
     if metrics:
         from serve_app.serving.observability import RequestMetrics

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.core.encoder import InputTooLong
-from serve_app.core.ingest import ModelMismatch
+from serve_app.core.ingest import ModelMismatch, OutOfScope
 from serve_app.core.pipeline import EmbedderUnavailable, QueryNotEmbedded, SearchRejected
 from serve_app.core.rerank import RerankerUnavailable
 from serve_app.core.store import StoreUnavailable
@@ -67,6 +67,7 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
     QueryNotEmbedded: (503, "the embedder failed on the query"),
     EmbedderUnavailable: (503, "embedder unavailable"),
     ModelMismatch: (409, "the index was built with another model"),
+    OutOfScope: (403, "outside this caller's write scope"),
     InputTooLong: (413, "input over the model's token limit; shorten it or allow truncation"),
     RerankerUnavailable: (503, "reranker unavailable"),
 }
@@ -95,6 +96,7 @@ DIFY_CODES = {
     "missing_api_key": 1001,
     "invalid_authorization_header": 1001,
     "invalid_api_key": 1002,
+    "invalid_token": 1002,
     "insufficient_scope": 1002,
     "knowledge_not_found": 2001,
 }

@@ -31,6 +31,7 @@ from serve_app.core.rerank import RerankerUnavailable
 from serve_app.core.store import StoreUnavailable
 from serve_app.serving.handles import call_idempotent, find_cause, root_cause
 from serve_app.serving.observability import metric, observe_stages
+from serve_app.settings import DataScope
 
 log = logging.getLogger("ray.serve.specrag.ingress")
 
@@ -45,8 +46,8 @@ class HandleExpander:
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
 
-    async def expand(self, query: str, enabled: bool = True) -> Expansion:
-        return await self.handle.expand.remote(query, enabled)
+    async def expand(self, query: str, enabled: bool = True, scope: DataScope | None = None) -> Expansion:
+        return await self.handle.expand.remote(query, enabled, scope)
 
 
 class HandleEmbedder:
@@ -92,10 +93,17 @@ class HandleRetriever:
         filters: dict[str, Any] | None,
         limit: int,
         explain: bool,
+        scope: DataScope | None = None,
     ) -> Fanout:
         try:
             return await self.handle.search.remote(
-                vectors, top_k=top_k, channels=channels, filters=filters, limit=limit, explain=explain
+                vectors,
+                top_k=top_k,
+                channels=channels,
+                filters=filters,
+                limit=limit,
+                explain=explain,
+                scope=scope,
             )
         except Exception as exc:
             if (unavailable := find_cause(exc, StoreUnavailable)) is not None:

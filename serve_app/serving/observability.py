@@ -67,6 +67,10 @@ def _metrics() -> dict[str, Any]:
             "chunks written through the API (embedded, reused, deleted)",
             tag_keys=("kind",),
         ),
+        "rate_limit_fallbacks": metrics.Counter(
+            "specrag_rate_limit_fallbacks_total",
+            "requests whose rate limit was counted by one Ingress replica because Redis failed",
+        ),
     }
 
 

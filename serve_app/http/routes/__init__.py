@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from serve_app.http.errors import ClientError
+from serve_app.http.security import OPEN, Principal
 from serve_app.settings import Settings
 
 
@@ -19,8 +20,15 @@ def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def principal(request: Request) -> Principal:
+    """Who the request acts for (set by the auth middleware; the open principal without auth)."""
+    value = getattr(request.state, "principal", None)
+    return value if isinstance(value, Principal) else OPEN
+
+
 SettingsDep = Annotated[Settings, Depends(settings)]
 BackendDep = Annotated[Any, Depends(backend)]
+PrincipalDep = Annotated[Principal, Depends(principal)]
 
 
 def check_query_length(query: str, s: Settings) -> None:

@@ -23,7 +23,7 @@ from serve_app.http.dify_schemas import (
     DifyRetrievalResponse,
 )
 from serve_app.http.errors import ClientError
-from serve_app.http.routes import BackendDep, SettingsDep, check_query_length
+from serve_app.http.routes import BackendDep, PrincipalDep, SettingsDep, check_query_length
 from serve_app.http.routes.search import to_result
 from serve_app.settings import DifyProfile
 
@@ -135,8 +135,11 @@ def to_records(outcome: SearchOutcome, threshold: float) -> DifyRetrievalRespons
     summary="Dify's External Knowledge API: a search profile's chunks for a query.",
     responses={404: {"description": "error_code 2001: no search profile has this knowledge_id."}},
 )
-async def retrieval(body: DifyRetrievalRequest, s: SettingsDep, b: BackendDep) -> DifyRetrievalResponse:
-    """Records at most ``min(top_k, profile.max_top_k)``, best first, none under ``score_threshold``."""
+async def retrieval(
+    body: DifyRetrievalRequest, s: SettingsDep, b: BackendDep, who: PrincipalDep
+) -> DifyRetrievalResponse:
+    """Records at most ``min(top_k, profile.max_top_k)``, best first, none under ``score_threshold``;
+    only from documents the caller's read scope allows, whatever the profile says."""
     profile = s.dify.profiles.get(body.knowledge_id)
     if profile is None:
         missing = f"no search profile {body.knowledge_id!r}"
@@ -146,5 +149,7 @@ async def retrieval(body: DifyRetrievalRequest, s: SettingsDep, b: BackendDep) -
     if filters is None:
         return DifyRetrievalResponse(records=[])
     top_k = min(body.retrieval_setting.top_k, profile.max_top_k)
-    query = SearchQuery(body.query, top_k, filters, rerank=profile.rerank, expand=profile.expand)
+    query = SearchQuery(
+        body.query, top_k, filters, rerank=profile.rerank, expand=profile.expand, scope=who.read
+    )
     return to_records(await b.pipeline.search(query), body.retrieval_setting.score_threshold)

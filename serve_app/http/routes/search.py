@@ -6,13 +6,14 @@ from fastapi import APIRouter
 
 from serve_app.core.contracts import ScoredResult
 from serve_app.core.pipeline import SearchOutcome, SearchQuery
-from serve_app.http.routes import BackendDep, SettingsDep, check_query_length
+from serve_app.http.routes import BackendDep, PrincipalDep, SettingsDep, check_query_length
 from serve_app.http.schemas import QueryVariant, SearchRequest, SearchResponse, SearchResult
+from serve_app.settings import DataScope
 
 router = APIRouter()
 
 
-def to_query(body: SearchRequest) -> SearchQuery:
+def to_query(body: SearchRequest, scope: DataScope | None = None) -> SearchQuery:
     return SearchQuery(
         query=body.query,
         top_k=body.top_k,
@@ -21,6 +22,7 @@ def to_query(body: SearchRequest) -> SearchQuery:
         rerank=body.rerank,
         expand=body.expand,
         explain=body.explain,
+        scope=scope,
     )
 
 
@@ -59,7 +61,9 @@ def to_response(outcome: SearchOutcome, model: str, explain: bool) -> SearchResp
 
 
 @router.post("/v1/search", response_model=SearchResponse, summary="Hybrid search with rerank.")
-async def search(body: SearchRequest, s: SettingsDep, b: BackendDep) -> SearchResponse:
+async def search(body: SearchRequest, s: SettingsDep, b: BackendDep, who: PrincipalDep) -> SearchResponse:
+    """A caller with a data scope searches only the documents it may read (its filters narrow
+    further, they cannot widen it), and its glossary variants use only terms learned from them."""
     check_query_length(body.query, s)
-    outcome = await b.pipeline.search(to_query(body))
+    outcome = await b.pipeline.search(to_query(body, who.read))
     return to_response(outcome, (await b.model_info())["model"], body.explain)

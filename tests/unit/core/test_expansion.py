@@ -13,7 +13,7 @@ import pytest
 
 from serve_app.core.expansion import ExpansionError, Glossary, LLMExpander, QueryExpansion
 from serve_app.devtools.local_stack import free_port
-from serve_app.settings import ExpanderSettings
+from serve_app.settings import DataScope, ExpanderSettings
 from serve_app.testing.fakellm import FakeLLM
 
 
@@ -158,3 +158,49 @@ def test_learning_from_a_store_pairs_twins_across_pages() -> None:
 
     glossary = learn_glossary(Store(), ExpanderSettings())
     assert glossary.variants("ロールアウトの手順")[0].text == "Rollout の手順"
+
+
+def test_glossary_terms_reach_only_callers_who_may_read_where_they_were_learned(tmp_path: Path) -> None:
+    g = Glossary()
+    g.learn(
+        [
+            {
+                "doc_id": "a-terms",
+                "kind": "glossary",
+                "text": "冪等キー (idempotency key)",
+                "source": "team-a/g.md",
+            },
+            {
+                "doc_id": "b-terms",
+                "kind": "glossary",
+                "text": "在庫引当 (stock allocation)",
+                "source": "team-b/g.md",
+            },
+            # translated twins in different teams: the pair tells both titles, so both must be readable
+            {"doc_id": "docs/ja/rollout", "title": "段階的リリース", "text": "x", "source": "team-a/ja.md"},
+            {"doc_id": "docs/en/rollout", "title": "Staged rollout", "text": "x", "source": "team-b/en.md"},
+        ]
+    )
+    path = tmp_path / "terms.tsv"
+    path.write_text("障害報告\tincident report\n", encoding="utf-8")
+    g.load_tsv(path)
+    a, b = DataScope(sources=["team-a/"]), DataScope(sources=["team-b/"])
+    both = DataScope(sources=["team-a/", "team-b/"])
+
+    def swapped(query: str, scope: DataScope | None) -> list[str]:
+        return [v.text for v in g.variants(query, 1, scope)]
+
+    assert swapped("冪等キーの保持期間", a) == ["idempotency key の保持期間"]
+    assert swapped("冪等キーの保持期間", b) == [], "team B never sees team A's term"
+    assert swapped("在庫引当の順序", a) == [] and swapped("在庫引当の順序", None) == [
+        "stock allocation の順序"
+    ]
+    assert swapped("段階的リリースの手順", a) == swapped("段階的リリースの手順", b) == []
+    assert swapped("段階的リリースの手順", both) == ["Staged rollout の手順"]
+    assert swapped("障害報告の書き方", b) == ["incident report の書き方"], (
+        "operator term files serve everyone"
+    )
+    engine = QueryExpansion(ExpanderSettings(lexicon="off"))
+    engine.glossary = g
+    out = asyncio.run(engine.expand("冪等キーとは", scope=b))
+    assert [v["origin"] for v in out["variants"]] == ["original"]

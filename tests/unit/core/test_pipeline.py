@@ -40,7 +40,7 @@ class Expander:
     def __init__(self, mode: str = "ok") -> None:
         self.mode = mode
 
-    async def expand(self, query: str, enabled: bool = True) -> Expansion:
+    async def expand(self, query: str, enabled: bool = True, scope: Any = None) -> Expansion:
         if self.mode == "raise":
             raise RuntimeError("expander down")
         variants = [{"text": query, "lang": "en", "origin": "original"}]
@@ -207,7 +207,7 @@ def test_in_process_adapters_remember() -> None:
     calls = []
 
     class Counting(OriginalOnly):
-        async def expand(self, query: str, enabled: bool = True) -> Expansion:
+        async def expand(self, query: str, enabled: bool = True, scope: Any = None) -> Expansion:
             calls.append(query)
             return await super().expand(query, enabled)
 

@@ -15,7 +15,7 @@ import pytest
 from serve_app.core.lexical import IdfTable
 from serve_app.core.retrieval import Retriever
 from serve_app.core.store import doc_ids_filter
-from serve_app.settings import SearchSettings
+from serve_app.settings import DataScope, SearchSettings
 from serve_app.testing.doubles import FakeStore
 
 
@@ -284,3 +284,23 @@ def test_rrf_max_scales_a_first_everywhere_chunk_to_one(store: FakeStore) -> Non
     fan = asyncio.run(r.search([{"dense": [1.0, 0.1, 0.0], "sparse": {10: 1.0, 11: 1.0}}], top_k=3))
     assert fan.rrf_max == pytest.approx(1.5 / 61)
     assert 0 < fan.candidates[0].rrf <= fan.rrf_max
+
+
+def test_a_data_scope_is_a_filter_the_request_cannot_widen(store: FakeStore) -> None:
+    """Only documents the caller may read come back, however the query and its filters look."""
+    for row in store.rows:
+        row["source"] = "team-b/" + row["source"] if row["doc_id"].startswith("noise") else "team-a/x.md"
+    r = Retriever(store, _settings())
+    scope = DataScope(sources=["team-a/"])
+    vectors = [{"dense": [0.8, 0, 1.0], "sparse": {10: 1.0}}]  # the noise docs (team B) match best
+    fused, t = _search(r, vectors, top_k=3, scope=scope, explain=True)
+    assert fused and {c.fields["source"] for c in fused} == {"team-a/x.md"}
+    assert any(s["refetched"] for s in t["plan"]), "short lists are searched again with the scope pushed down"
+    assert any('source like "team-a/%"' in (e or "") for e in store.exprs)
+    # the request's own filters narrow inside the scope, never outside it
+    fused, _ = _search(r, vectors, top_k=3, scope=scope, filters={"sources": ["team-b/noise-1.md"]})
+    assert fused == []
+    # every channel: the exact identifier list too
+    idents = [{"dense": [0.8, 0, 1.0], "sparse": {}, "text": "noise"}]
+    fused, _ = _search(r, idents, top_k=3, scope=scope)
+    assert all(c.fields["source"].startswith("team-a/") for c in fused)

@@ -30,9 +30,11 @@ from serve_app.core.store import (
     make_store,
     quote,
     record_to_row,
+    scope_filter,
     tag_key,
     truncate_utf8,
 )
+from serve_app.settings import DataScope
 
 
 def _record(**over) -> ChunkRecord:
@@ -469,3 +471,22 @@ def test_make_store_uses_the_milvus_settings():
     )
     assert store.search_ef == 64 and store._token == "t0k"
     assert store.hnsw_m == settings.milvus.hnsw_m
+
+
+def test_a_data_scope_says_the_same_to_milvus_and_in_python() -> None:
+    """``scope_filter`` (the Milvus expression and its in-memory twin) and ``DataScope.allows``
+    agree on every combination of sources, kinds and tags."""
+    scope = DataScope(sources=["team-a/", "shared/"], kinds=["spec", "api"], tags=["public", "x"])
+    flt = scope_filter(scope)
+    assert flt is not None and flt.expr() == (
+        '(source like "team-a/%" or source like "shared/%") and kind in ["spec", "api"]'
+        f' and (tags_key like "%{tag_key("public")}%" or tags_key like "%{tag_key("x")}%")'
+    )
+    for source in ("team-a/s.md", "shared/s.md", "team-b/s.md", "", "xteam-a/s.md"):
+        for kind in ("spec", "api", "faq"):
+            for tags in ([], ["public"], ["x", "y"], ["y"]):
+                row = {"source": source, "kind": kind, "tags": tags}
+                assert flt.matches(row) == scope.allows(source, kind, tags), row
+    assert scope_filter(None) is None and scope_filter(DataScope()) is None
+    with pytest.raises(ValueError, match="'%'"):
+        scope_filter(DataScope(sources=["50%/"]))

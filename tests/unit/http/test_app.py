@@ -91,7 +91,7 @@ class Backend:
             "expander": ok,
         }
 
-    async def upsert_documents(self, docs: list[dict[str, Any]]) -> dict[str, Any]:
+    async def upsert_documents(self, docs: list[dict[str, Any]], scope: Any = None) -> dict[str, Any]:
         if self.indexer_error:
             raise self.indexer_error
         return {"added": len(docs), "updated": 0, "unchanged": 0, "failed": [], "chunks_embedded": 1}
@@ -99,7 +99,7 @@ class Backend:
     async def get_document(self, doc_id: str) -> dict[str, Any] | None:
         return None
 
-    async def delete_documents(self, doc_ids: list[str]) -> dict[str, Any]:
+    async def delete_documents(self, doc_ids: list[str], scope: Any = None) -> dict[str, Any]:
         return {"deleted": 0, "chunks_deleted": 0}
 
 
