@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.core.contracts import TextScore, Truncate
+from serve_app.core.contracts import EmbedOutput, TextScore, Truncate
 from serve_app.core.fusion import Candidate
 from serve_app.core.rerank import ColbertReranker, load_cross_encoder
 from serve_app.serving.adapters import HandleEmbedder
@@ -25,9 +25,9 @@ class Reranker:
         self.engine = ColbertReranker(HandleEmbedder(embedder), s, cross)
 
     async def rerank(
-        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+        self, query: str, candidates: list[Candidate], queries: Sequence[EmbedOutput]
     ) -> list[Candidate]:
-        return await self.engine.rerank(query, candidates, variants)
+        return await self.engine.rerank(query, candidates, queries)
 
     async def score_texts(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]:
         """Arbitrary texts scored against a query (``/v1/rerank``, TEI's ``/rerank``)."""

@@ -82,7 +82,7 @@ class Retriever(Protocol):
 
 class Reranker(Protocol):
     async def rerank(
-        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+        self, query: str, candidates: list[Candidate], queries: Sequence[EmbedOutput]
     ) -> list[Candidate]: ...
 
 
@@ -167,7 +167,8 @@ class SearchPipeline:
                 "fallback": bool(degraded),
             },
         )
-        vectors = await self.embedder.embed([v["text"] for v in variants], "query")
+        # One Embedder call per search: the same pass yields the ColBERT rows the rerank reads.
+        vectors = await self.embedder.embed([v["text"] for v in variants], "query", rerank)
         if vectors[0]["error"]:
             raise QueryNotEmbedded(vectors[0]["error"])
         kept = [i for i, v in enumerate(vectors) if not v["error"]]  # a failed variant is dropped
@@ -200,8 +201,15 @@ class SearchPipeline:
                 "candidates": len(fan.candidates),
             },
         )
-        also = [v["text"] for v in variants[1:] if v["origin"] in s.rerank_variants]
-        candidates, reranked = await self._rerank(q.query, fan.candidates, rerank, degraded, also)
+        read = [
+            vectors[0],
+            *(
+                v
+                for v, var in zip(vectors[1:], variants[1:], strict=True)
+                if var["origin"] in s.rerank_variants
+            ),
+        ]
+        candidates, reranked = await self._rerank(q.query, fan.candidates, rerank, degraded, read)
         t4 = time.perf_counter()
         timings = {
             "expand": (t1 - t0) * 1000,
@@ -253,12 +261,19 @@ class SearchPipeline:
         return expansion
 
     async def _rerank(
-        self, query: str, candidates: list[Candidate], rerank: bool, degraded: list[str], variants: list[str]
+        self,
+        query: str,
+        candidates: list[Candidate],
+        rerank: bool,
+        degraded: list[str],
+        queries: list[EmbedOutput],
     ) -> tuple[list[Candidate], bool]:
+        """``queries``: the query's embedder outputs (ColBERT rows included), then those of the
+        variants the rerank reads (``rerank_variants``)."""
         if not rerank or not candidates:
             return candidates, False
         try:
-            return await self.reranker.rerank(query, candidates, variants), True
+            return await self.reranker.rerank(query, candidates, queries), True
         except Exception:
             log.exception("reranker failed; returning the fused order")
             degraded.append("rerank")
@@ -335,6 +350,11 @@ class LocalEmbedder:
         from serve_app.core.embedding import EmbedItem
 
         key = (input_type, colbert, truncate)
+        if not colbert:  # an output with ColBERT rows serves a request without them
+            for t in texts:
+                richer = self._memo.get((t, input_type, True, truncate))
+                if richer is not None and (t, *key) not in self._memo:
+                    self._memo[(t, *key)] = {**richer, "colbert": None}
         todo = list(dict.fromkeys(t for t in texts if (t, *key) not in self._memo))
         for start in range(0, len(todo), self.batch):
             part = todo[start : start + self.batch]

@@ -55,22 +55,21 @@ class ColbertReranker:
         self.cross = cross_encoder
 
     async def rerank(
-        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+        self, query: str, candidates: list[Candidate], queries: Sequence[EmbedOutput]
     ) -> list[Candidate]:
-        """``variants``: other readings of the query (its translation) whose ColBERT and dense
-        scores are averaged with the query's; a variant the model fails on is left out."""
+        """``queries``: the query's embedder outputs with ColBERT rows (from the search's one
+        embedding call), then those of other readings of it (its translation) whose ColBERT and
+        dense scores are averaged with the query's. Only the candidates are embedded here."""
         if not candidates:
             return candidates
+        if any(q["colbert"] is None for q in queries):
+            raise ValueError("the rerank needs the queries' ColBERT rows (embed them with colbert=True)")
         texts = [passage_text(c.fields) for c in candidates]
-        calls: list[Any] = [
-            self.embedder.embed([query, *variants], "query", True),
-            self.embedder.embed(texts, "passage", True),
-        ]
+        calls: list[Any] = [self.embedder.embed(texts, "passage", True)]
         if self.cross is not None:
             calls.append(asyncio.to_thread(cross_encoder_scores, self.cross, query, texts))
         out = await asyncio.gather(*calls)
-        queries = [out[0][0], *(q for q in out[0][1:] if not q["error"])]
-        return rerank(queries, out[1], candidates, self.settings, out[2] if self.cross else None)
+        return rerank(list(queries), out[0], candidates, self.settings, out[1] if self.cross else None)
 
     async def score_texts(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]:
         """Every text scored against ``query``, best first (equal scores keep the request's order).

@@ -118,9 +118,9 @@ class HandleReranker:
         self.handle = handle
 
     async def rerank(
-        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+        self, query: str, candidates: list[Candidate], queries: Sequence[EmbedOutput]
     ) -> list[Candidate]:
-        return await self.handle.rerank.remote(query, candidates, list(variants))
+        return await self.handle.rerank.remote(query, candidates, list(queries))
 
     async def score_texts(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]:
         """A pure function of its inputs, so a dead replica is retried; ``InputTooLong`` and

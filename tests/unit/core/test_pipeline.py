@@ -82,7 +82,7 @@ class Reranker:
         self.seen = 0
 
     async def rerank(
-        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+        self, query: str, candidates: list[Candidate], queries: Sequence[Any] = ()
     ) -> list[Candidate]:
         if self.fail:
             raise RuntimeError("reranker down")
@@ -135,7 +135,7 @@ def test_scores_stay_in_unit_range_whether_the_rerank_ran_or_failed() -> None:
 
 class RawScale(Reranker):
     async def rerank(
-        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+        self, query: str, candidates: list[Candidate], queries: Sequence[Any] = ()
     ) -> list[Candidate]:
         for i, c in enumerate(candidates):
             c.channel_scores["rerank"] = 1.7 if i == 0 else -0.2

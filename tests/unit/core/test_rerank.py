@@ -37,6 +37,13 @@ def _score(engine: ColbertReranker, texts: list[str], truncate: Any = "end", que
     return asyncio.run(engine.score_texts(query, texts, truncate))
 
 
+def _rerank(engine: ColbertReranker, candidates: list[Candidate], *also: str) -> list[Candidate]:
+    """A search's rerank: the query (and the variants it reads) embedded with ColBERT rows, as the
+    pipeline's one embedding call gives them."""
+    queries = asyncio.run(engine.embedder.embed([QUERY, *also], "query", True))
+    return asyncio.run(engine.rerank(QUERY, candidates, queries))
+
+
 @pytest.mark.parametrize(("raw", "mapped"), [(-0.4, 0.0), (0.0, 0.0), (0.37, 0.37), (1.0, 1.0), (1.8, 1.0)])
 def test_relevance_clips_the_raw_score_to_the_unit_interval(raw: float, mapped: float) -> None:
     assert relevance(raw) == pytest.approx(mapped)
@@ -65,14 +72,14 @@ def test_text_scores_are_the_search_rerank_scores() -> None:
     engine = _engine(**settings)
     scored = {t["index"]: t for t in _score(engine, TEXTS)}
     candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": t}) for i, t in enumerate(TEXTS)]
-    asyncio.run(engine.rerank(QUERY, candidates))
+    _rerank(engine, candidates)
     for cand in candidates:
         i = int(cand.chunk_id[1:])
         assert scored[i]["score"] == pytest.approx(cand.channel_scores["rerank"])
         assert scored[i]["scores"]["colbert"] == pytest.approx(cand.channel_scores["colbert"])
     with_place = _engine(**{**settings, "rerank_fusion_weight": 0.1})
     candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": t}) for i, t in enumerate(TEXTS)]
-    asyncio.run(with_place.rerank(QUERY, candidates))
+    _rerank(with_place, candidates)
     for cand in candidates:
         i = int(cand.chunk_id[1:])
         place = 61 / (61 + i)  # fused order = the order they were given in
@@ -87,7 +94,7 @@ def test_a_variant_read_by_the_rerank_averages_with_the_query() -> None:
     alone = {t["index"]: t["scores"] for t in _score(engine, TEXTS)}
     other = {t["index"]: t["scores"] for t in _score(engine, TEXTS, query="inventory first")}
     candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": t}) for i, t in enumerate(TEXTS)]
-    ranked = asyncio.run(engine.rerank(QUERY, candidates, ["inventory first"]))
+    ranked = _rerank(engine, candidates, "inventory first")
     for cand in ranked:
         i = int(cand.chunk_id[1:])
         mean = (alone[i]["colbert"] + other[i]["colbert"]) / 2
@@ -104,7 +111,7 @@ def test_lexical_evidence_joins_with_its_weight() -> None:
     plain = {t["index"]: t["score"] for t in _score(engine, TEXTS)}
     candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": t}) for i, t in enumerate(TEXTS)]
     candidates[0].channel_scores["lexical"] = 1.0  # the fan-out found all of the query's words in it
-    asyncio.run(engine.rerank(QUERY, candidates))
+    _rerank(engine, candidates)
     by_id = {c.chunk_id: c.channel_scores["rerank"] for c in candidates}
     assert by_id["c0"] == pytest.approx((plain[0] + 0.5) / 1.5)
     assert by_id["c1"] == pytest.approx(plain[1]), "no lexical score: the formula without it"
@@ -226,3 +233,24 @@ def test_rerank_of_search_candidates_is_unchanged_by_the_shared_formula() -> Non
     # colbert + dense + sparse + 0.5 x place in the fused list (1 for the first, 61/62 for the second)
     assert ranked[0].channel_scores["rerank"] == pytest.approx((0.5 + 1.0 + 0.5 + 0.5 * 1.0) / 3.5)
     assert ranked[1].channel_scores["rerank"] == pytest.approx((1.0 + 0.0 + 0.0 + 0.5 * 61 / 62) / 3.5)
+
+
+def test_the_rerank_reads_the_query_vectors_it_is_given_and_embeds_only_the_candidates() -> None:
+    engine = _engine()
+    calls: list[tuple[int, str, bool]] = []
+    embed = engine.embedder.embed
+
+    async def counting(
+        texts: list[str], input_type: Any, colbert: bool = False, truncate: Any = "end"
+    ) -> Any:
+        calls.append((len(texts), input_type, colbert))
+        return await embed(texts, input_type, colbert, truncate)
+
+    queries = asyncio.run(embed([QUERY], "query", True))
+    engine.embedder.embed = counting  # type: ignore[method-assign]
+    candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": t}) for i, t in enumerate(TEXTS)]
+    asyncio.run(engine.rerank(QUERY, candidates, queries))
+    assert calls == [(3, "passage", True)], "no second embedding of the query"
+    without_rows = asyncio.run(embed([QUERY], "query", False))
+    with pytest.raises(ValueError, match="ColBERT rows"):
+        asyncio.run(engine.rerank(QUERY, candidates, without_rows))

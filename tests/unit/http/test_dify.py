@@ -83,7 +83,7 @@ class Backend:
             reranker=self,
         )
 
-    async def embed(self, texts: list[str], input_type: str, **_: Any) -> list[EmbedOutput]:
+    async def embed(self, texts: list[str], input_type: str, *_: Any, **__: Any) -> list[EmbedOutput]:
         out: EmbedOutput = {
             "dense": np.full(4, 0.5, np.float32),
             "sparse": {},
@@ -104,7 +104,7 @@ class Backend:
         return Fanout(candidates, {"search": 1.0, "versions": 0.1, "fuse": 0.1}, 2, rrf_max=1 / 61)
 
     async def rerank(
-        self, query: str, candidates: list[Candidate], variants: Sequence[str] = ()
+        self, query: str, candidates: list[Candidate], queries: Sequence[Any] = ()
     ) -> list[Candidate]:
         if self.rerank_error:
             raise self.rerank_error

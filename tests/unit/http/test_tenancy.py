@@ -51,7 +51,7 @@ class Backend:
         fields = {**DOCS["a-spec"], "version": 1, "text": "本文"}
         return Fanout([Candidate("a#0", fields, rrf=0.03)], {"search": 1.0, "versions": 1.0, "fuse": 0.1}, 1)
 
-    async def rerank(self, query: str, candidates: list[Candidate], variants: Any = ()) -> list[Candidate]:
+    async def rerank(self, query: str, candidates: list[Candidate], queries: Any = ()) -> list[Candidate]:
         for c in candidates:
             c.channel_scores["rerank"] = 0.5
         return candidates
