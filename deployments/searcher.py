@@ -1,9 +1,10 @@
 """Searcher: a thin Serve shell around ``Retriever`` (parallel two-stage fan-out over Milvus + RRF).
 
 Every ``search.idf_refresh_s`` it re-reads, in a thread, what the fan-out adapts to: the
-collection's language mix (which languages a balanced search lists separately) and, with the
-offline model (placeholder sparse head), the IDF table; until the first read, queries are
-unweighted and a balanced search lists both languages.
+collection's language mix (which languages a balanced search lists separately), the BM25 index
+of the ``bm25`` channel (when ``search.channels`` has it) and, with the offline model
+(placeholder sparse head), the IDF table; until the first read, queries are unweighted, the bm25
+channel is skipped and a balanced search lists both languages.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from ray import serve
 
+from serve_app.core.bm25 import Bm25Index
 from serve_app.core.contracts import Fanout, QueryVector
 from serve_app.core.lexical import IdfTable, idf_enabled
 from serve_app.core.retrieval import Retriever
@@ -31,6 +33,7 @@ class Searcher:
         self.store = make_store(settings, dim)
         self.retriever = Retriever(self.store, settings.search)
         self.use_idf = idf_enabled(settings.search.sparse_idf, settings.model.name_or_path)
+        self.use_bm25 = "bm25" in settings.search.channels
         self._idf_task: asyncio.Task[None] | None = None
         self._idf_checked = 0.0
 
@@ -46,6 +49,7 @@ class Searcher:
         try:
             languages = await asyncio.to_thread(language_counts, self.store)
             table = await asyncio.to_thread(IdfTable.build, self.store) if self.use_idf else None
+            bm25 = await asyncio.to_thread(Bm25Index.build, self.store) if self.use_bm25 else None
         except Exception as exc:  # keep the previous state (or none): searches still work
             self._idf_checked = time.time() - self.settings.search.idf_refresh_s + 30  # retry soon
             logging.getLogger("ray.serve.specrag.searcher").warning("corpus statistics failed: %s", exc)
@@ -53,6 +57,8 @@ class Searcher:
         self.retriever.languages = languages
         if table is not None and table.chunks:
             self.retriever.idf = table
+        if bm25 is not None and len(bm25):
+            self.retriever.bm25 = bm25
         if not sum(languages.values()):  # nothing ingested yet: look again soon, not after a period
             self._idf_checked = time.time() - self.settings.search.idf_refresh_s + 30
 
@@ -66,17 +72,19 @@ class Searcher:
         except ValueError:
             metric("milvus_errors").inc(tags={"where": "searcher", "kind": "rejected"})
             raise
-        for channel in ("dense", "sparse"):
+        for channel in ("dense", "sparse", "bm25"):
             if f"search_{channel}" in fan.timings_ms:
                 metric("channel_ms").observe(fan.timings_ms[f"search_{channel}"], tags={"channel": channel})
         return fan
 
     def idf_status(self) -> dict[str, Any]:
         idf = self.retriever.idf
+        bm25 = self.retriever.bm25
         return {
             "enabled": self.use_idf,
             "chunks": idf.chunks if idf else 0,
             "languages": self.retriever.languages,
+            "bm25_chunks": len(bm25) if bm25 is not None else 0,
         }
 
     async def ready(self) -> dict[str, Any]:

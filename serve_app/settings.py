@@ -87,6 +87,12 @@ class SearchSettings(_Section):
     """Fan-out, fusion and rerank. Defaults were chosen on the dev sets (docs/BENCHMARKS.md)."""
 
     top_k: int = Field(default=10, ge=1, le=100)
+    channels: list[Literal["dense", "sparse", "bm25"]] = Field(
+        default=["dense", "sparse", "bm25"],
+        min_length=1,
+        description="what a search uses unless it names its own: dense and sparse ANN in Milvus, and "
+        "BM25 (Japanese character bigrams) over an index the Searcher rebuilds every idf_refresh_s",
+    )
     overfetch: int = Field(default=3, ge=1, le=20, description="stage-1 ANN fetches limit x this")
     rrf_k: int = Field(default=60, ge=1, le=1000)
     dense_weight: float = Field(default=1.0, ge=0, description="RRF weight of every dense list")
@@ -122,7 +128,12 @@ class SearchSettings(_Section):
         description="weigh query tokens by the collection's IDF; auto = only when the model's sparse "
         "head is a placeholder (the offline model), never for BGE-M3's trained head",
     )
-    idf_refresh_s: float = Field(default=600.0, gt=0, description="how often the IDF table is rebuilt")
+    idf_refresh_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="how often the Searcher re-reads the collection: the language mix, the IDF table and "
+        "the BM25 index (a document written since is found by dense and sparse, by bm25 only after it)",
+    )
     sparse_coverage: tuple[float, float] | None = Field(
         default=(0.1, 0.4),
         description="with IDF: a sparse list's weight ramps from 0 to full as the share of the query's "

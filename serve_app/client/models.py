@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Channel = Literal["dense", "sparse"]
+Channel = Literal["dense", "sparse", "bm25"]
 Lang = Literal["ja", "en"]
 Kind = Literal["spec", "glossary", "api", "design", "faq", "other"]
 

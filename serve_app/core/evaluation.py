@@ -56,7 +56,7 @@ _PLAIN = {
 def _full(drop: tuple[str, ...] = (), **search: Any) -> dict[str, Any]:
     """The default pipeline (hybrid, expansion, rerank) with these search settings overridden and
     the variants of the ``drop`` origins left out of the expansion."""
-    cfg: dict[str, Any] = {"channels": ("dense", "sparse"), "rerank": True, "expand": True}
+    cfg: dict[str, Any] = {"channels": ("dense", "sparse", "bm25"), "rerank": True, "expand": True}
     if drop:
         cfg["drop"] = drop
     return {**cfg, "search": search} if search else cfg

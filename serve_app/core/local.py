@@ -24,7 +24,7 @@ def local_retriever(settings: Settings, store: Store, *, bm25: bool = False) -> 
         store,
         settings.search,
         idf=IdfTable.build(store) if use_idf else None,
-        bm25=Bm25Index.build(store) if bm25 else None,
+        bm25=Bm25Index.build(store) if bm25 or "bm25" in settings.search.channels else None,
         languages=language_counts(store),
     )
 

@@ -109,7 +109,7 @@ class SearchQuery:
     query: str
     top_k: int | None = None
     filters: dict[str, list[str]] | None = None
-    channels: tuple[Channel, ...] = ("dense", "sparse")
+    channels: tuple[Channel, ...] | None = None  # None: search.channels
     rerank: bool | None = None
     expand: bool = True
     explain: bool = False
@@ -186,7 +186,7 @@ class SearchPipeline:
                 for v, var in zip(vectors, variants, strict=True)
             ],
             top_k=top_k,
-            channels=q.channels,
+            channels=q.channels or tuple(s.channels),
             filters=q.filters,
             limit=self.rerank_pool(top_k, rerank),
             explain=q.explain,
@@ -301,7 +301,7 @@ def _explain(expansion: Expansion, fan: Fanout, reranked: bool, degraded: list[s
         "searches": fan.plan or [],
         "slowest_search_ms": {
             ch: round(fan.timings_ms[f"search_{ch}"], 2)
-            for ch in ("dense", "sparse")
+            for ch in ("dense", "sparse", "bm25")
             if f"search_{ch}" in fan.timings_ms
         },
         "rerank": "on" if reranked else ("failed" if "rerank" in degraded else "off"),

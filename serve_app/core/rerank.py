@@ -69,7 +69,7 @@ class ColbertReranker:
         if self.cross is not None:
             calls.append(asyncio.to_thread(cross_encoder_scores, self.cross, query, texts))
         out = await asyncio.gather(*calls)
-        return rerank(list(queries), out[0], candidates, self.settings, out[1] if self.cross else None)
+        return rerank(queries, out[0], candidates, self.settings, out[1] if self.cross else None)
 
     async def score_texts(self, query: str, texts: list[str], truncate: Truncate = "end") -> list[TextScore]:
         """Every text scored against ``query``, best first (equal scores keep the request's order).

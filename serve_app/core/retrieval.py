@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -421,8 +421,8 @@ def _doc_ids(plan: Sequence[_Search]) -> list[str]:
 
 
 def rerank(
-    queries: Sequence[dict[str, Any]],
-    passages: Sequence[dict[str, Any]],
+    queries: Sequence[Mapping[str, Any]],
+    passages: Sequence[Mapping[str, Any]],
     candidates: list[Candidate],
     settings: SearchSettings,
     cross_scores: Sequence[float] | None = None,
@@ -450,8 +450,8 @@ def rerank(
 
 
 def rerank_scores(
-    queries: Sequence[dict[str, Any]],
-    passage: dict[str, Any],
+    queries: Sequence[Mapping[str, Any]],
+    passage: Mapping[str, Any],
     settings: SearchSettings,
     cross: float | None = None,
     *,

@@ -60,7 +60,11 @@ class SearchRequest(_Strict):
     )
     top_k: int | None = Field(default=None, ge=1, le=100, description="Default: search.top_k (10).")
     filters: SearchFilters | None = None
-    channels: list[Literal["dense", "sparse"]] = Field(default=["dense", "sparse"], min_length=1)
+    channels: list[Literal["dense", "sparse", "bm25"]] | None = Field(
+        default=None,
+        min_length=1,
+        description="Retrieval channels; default: search.channels (dense, sparse and bm25).",
+    )
     rerank: bool | None = Field(default=None, description="ColBERT rerank; default from settings.")
     expand: bool = Field(default=True, description="Use query variants from the expander.")
     explain: bool = Field(

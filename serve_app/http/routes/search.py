@@ -18,7 +18,7 @@ def to_query(body: SearchRequest, scope: DataScope | None = None) -> SearchQuery
         query=body.query,
         top_k=body.top_k,
         filters=body.filters.model_dump(exclude_none=True) if body.filters else None,
-        channels=tuple(body.channels),
+        channels=tuple(body.channels) if body.channels else None,
         rerank=body.rerank,
         expand=body.expand,
         explain=body.explain,

@@ -53,11 +53,13 @@ class Embedder:
     def __init__(self, fail: set[str] | None = None, down: bool = False) -> None:
         self.fail, self.down = fail or set(), down
         self.calls: list[list[str]] = []
+        self.shapes: list[tuple[int, str, bool]] = []  # (texts, input type, ColBERT rows) per call
 
     async def embed(self, texts: list[str], input_type: str, colbert: bool = False) -> list[EmbedOutput]:
         if self.down:
             raise EmbedderUnavailable("no replica")
         self.calls.append(texts)
+        self.shapes.append((len(texts), input_type, colbert))
         return [_out("boom" if t in self.fail else None) for t in texts]
 
 
@@ -113,6 +115,22 @@ def test_defaults_rerank_pool_and_scores() -> None:
     assert all(r.score == r.scores["rerank"] and r.score_stage == "rerank" for r in out.results)
     assert set(out.timings_ms) == {"expand", "embed", "search", "versions", "fuse", "rerank", "total"}
     assert out.explain is None
+
+
+def test_channels_default_to_the_settings_and_a_request_may_name_its_own() -> None:
+    p, parts = _pipeline()
+    _run(p)
+    assert parts["retriever"].asked["channels"] == ("dense", "sparse", "bm25")
+    _run(p, channels=("dense",))
+    assert parts["retriever"].asked["channels"] == ("dense",)
+
+
+def test_one_embedding_call_per_search_yields_the_rows_the_rerank_reads() -> None:
+    p, parts = _pipeline()
+    _run(p)
+    assert parts["embedder"].shapes == [(2, "query", True)], "one call: the query and its variant, with rows"
+    _run(p, rerank=False)
+    assert parts["embedder"].shapes[-1] == (2, "query", False), "no ColBERT rows without a rerank"
 
 
 def test_without_rerank_the_pool_is_top_k_and_the_score_is_the_scaled_rrf() -> None:
