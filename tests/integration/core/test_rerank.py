@@ -48,7 +48,7 @@ def test_cross_encoder_loads_scores_and_joins_the_rerank(cross_encoder_dir: Path
     candidates = [Candidate(f"c{i}", {"doc_id": f"d{i}", "text": p}) for i, p in enumerate(passages)]
     # ColBERT and dense tie; only the cross-encoder separates the two candidates
     ranked = rerank(
-        query,
+        [query],
         outs,
         candidates,
         SearchSettings(rerank_dense_weight=1.0, cross_encoder_weight=1.0),
