@@ -99,8 +99,11 @@ def test_http_search_and_the_evaluation_path_rank_identically(stack) -> None:
         assert body["degraded"] == []
         local = asyncio.run(pipeline.search(config_query(Query("q", text, "?", "?"), CONFIGS["full"])))
         assert [r["chunk_id"] for r in body["results"]] == [r.candidate.chunk_id for r in local.results], text
+        # Equal up to float32 noise: a text's vectors move in the 6th decimal with the padding of
+        # the batch it shares (the query and its lexicon rendering embed together, and in Serve
+        # with whatever else is in flight); the ranks above are compared exactly.
         assert [r["score"] for r in body["results"]] == pytest.approx(
-            [r.score for r in local.results], abs=1e-6
+            [r.score for r in local.results], abs=1e-5
         )
         assert [v["text"] for v in body["variants"]] == [v["text"] for v in local.variants]
         assert len(local.results) == len(body["results"]) == settings.search.top_k

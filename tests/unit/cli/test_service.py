@@ -36,7 +36,16 @@ def test_keys_create_prints_the_key_once_and_its_hash() -> None:
     assert entry["name"] == "crm-search" and entry["scopes"] == ["search", "ingest"]
     assert entry["sha256"] == hashlib.sha256(key.encode()).hexdigest()
     assert result.output.count(key) == 1  # shown once, never in the settings entry
-    assert lines[2].startswith("e.g. SPECRAG_AUTH__KEYS='[")
+    assert "auth.file" in lines[2] and "SPECRAG_AUTH__KEYS='[" in lines[2]
+
+
+def test_keys_create_gives_the_key_its_data_scopes() -> None:
+    args = ["keys", "create", "team-a", "--read-source", "team-a/", "--read-source", "shared/"]
+    result = runner.invoke(app, [*args, "--write-source", "team-a/", "--write-kind", "spec"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.output.splitlines()[1].split(": ", 1)[1])
+    assert entry["read"] == {"sources": ["team-a/", "shared/"]}
+    assert entry["write"] == {"sources": ["team-a/"], "kinds": ["spec"]}
 
 
 def test_keys_create_rejects_a_bad_name() -> None:
