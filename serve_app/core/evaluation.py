@@ -86,16 +86,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "dense+sparse+expansion": {"channels": ("dense", "sparse"), "expand": True, "search": _PLAIN},
     "dense+sparse+colbert": {"channels": ("dense", "sparse"), "rerank": True, "search": _PLAIN},
     "full": _full(),
-    # The default until 2026-12-06 (glossary expansion, no balance, ColBERT rerank of the fused
-    # top 20, the identifier lookup): the figures of the previous reports, and the latency baseline.
-    "full-previous": _full(
-        drop=("lexicon",), **{**_PLAIN, "identifier_match": True, "rerank_candidates": 20}
-    ),
+    # The default until 2026-12-06 (dense + sparse, glossary expansion, no balance, ColBERT rerank of
+    # the fused top 20, the identifier lookup): the previous reports' figures, the latency baseline.
+    "full-previous": {
+        **_full(drop=("lexicon",), **{**_PLAIN, "identifier_match": True, "rerank_candidates": 20}),
+        "channels": ("dense", "sparse"),
+    },
     # Candidates for the default, each one change away from it (the leave-one-collection-out choice).
     "full-no-lexicon": _full(drop=("lexicon",)),
     "full-no-rv": _full(rerank_variants=[]),
     "full-no-balance": _full(language_balance=False),
     "full-no-lexical": _full(rerank_lexical_weight=0.0),
+    "full-no-bm25": {**_full(), "channels": ("dense", "sparse")},
     "full-prior0.1": _full(rerank_fusion_weight=0.1),
     "full@20": _full(rerank_candidates=20),
     "full@30": _full(rerank_candidates=30),
@@ -107,6 +109,7 @@ CANDIDATES = (
     "full-no-rv",
     "full-no-balance",
     "full-no-lexical",
+    "full-no-bm25",
     "full-prior0.1",
     "full@20",
     "full@30",
