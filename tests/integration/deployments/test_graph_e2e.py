@@ -246,7 +246,7 @@ def test_reingesting_unchanged_documents_embeds_nothing(service) -> None:
         ("/v1/search", {"query": 42}, 422),
         ("/v1/search", {"query": "ok", "top_k": 0}, 422),
         ("/v1/search", {"query": "ok", "top_k": "ten"}, 422),
-        ("/v1/search", {"query": "ok", "channels": ["bm25"]}, 422),
+        ("/v1/search", {"query": "ok", "channels": ["fuzzy"]}, 422),
         ("/v1/search", {"query": "ok", "unknown": 1}, 422),
         ("/v1/search", {"query": "x" * 2001}, 413),
         ("/v1/search", {"query": "x" * 300_000}, 413),  # over max_body_bytes
