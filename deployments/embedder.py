@@ -1,16 +1,19 @@
 """Embedder: BGE-M3 behind ``@serve.batch``; the engine does the work, this shell batches and reports.
 
 Requests join the replica's dynamic batch one text at a time. ``@serve.batch`` groups texts
-that arrive together; a ``ContinuousBatcher`` then merges every group that queued while the
-model was busy into its next step (Ray alone would run them one small batch after another);
-the engine splits each step into forward passes by tokens, longest first, so a long text never
-pads dozens of short ones. Batch knobs change at run time via ``user_config``.
+that arrive together, without waiting by default (``batch.batch_wait_timeout_s`` 0: a lone
+request runs at once); with two groups in flight at most, one runs while the next collects
+everything that arrives meanwhile, and a ``ContinuousBatcher`` hands that group to the model the
+moment the step before it ends (no gap between steps). The engine splits each step into forward
+passes by tokens, longest first, so a long text never pads dozens of short ones. Batch knobs
+change at run time via ``user_config``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections import Counter
 from typing import Any, Protocol, cast
@@ -60,6 +63,7 @@ class Embedder:
         self.forward_sizes: Counter[int] = Counter()  # forward passes by size
         self._last_ok = 0.0
         self._cache_seen: dict[str, dict[str, int]] = {"dense+sparse": {}, "colbert": {}}
+        self._count_lock = threading.Lock()
         self.m_batch = metrics.Histogram(
             "specrag_embed_batch_size",
             "texts per model step (merged dynamic batches)",
@@ -100,8 +104,9 @@ class Embedder:
         if "encode_batch_size" in user_config and hasattr(encoder, "batch_size"):
             encoder.batch_size = int(user_config["encode_batch_size"])
 
-    # Many @serve.batch groups may wait at once: the continuous batcher merges them.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=64)
+    # One group runs, one collects: max_batch_size x 2 stays within max_ongoing_requests (Ray
+    # warns otherwise), and a batch wait is never needed to fill a step under load.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
     async def _embed_one(self, items: list[EmbedItem]) -> list[EmbedOutput]:
         return await self._batcher.submit(items)
 
@@ -127,17 +132,23 @@ class Embedder:
             self.m_item_errors.inc(errors)
         if self.service.cache is not None:
             metric("breaker").set(BREAKER_STATES.get(self.service.cache.redis_state, -1))
-        for kind, cache, counter in (
-            ("dense+sparse", self.service.cache, self.m_cache),
-            ("colbert", self.service.colbert_cache, self.m_colbert_cache),
-        ):
-            if cache is None:
-                continue
-            now, seen = cache.stats.as_dict(), self._cache_seen[kind]
-            for outcome, value in now.items():
-                if value > seen.get(outcome, 0):
-                    counter.inc(value - seen.get(outcome, 0), tags={"outcome": outcome})
-            self._cache_seen[kind] = now
+        self._count_cache()
+
+    def _count_cache(self) -> None:
+        """Cache counters into the metrics. Called from the batch worker's thread and from the event
+        loop (in-memory answers): the lock keeps a delta from being counted twice."""
+        with self._count_lock:
+            for kind, cache, counter in (
+                ("dense+sparse", self.service.cache, self.m_cache),
+                ("colbert", self.service.colbert_cache, self.m_colbert_cache),
+            ):
+                if cache is None:
+                    continue
+                now, seen = cache.stats.as_dict(), self._cache_seen[kind]
+                for outcome, value in now.items():
+                    if value > seen.get(outcome, 0):
+                        counter.inc(value - seen.get(outcome, 0), tags={"outcome": outcome})
+                self._cache_seen[kind] = now
 
     async def embed(
         self,
@@ -155,7 +166,17 @@ class Embedder:
             await asyncio.to_thread(self.service.check_fits, texts, input_type)
             truncate = "end"  # nothing is over the window: no cut happens
         items = [EmbedItem(t, input_type, colbert, truncate) for t in texts]
-        return list(await asyncio.gather(*(self._embed_one(item) for item in items)))
+        # Texts the in-process cache holds are answered here, on the event loop: no batch queue,
+        # no worker thread (a cached query or rerank candidate costs a dict lookup).
+        out = self.service.from_memory(items)
+        todo = [i for i, o in enumerate(out) if o is None]
+        if len(todo) < len(items):
+            self._count_cache()
+        if todo:
+            done = await asyncio.gather(*(self._embed_one(items[i]) for i in todo))
+            for i, result in zip(todo, done, strict=True):
+                out[i] = result
+        return [o for o in out if o is not None]
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         return self.encoder.tokenizer.convert_ids_to_tokens(token_ids)

@@ -76,7 +76,13 @@ class BatchSettings(_Section):
     """Dynamic batching of the Embedder (Ray caps a @serve.batch batch at max_ongoing_requests)."""
 
     max_batch_size: int = Field(default=32, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=5)
+    batch_wait_timeout_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=5,
+        description="how long a batch waits for company; 0: a lone text runs at once, and texts that "
+        "arrive while the model works join its next step",
+    )
     encode_batch_size: int = Field(default=32, ge=1, le=1024, description="texts per forward pass, at most")
     max_tokens_per_batch: int = Field(
         default=16_384, ge=64, description="padded tokens per forward pass (texts x longest), at most"

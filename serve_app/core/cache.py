@@ -184,6 +184,15 @@ class EmbeddingCache:
             self.stats.misses += tiers.count(None)
         return found, tiers
 
+    def peek(self, texts: Sequence[str]) -> list[Entry | None]:
+        """Entries of the in-process tier only: no I/O, so safe on an event loop. Hits are
+        counted; misses are left to the ``lookup`` that follows for them."""
+        keys = [self.key(t) for t in texts]
+        with self._lock:
+            found: list[Entry | None] = [self._lru.get(k) for k in keys]
+            self.stats.lru_hits += sum(f is not None for f in found)
+        return found
+
     def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
         """``(text, entry)`` pairs; a ColBERT matrix is stored as float16 (pass it as such, so
         that what was computed and what is served from the cache are the same numbers)."""

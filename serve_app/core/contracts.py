@@ -28,7 +28,9 @@ class EmbedOutput(TypedDict):
 
     dense: np.ndarray  # normalised, float32
     sparse: dict[int, float]  # token id -> lexical weight
-    colbert: np.ndarray | None  # (tokens, dim) float32 rows when asked for, else None
+    # (tokens, dim) float16 rows when asked for, else None: the precision they are cached in, half
+    # the bytes between replicas (a rerank pool of 50 ships ~5 MB with the offline model, not 10)
+    colbert: np.ndarray | None
     tokens: int  # tokens the model read (0 when a cache served it)
     truncated: bool
     cached: str | None  # None: computed; else the cache tier that served it ("lru" | "redis")

@@ -80,8 +80,8 @@ class EmbeddingService:
 
     Items that ask for ColBERT vectors (the reranker's query and passages) go to ``colbert_cache``,
     whose entries carry all three outputs; the others to ``cache`` (dense + sparse only). ColBERT
-    rows are rounded to float16 whether or not they are cached, so a cached and a computed rerank
-    score the same.
+    rows are float16 whether or not they are cached, so a cached and a computed rerank score the
+    same, and they leave the replica in that precision (half the bytes of float32 through Ray).
     """
 
     def __init__(
@@ -146,9 +146,23 @@ class EmbeddingService:
                 todo.append(i)
                 continue
             dense, sparse, rows = entry
-            colbert = rows.astype(np.float32) if items[i].colbert and rows is not None else None
+            colbert = rows if items[i].colbert else None  # float16 as kept: no copy per hit
             results[i] = _result(dense, sparse, colbert, tokens=0, cached=tier)
         return todo
+
+    def from_memory(self, items: Sequence[EmbedItem]) -> list[EmbedOutput | None]:
+        """What the in-process cache tier holds for ``items`` (None where it holds nothing), with
+        no I/O and no model: the Embedder answers these on its event loop, before any batching."""
+        out: list[EmbedOutput | None] = [None] * len(items)
+        for colbert, cache in ((False, self.cache), (True, self.colbert_cache)):
+            idx = [i for i, item in enumerate(items) if item.colbert == colbert]
+            if cache is None or not idx:
+                continue
+            for i, entry in zip(idx, cache.peek([_cache_key(items[i]) for i in idx]), strict=True):
+                if entry is not None and not (colbert and entry[2] is None):
+                    dense, sparse, rows = entry
+                    out[i] = _result(dense, sparse, rows if colbert else None, tokens=0, cached="lru")
+        return out
 
     def embed_items(self, items: Sequence[EmbedItem]) -> list[EmbedOutput]:
         """One dict per item: dense, sparse ({id: w}), colbert or None, tokens, truncated, cached, error.
@@ -185,7 +199,7 @@ class EmbeddingService:
                 result = _result(
                     dense_rows[row].copy(),  # a row view would keep the whole batch alive in the LRU
                     sparse_rows[row],
-                    half.astype(np.float32) if half is not None else None,
+                    half,
                     tokens=enc.token_counts[row],
                     truncated=bool(enc.truncated and enc.truncated[row]),
                     error=error,

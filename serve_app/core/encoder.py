@@ -95,7 +95,9 @@ def colbert_maxsim(query: np.ndarray, passage: np.ndarray) -> float:
     """ColBERT late interaction as BGE-M3 scores it: mean over query tokens of the best passage token."""
     if query.size == 0 or passage.size == 0:
         return 0.0
-    return float((query @ passage.T).max(axis=1).mean())
+    # Rows travel as float16; CPUs multiply float32 far faster (and exactly the same values).
+    q, p = query.astype(np.float32, copy=False), passage.astype(np.float32, copy=False)
+    return float((q @ p.T).max(axis=1).mean())
 
 
 def lexical_score(query: dict[int, float], passage: dict[int, float]) -> float:

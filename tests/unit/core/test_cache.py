@@ -79,7 +79,7 @@ def test_rerank_passages_are_served_with_their_colbert_vectors_from_the_cache() 
     assert [r["cached"] for r in again] == ["lru", "lru"]
     query = service.embed_items([EmbedItem("トークン 有効期限", "query", colbert=True)])[0]
     for a, b in zip(first, again, strict=True):
-        assert a["colbert"].dtype == b["colbert"].dtype == np.float32
+        assert a["colbert"].dtype == b["colbert"].dtype == np.float16, "rows travel as they are cached"
         assert np.array_equal(a["colbert"], b["colbert"]), "computed and cached rows are the same numbers"
         q = query["colbert"]
         assert colbert_maxsim(q, a["colbert"]) == colbert_maxsim(q, b["colbert"])
@@ -102,7 +102,7 @@ def test_the_colbert_tier_is_bounded_by_bytes() -> None:
     _, service = _colbert_service(colbert_lru_mb=1)
     text = " ".join(f"w{i}" for i in range(2000))  # 2000 rows x 16 dims x 2 bytes = 64 KB
     one = service.embed_items([EmbedItem(f"{text} {n}", "passage", colbert=True) for n in range(40)])
-    size = entry_bytes((one[0]["dense"], one[0]["sparse"], one[0]["colbert"].astype(np.float16)))
+    size = entry_bytes((one[0]["dense"], one[0]["sparse"], one[0]["colbert"]))
     lru = service.colbert_cache._lru
     assert lru.currsize <= lru.maxsize == 2**20 and len(lru) == 2**20 // size < 40
     huge = service.embed_items([EmbedItem(" ".join(f"x{i}" for i in range(40_000)), "passage", True)])
@@ -117,3 +117,21 @@ def test_colbert_cache_off() -> None:
     service.embed_items([item])
     calls = encoder.calls
     assert service.embed_items([item])[0]["cached"] is None and encoder.calls == calls + 1
+
+
+def test_from_memory_answers_only_what_the_in_process_tier_holds() -> None:
+    """The Embedder answers these on its event loop: no Redis round trip, no model, counted once."""
+    encoder, service = _colbert_service()
+    query, passage = EmbedItem("トークン", "query"), EmbedItem("token ttl", "passage", colbert=True)
+    assert service.from_memory([query, passage]) == [None, None]
+    assert service.cache.stats.lru_hits == 0 and service.cache.stats.misses == 0, "misses counted later"
+    computed = service.embed_items([query, passage])
+    calls = encoder.calls
+    hits = service.from_memory([query, passage, EmbedItem("token ttl", "passage")])
+    assert encoder.calls == calls
+    assert hits[2] is None, "a ColBERT entry does not answer a dense + sparse request"
+    for hit, fresh in zip(hits[:2], computed, strict=True):
+        assert hit is not None and hit["cached"] == "lru" and hit["tokens"] == 0
+        assert np.array_equal(hit["dense"], fresh["dense"]) and hit["sparse"] == fresh["sparse"]
+    assert hits[0]["colbert"] is None and np.array_equal(hits[1]["colbert"], computed[1]["colbert"])
+    assert service.cache.stats.lru_hits == 1 and service.colbert_cache.stats.lru_hits == 1
