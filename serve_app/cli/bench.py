@@ -145,6 +145,33 @@ def bench_search(
     typer.echo(f"written: {out}, {markdown}")
 
 
+@bench_app.command("latency")
+def bench_latency(
+    requests: Annotated[int, typer.Option(min=5, help="Sequential requests per row.")] = 60,
+    home: HomeOpt = DEFAULT_HOME / "reliability",
+    out: OutOpt = Path("docs/benchmarks/latency.json"),
+    markdown: MdOpt = Path("docs/BENCHMARKS.md"),
+    verbose: bool = False,
+) -> None:
+    """The request path against its floor: /healthz, cached and new embeddings and searches over
+    HTTP, and the same searches' stages in-process, in one run on the local stack."""
+    from serve_app.devtools.bench.latency import LatencyBenchOptions, run_latency_bench
+
+    settings = prepare(verbose)
+    ensure_model(settings)
+    options = LatencyBenchOptions(
+        requests=requests,
+        out=out,
+        markdown=markdown,
+        command=command_line("specrag bench latency"),
+        machine=machine_description(STACK_MACHINE),
+    )
+    with local_stack(home, settings) as stack:
+        report = run_latency_bench(stack, options, echo=typer.echo)
+    typer.echo(json.dumps({k: v for k, v in report.items() if k.endswith("_ms") or k == "ratios"}, indent=2))
+    typer.echo(f"written: {out}, {markdown}")
+
+
 @bench_app.command("load")
 def bench_load(
     duration: Annotated[float, typer.Option(min=5, help="Seconds of load.")] = 120.0,

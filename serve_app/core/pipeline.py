@@ -14,6 +14,7 @@ The embedder or the vector store being unreachable is an error (``EmbedderUnavai
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -370,3 +371,29 @@ class LocalEmbedder:
             self.service.check_fits(texts, input_type)
         self.prime(texts, input_type, colbert, truncate)
         return [self._memo[(t, input_type, colbert, truncate)] for t in texts]
+
+
+class ServiceEmbedder:
+    """The ``Embedder`` port over an in-process ``EmbeddingService``, as the Embedder deployment
+    runs it minus the Ray hop and the batching: in-memory cache hits answered at once, the rest
+    in one model step in a thread (the latency benchmark's floor)."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    async def embed(
+        self, texts: list[str], input_type: InputType, colbert: bool = False, truncate: Truncate = "end"
+    ) -> list[EmbedOutput]:
+        from serve_app.core.embedding import EmbedItem
+
+        if truncate == "none":
+            self.service.check_fits(texts, input_type)
+            truncate = "end"
+        items = [EmbedItem(t, input_type, colbert, truncate) for t in texts]
+        out = self.service.from_memory(items)
+        todo = [i for i, o in enumerate(out) if o is None]
+        if todo:
+            done = await asyncio.to_thread(self.service.embed_items, [items[i] for i in todo])
+            for i, result in zip(todo, done, strict=True):
+                out[i] = result
+        return [o for o in out if o is not None]

@@ -20,6 +20,7 @@ from serve_app.core.pipeline import (
     QueryNotEmbedded,
     SearchPipeline,
     SearchQuery,
+    ServiceEmbedder,
 )
 from serve_app.settings import SearchSettings
 
@@ -233,3 +234,18 @@ def test_in_process_adapters_remember() -> None:
     for _ in range(3):
         out = asyncio.run(memo.expand("認証トークン", True))
     assert calls == ["認証トークン"] and out["variants"][0]["lang"] == "ja"
+
+
+def test_the_service_embedder_answers_cached_texts_without_the_model() -> None:
+    from serve_app.core.embedding import EmbeddingService
+    from serve_app.settings import Settings
+    from serve_app.testing.doubles import HashEncoder
+
+    encoder = HashEncoder(dim=8)
+    embedder = ServiceEmbedder(EmbeddingService.from_settings(Settings(redis={"lru_items": 10}), encoder))
+    first = asyncio.run(embedder.embed(["a b", "c"], "query", colbert=True))
+    calls = encoder.calls
+    again = asyncio.run(embedder.embed(["c", "new", "a b"], "query", colbert=True))
+    assert encoder.calls == calls + 1, "only the new text reaches the model"
+    assert [o["cached"] for o in again] == ["lru", None, "lru"]
+    assert np.array_equal(again[2]["colbert"], first[0]["colbert"])
