@@ -153,8 +153,7 @@ def bench_latency(
     markdown: MdOpt = Path("docs/BENCHMARKS.md"),
     verbose: bool = False,
 ) -> None:
-    """The request path against its floor: /healthz, cached and new embeddings and searches over
-    HTTP, and the same searches' stages in-process, in one run on the local stack."""
+    """Request path vs its floor: /healthz, embeddings, searches over HTTP; the stages in-process."""
     from serve_app.devtools.bench.latency import LatencyBenchOptions, run_latency_bench
 
     settings = prepare(verbose)

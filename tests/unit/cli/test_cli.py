@@ -19,7 +19,7 @@ GROUPS = {
     "model": ["build-offline"],
     "lexicon": ["build"],
     "keys": ["create"],
-    "bench": ["embed", "reembed", "search", "load"],
+    "bench": ["embed", "reembed", "search", "latency", "load"],
     "reliability": ["run", "soak", "fuzz"],
 }
 
