@@ -1,12 +1,12 @@
 """Embedder: BGE-M3 behind ``@serve.batch``; the engine does the work, this shell batches and reports.
 
-Requests join the replica's dynamic batch one text at a time. ``@serve.batch`` groups texts
-that arrive together, without waiting by default (``batch.batch_wait_timeout_s`` 0: a lone
-request runs at once); with two groups in flight at most, one runs while the next collects
-everything that arrives meanwhile, and a ``ContinuousBatcher`` hands that group to the model the
-moment the step before it ends (no gap between steps). The engine splits each step into forward
-passes by tokens, longest first, so a long text never pads dozens of short ones. Batch knobs
-change at run time via ``user_config``.
+Requests join the replica's dynamic batch one text at a time: ``@serve.batch`` hands each
+text over as it arrives (groups of one, as many in flight as the replica takes requests, so
+Ray's ``max_batch_size x max_concurrent_batches`` never exceeds ``max_ongoing_requests``), and a
+``ContinuousBatcher`` forms the model steps: a text that finds the model idle runs at once,
+texts that arrive during a step join the next one, up to ``batch.max_batch_size``. The engine
+splits each step into forward passes by tokens, longest first, so a long text never pads
+dozens of short ones. Batch knobs change at run time via ``user_config``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Any, Protocol, cast
+from typing import Any
 
 from ray import serve
 from ray.serve import metrics
@@ -32,12 +32,8 @@ _BATCH_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 _BATCH_MS_BOUNDARIES: list[float] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
 
 
-class _BatchKnobs(Protocol):
-    """The setters ``@serve.batch`` attaches to the method it wraps (absent from Ray's typing)."""
-
-    def set_max_batch_size(self, new_max_batch_size: int) -> None: ...
-
-    def set_batch_wait_timeout_s(self, new_batch_wait_timeout_s: float) -> None: ...
+#: Texts a replica hands to the batcher at once: its ``max_ongoing_requests`` floor (``app.py``).
+HANDOFF = 64
 
 
 def _redis_check(state: str) -> dict[str, str]:
@@ -56,9 +52,9 @@ class Embedder:
         # The model itself, not only the TextEncoder interface: tokens, revision and its lock are read here.
         self.encoder: M3Encoder = load_encoder(sized)
         self.service = EmbeddingService.from_settings(sized, self.encoder)
-        self._batcher = ContinuousBatcher(self._work, max_items=settings.batch.max_batch_size)
-        self._batch_knobs.set_max_batch_size(settings.batch.max_batch_size)
-        self._batch_knobs.set_batch_wait_timeout_s(settings.batch.batch_wait_timeout_s)
+        self._batcher = ContinuousBatcher(
+            self._work, max_items=settings.batch.max_batch_size, wait_s=settings.batch.batch_wait_timeout_s
+        )
         self.batch_sizes: Counter[int] = Counter()  # model steps by size (merged @serve.batch groups)
         self.forward_sizes: Counter[int] = Counter()  # forward passes by size
         self._last_ok = 0.0
@@ -87,26 +83,20 @@ class Embedder:
         )
         self.m_item_errors = metrics.Counter("specrag_embed_item_errors_total", "texts the model failed on")
 
-    @property
-    def _batch_knobs(self) -> _BatchKnobs:
-        return cast(_BatchKnobs, self._embed_one)
-
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch knobs at run time through ``user_config`` (no replica restart)."""
         if "max_batch_size" in user_config:
-            self._batch_knobs.set_max_batch_size(int(user_config["max_batch_size"]))
             self._batcher.max_items = int(user_config["max_batch_size"])
         if "batch_wait_timeout_s" in user_config:
-            self._batch_knobs.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+            self._batcher.wait_s = float(user_config["batch_wait_timeout_s"])
         encoder = self.encoder
         if "max_tokens_per_batch" in user_config and hasattr(encoder, "max_tokens_per_batch"):
             encoder.max_tokens_per_batch = int(user_config["max_tokens_per_batch"])
         if "encode_batch_size" in user_config and hasattr(encoder, "batch_size"):
             encoder.batch_size = int(user_config["encode_batch_size"])
 
-    # One group runs, one collects: max_batch_size x 2 stays within max_ongoing_requests (Ray
-    # warns otherwise), and a batch wait is never needed to fill a step under load.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
+    # Groups of one, handed over at once: the continuous batcher forms the steps.
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0, max_concurrent_batches=HANDOFF)
     async def _embed_one(self, items: list[EmbedItem]) -> list[EmbedOutput]:
         return await self._batcher.submit(items)
 

@@ -45,7 +45,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     embedder = Embedder.options(
         num_replicas=sv.embedder_replicas,
         ray_actor_options={"num_cpus": sv.embedder_num_cpus, "num_gpus": sv.embedder_num_gpus},
-        # Ray caps a @serve.batch batch at max_ongoing_requests: keep it above the batch size.
+        # Room for a full model step and the next one collecting; never below the Embedder's
+        # hand-off of 64 single-text groups (Ray warns when groups x in flight exceed it).
         max_ongoing_requests=max(64, 2 * settings.batch.max_batch_size),
     ).bind(settings)
     expander = QueryExpander.options(ray_actor_options={"num_cpus": 0}).bind(settings, model_dim(settings))

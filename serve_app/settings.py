@@ -73,15 +73,15 @@ class RedisSettings(_Section):
 
 
 class BatchSettings(_Section):
-    """Dynamic batching of the Embedder (Ray caps a @serve.batch batch at max_ongoing_requests)."""
+    """Dynamic batching of the Embedder: continuous batching behind ``@serve.batch``."""
 
-    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="texts per model step, at most")
     batch_wait_timeout_s: float = Field(
         default=0.0,
         ge=0,
         le=5,
-        description="how long a batch waits for company; 0: a lone text runs at once, and texts that "
-        "arrive while the model works join its next step",
+        description="how long an idle model waits for company before a step; 0: a lone text runs at "
+        "once (texts that arrive while the model works join its next step either way)",
     )
     encode_batch_size: int = Field(default=32, ge=1, le=1024, description="texts per forward pass, at most")
     max_tokens_per_batch: int = Field(

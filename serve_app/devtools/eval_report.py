@@ -87,7 +87,7 @@ def markdown_section(report: dict[str, Any], json_path: Path) -> str:
         ]
         lines += [
             f"- {b}: Δ nDCG@10 {t['delta']:+.4f} over {t['queries']} queries,"
-            f" p = {t['p_ttest']:.3g} (t-test), {t['p_randomization']:.3g} (randomisation)"
+            f" p = {_p(t['p_ttest'])} (t-test), {_p(t['p_randomization'])} (randomisation)"
             for b, t in sig.items()
         ]
     if (ident := report.get("identifiers")) and "error" in ident:
@@ -106,6 +106,12 @@ def markdown_section(report: dict[str, Any], json_path: Path) -> str:
 
 def len_queries(report: dict[str, Any]) -> int:
     return max((r["queries"] for r in report["configs"].values()), default=0)
+
+
+def _p(value: float) -> str:
+    """A p-value as read: the report rounds to 4 decimals, so 0 means below 0.0001 (the
+    randomisation test with 10,000 resamples cannot go lower than ~0.0001 either)."""
+    return "<0.0001" if value < 1e-4 else f"{value:.2g}"
 
 
 def summary_section(reports: Sequence[dict[str, Any]]) -> str:
@@ -134,7 +140,7 @@ def summary_section(reports: Sequence[dict[str, Any]]) -> str:
             return _f(cfg[name]["ndcg@10"]) if name in cfg else ""
 
         gain = f"{test['delta']:+.3f} ({best})" if test else ""
-        p_values = f"{test['p_ttest']:.3g} / {test['p_randomization']:.3g}" if test else ""
+        p_values = f"{_p(test['p_ttest'])} / {_p(test['p_randomization'])}" if test else ""
         stale = "" if "significance" in rep else " (previous pipeline, not re-measured)"
         lines.append(
             f"| {rep['dataset']}{stale} | {default['queries']} | {cell('bm25')} | {cell('dense')}"

@@ -82,3 +82,82 @@ def test_out_of_memory_detection() -> None:
     assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
     assert not is_out_of_memory(ValueError("bad input"))
+
+
+class _Steps:
+    """A model stand-in that records its steps and can be held busy."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.steps: list[list[str]] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, items: list[str]) -> list[str]:
+        self.release.wait(5)
+        self.steps.append(list(items))
+        return [i.upper() for i in items]
+
+
+def test_a_lone_text_runs_at_once_and_texts_arriving_meanwhile_share_the_next_step() -> None:
+    import asyncio
+
+    from serve_app.core.batching import ContinuousBatcher
+
+    model = _Steps()
+    batcher = ContinuousBatcher(model, max_items=4)
+
+    async def scenario() -> list[list[str]]:
+        model.release.clear()  # the first step blocks until released
+        first = asyncio.create_task(batcher.submit(["a"]))
+        await asyncio.sleep(0.05)  # the step has started with "a" alone
+        later = [asyncio.create_task(batcher.submit([t])) for t in "bcdef"]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        return [await first, *[await t for t in later]]
+
+    results = asyncio.run(scenario())
+    assert results == [["A"], ["B"], ["C"], ["D"], ["E"], ["F"]]
+    assert model.steps == [["a"], ["b", "c", "d", "e"], ["f"]], "merged up to max_items, in order"
+
+
+def test_a_wait_delays_an_idle_step_for_company() -> None:
+    import asyncio
+
+    from serve_app.core.batching import ContinuousBatcher
+
+    model = _Steps()
+    batcher = ContinuousBatcher(model, max_items=8, wait_s=0.2)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(batcher.submit(["a"]))
+        await asyncio.sleep(0.02)
+        await asyncio.gather(first, batcher.submit(["b"]))
+
+    asyncio.run(scenario())
+    assert model.steps == [["a", "b"]]
+
+
+def test_a_failed_step_fails_only_its_own_callers() -> None:
+    import asyncio
+
+    import pytest
+
+    from serve_app.core.batching import ContinuousBatcher
+
+    def work(items: list[str]) -> list[str]:
+        if "bad" in items:
+            raise RuntimeError("model failed")
+        return items
+
+    batcher = ContinuousBatcher(work, max_items=1)
+
+    async def scenario() -> list[str]:
+        bad = asyncio.create_task(batcher.submit(["bad"]))
+        good = asyncio.create_task(batcher.submit(["ok"]))
+        with pytest.raises(RuntimeError, match="model failed"):
+            await bad
+        return await good
+
+    assert asyncio.run(scenario()) == ["ok"]
