@@ -22,6 +22,7 @@ from serve_app.core.store import StoreUnavailable
 from serve_app.http.app import create_app
 from serve_app.http.errors import BackendUnavailable, one_line
 from serve_app.serving.adapters import (
+    CachingEmbedder,
     HandleEmbedder,
     HandleExpander,
     HandleReranker,
@@ -49,7 +50,10 @@ class Ingress:
     ) -> None:
         self.settings = settings
         self.expander, self.embedder, self.searcher, self.indexer = expander, embedder, searcher, indexer
-        self._embed_port = HandleEmbedder(embedder)
+        handle_embedder = HandleEmbedder(embedder)
+        mb = settings.serve.ingress_cache_mb
+        # A repeated text skips the hop to the Embedder (serving/adapters.py: CachingEmbedder).
+        self._embed_port = CachingEmbedder(handle_embedder, mb * 2**20) if mb else handle_embedder
         self._rerank_port = HandleReranker(reranker)
         self.pipeline = SearchPipeline(
             settings.search,

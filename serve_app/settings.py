@@ -435,6 +435,12 @@ class ServeSettings(_Section):
     ingress_replicas: int = Field(
         default=1, ge=1, description="HTTP replicas (rate limits are shared via Redis)"
     )
+    ingress_cache_mb: int = Field(
+        default=64,
+        ge=0,
+        description="per Ingress replica: embeddings it received from the Embedder, so a repeated "
+        "text (a cached query, a repeated /v1/embed input) skips the hop to it; 0 = off",
+    )
     log_encoding: Literal["TEXT", "JSON"] = Field(
         default="JSON", description="Serve's log files: JSON lines with request ids and stage timings"
     )

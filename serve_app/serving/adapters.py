@@ -15,6 +15,7 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.core.cache import EmbeddingCache
 from serve_app.core.contracts import (
     EmbedOutput,
     Expansion,
@@ -48,6 +49,62 @@ class HandleExpander:
 
     async def expand(self, query: str, enabled: bool = True, scope: DataScope | None = None) -> Expansion:
         return await self.handle.expand.remote(query, enabled, scope)
+
+
+class CachingEmbedder:
+    """An ``Embedder`` port that remembers what its inner port returned, in this process.
+
+    The Ingress answers a text it has embedded before (a repeated query, its variants, a repeated
+    ``/v1/embed`` input) without the hop to the Embedder: that hop is most of a cached
+    embedding's latency (measured: cached ``/v1/embed`` 15.4 ms p50 through the hop vs 5.4 ms for
+    ``/healthz``). Byte-bounded (``serve.ingress_cache_mb``); ``truncate="none"`` always goes to
+    the Embedder, which checks the window; failed items are never kept. The Embedder's own caches
+    (LRU + Redis) stay the shared tiers; this one only saves the hop.
+    """
+
+    def __init__(self, inner: HandleEmbedder, max_bytes: int) -> None:
+        self.inner = inner
+        self.cache = EmbeddingCache(None, "ingress", lru_bytes=max_bytes)
+
+    async def embed(
+        self, texts: list[str], input_type: InputType, colbert: bool = False, truncate: Truncate = "end"
+    ) -> list[EmbedOutput]:
+        if truncate == "none":
+            return await self.inner.embed(texts, input_type, colbert, truncate)
+        keys = [f"{input_type}:{truncate}:{int(colbert)}\0{t}" for t in texts]
+        out: list[EmbedOutput | None] = []
+        for entry in self.cache.peek(keys):
+            if entry is None:
+                out.append(None)
+                continue
+            dense, sparse, rows = entry
+            out.append(
+                {
+                    "dense": dense,
+                    "sparse": sparse,
+                    "colbert": rows if colbert else None,
+                    "tokens": 0,
+                    "truncated": False,
+                    "cached": "lru",
+                    "error": None,
+                }
+            )
+        todo = [i for i, o in enumerate(out) if o is None]
+        if todo:
+            got = await self.inner.embed([texts[i] for i in todo], input_type, colbert, truncate)
+            fresh = []
+            for i, result in zip(todo, got, strict=True):
+                out[i] = result
+                if result["error"] is None and not result["truncated"]:
+                    fresh.append((keys[i], (result["dense"], result["sparse"], result["colbert"])))
+            self.cache.set_many(fresh)
+        return [o for o in out if o is not None]
+
+    async def info(self) -> dict[str, Any]:
+        return await self.inner.info()
+
+    async def token_strings(self, ids: list[int]) -> list[str]:
+        return await self.inner.token_strings(ids)
 
 
 class HandleEmbedder:
