@@ -23,7 +23,7 @@ from ray.serve import metrics
 
 from serve_app.core.batching import ContinuousBatcher
 from serve_app.core.contracts import EmbedOutput, Truncate
-from serve_app.core.embedding import EmbeddingService, EmbedItem, load_encoder
+from serve_app.core.embedding import EmbeddingService, EmbedItem, fill_gaps, load_encoder
 from serve_app.core.encoder import InputType, M3Encoder
 from serve_app.serving.observability import BREAKER_STATES, metric
 from serve_app.settings import Settings
@@ -159,14 +159,9 @@ class Embedder:
         # Texts the in-process cache holds are answered here, on the event loop: no batch queue,
         # no worker thread (a cached query or rerank candidate costs a dict lookup).
         out = self.service.from_memory(items)
-        todo = [i for i, o in enumerate(out) if o is None]
-        if len(todo) < len(items):
+        if any(o is not None for o in out):
             self._count_cache()
-        if todo:
-            done = await asyncio.gather(*(self._embed_one(items[i]) for i in todo))
-            for i, result in zip(todo, done, strict=True):
-                out[i] = result
-        return [o for o in out if o is not None]
+        return await fill_gaps(out, lambda todo: asyncio.gather(*(self._embed_one(items[i]) for i in todo)))
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         return self.encoder.tokenizer.convert_ids_to_tokens(token_ids)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -43,7 +43,7 @@ def load_encoder(settings: Settings) -> M3Encoder:
     )
 
 
-def _cache_key(item: EmbedItem) -> str:
+def cache_key(item: EmbedItem) -> str:
     """What a cache entry is looked up by (the cache hashes it with the model's namespace).
 
     A text cut at its start has other vectors than one cut at its end; ``end`` and ``none`` share
@@ -73,6 +73,27 @@ def _result(
         "cached": cached,
         "error": error,
     }
+
+
+def cached_output(entry: Entry, colbert: bool, tier: str | None) -> EmbedOutput | None:
+    """A cache entry as the output of an item (``colbert``: with its rows); None when the item asks
+    for ColBERT rows the entry lacks, which makes it a miss."""
+    dense, sparse, rows = entry
+    if colbert and rows is None:
+        return None
+    return _result(dense, sparse, rows if colbert else None, tokens=0, cached=tier)
+
+
+async def fill_gaps(
+    out: list[EmbedOutput | None], compute: Callable[[list[int]], Awaitable[Sequence[EmbedOutput]]]
+) -> list[EmbedOutput]:
+    """``out`` with every None replaced, in order, by what ``compute`` returns for those indices:
+    the one shape of "answer what a cache holds, compute the rest" (Embedder, Ingress, in-process)."""
+    todo = [i for i, o in enumerate(out) if o is None]
+    if todo:
+        for i, result in zip(todo, await compute(todo), strict=True):
+            out[i] = result
+    return [o for o in out if o is not None]
 
 
 class EmbeddingService:
@@ -138,16 +159,15 @@ class EmbeddingService:
         results: list[EmbedOutput | None],
     ) -> list[int]:
         """Fill what the cache has; return the indices the model must compute."""
-        keys = [_cache_key(items[i]) for i in idx]
+        keys = [cache_key(items[i]) for i in idx]
         found, tiers = cache.lookup(keys)
         todo = []
         for i, entry, tier in zip(idx, found, tiers, strict=True):
-            if entry is None or (items[i].colbert and entry[2] is None):
+            # ColBERT rows are served float16 as kept: no copy per hit.
+            result = cached_output(entry, items[i].colbert, tier) if entry is not None else None
+            if result is None:
                 todo.append(i)
-                continue
-            dense, sparse, rows = entry
-            colbert = rows if items[i].colbert else None  # float16 as kept: no copy per hit
-            results[i] = _result(dense, sparse, colbert, tokens=0, cached=tier)
+            results[i] = result
         return todo
 
     def from_memory(self, items: Sequence[EmbedItem]) -> list[EmbedOutput | None]:
@@ -158,10 +178,8 @@ class EmbeddingService:
             idx = [i for i, item in enumerate(items) if item.colbert == colbert]
             if cache is None or not idx:
                 continue
-            for i, entry in zip(idx, cache.peek([_cache_key(items[i]) for i in idx]), strict=True):
-                if entry is not None and not (colbert and entry[2] is None):
-                    dense, sparse, rows = entry
-                    out[i] = _result(dense, sparse, rows if colbert else None, tokens=0, cached="lru")
+            for i, entry in zip(idx, cache.peek([cache_key(items[i]) for i in idx]), strict=True):
+                out[i] = cached_output(entry, colbert, "lru") if entry is not None else None
         return out
 
     def embed_items(self, items: Sequence[EmbedItem]) -> list[EmbedOutput]:
@@ -206,7 +224,7 @@ class EmbeddingService:
                 )
                 results[i] = result
                 if error is None:
-                    fresh.append((_cache_key(items[i]), (result["dense"], sparse_rows[row], half)))
+                    fresh.append((cache_key(items[i]), (result["dense"], sparse_rows[row], half)))
             if cache is not None:
                 cache.set_many(fresh)
         # Every item was filled above, by a cache or by the model.

@@ -384,16 +384,13 @@ class ServiceEmbedder:
     async def embed(
         self, texts: list[str], input_type: InputType, colbert: bool = False, truncate: Truncate = "end"
     ) -> list[EmbedOutput]:
-        from serve_app.core.embedding import EmbedItem
+        from serve_app.core.embedding import EmbedItem, fill_gaps
 
         if truncate == "none":
             self.service.check_fits(texts, input_type)
             truncate = "end"
         items = [EmbedItem(t, input_type, colbert, truncate) for t in texts]
-        out = self.service.from_memory(items)
-        todo = [i for i, o in enumerate(out) if o is None]
-        if todo:
-            done = await asyncio.to_thread(self.service.embed_items, [items[i] for i in todo])
-            for i, result in zip(todo, done, strict=True):
-                out[i] = result
-        return [o for o in out if o is not None]
+        return await fill_gaps(
+            self.service.from_memory(items),
+            lambda todo: asyncio.to_thread(self.service.embed_items, [items[i] for i in todo]),
+        )

@@ -25,6 +25,7 @@ from serve_app.core.contracts import (
     TextScore,
     Truncate,
 )
+from serve_app.core.embedding import EmbedItem, cache_key, cached_output, fill_gaps
 from serve_app.core.encoder import InputTooLong
 from serve_app.core.fusion import Candidate
 from serve_app.core.pipeline import EmbedderUnavailable, SearchObserver, SearchRejected
@@ -71,34 +72,23 @@ class CachingEmbedder:
     ) -> list[EmbedOutput]:
         if truncate == "none":
             return await self.inner.embed(texts, input_type, colbert, truncate)
-        keys = [f"{input_type}:{truncate}:{int(colbert)}\0{t}" for t in texts]
-        out: list[EmbedOutput | None] = []
-        for entry in self.cache.peek(keys):
-            if entry is None:
-                out.append(None)
-                continue
-            dense, sparse, rows = entry
-            out.append(
-                {
-                    "dense": dense,
-                    "sparse": sparse,
-                    "colbert": rows if colbert else None,
-                    "tokens": 0,
-                    "truncated": False,
-                    "cached": "lru",
-                    "error": None,
-                }
-            )
-        todo = [i for i, o in enumerate(out) if o is None]
-        if todo:
+        # One cache for both kinds of request: the key says whether the entry has ColBERT rows.
+        keys = [f"{int(colbert)}:" + cache_key(EmbedItem(t, input_type, colbert, truncate)) for t in texts]
+        out = [cached_output(e, colbert, "lru") if e is not None else None for e in self.cache.peek(keys)]
+
+        async def compute(todo: list[int]) -> list[EmbedOutput]:
             got = await self.inner.embed([texts[i] for i in todo], input_type, colbert, truncate)
-            fresh = []
-            for i, result in zip(todo, got, strict=True):
-                out[i] = result
-                if result["error"] is None and not result["truncated"]:
-                    fresh.append((keys[i], (result["dense"], result["sparse"], result["colbert"])))
-            self.cache.set_many(fresh)
-        return [o for o in out if o is not None]
+            # Failed or cut results are not kept (a hit could not say it was cut).
+            self.cache.set_many(
+                [
+                    (keys[i], (r["dense"], r["sparse"], r["colbert"]))
+                    for i, r in zip(todo, got, strict=True)
+                    if r["error"] is None and not r["truncated"]
+                ]
+            )
+            return got
+
+        return await fill_gaps(out, compute)
 
     async def info(self) -> dict[str, Any]:
         return await self.inner.info()
