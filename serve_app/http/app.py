@@ -75,7 +75,7 @@ def create_app(
         from serve_app.serving.observability import metric
 
         on_fallback = metric("rate_limit_fallbacks").inc
-    app.state.guard = Guard(settings.auth, redis_url=redis_url, on_fallback=on_fallback)
+    app.state.guard = Guard(settings.auth, redis_url=redis_url, on_fallback=on_fallback, redis=settings.redis)
     app.add_middleware(AuthMiddleware, guard=app.state.guard)
     app.add_middleware(RequestId, echo=request_id_header)
     if metrics:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import jwt
 import pybreaker
 import yaml
 from limits import RateLimitItemPerMinute, storage
@@ -40,8 +41,8 @@ from limits.strategies import MovingWindowRateLimiter
 from pydantic import ValidationError
 
 from serve_app.http.errors import error_response, route_path
-from serve_app.http.tokens import JwtVerifier, TokenRejected, looks_like_jwt
-from serve_app.settings import ApiKey, AuthSettings, DataScope
+from serve_app.http.tokens import ROUTE_SCOPES, JwtVerifier, TokenRejected, looks_like_jwt
+from serve_app.settings import ApiKey, AuthSettings, DataScope, RedisSettings
 
 log = logging.getLogger("ray.serve.specrag.auth")
 
@@ -55,7 +56,7 @@ OPEN_PATHS = (
     "/openapi.json",
     "/redoc",
 )
-SCOPES = ("search", "ingest", "admin")
+SCOPES = ROUTE_SCOPES  # one list of route scopes (tokens.py maps JWT claims onto it)
 
 
 def hash_key(key: str) -> str:
@@ -139,10 +140,12 @@ class RateLimiter:
     def __init__(
         self,
         redis_url: str | None,
-        timeout_s: float = 0.2,
+        timeout_s: float = 0.05,
+        fail_max: int = 3,
         reset_s: float = 10.0,
         on_fallback: Callable[[], None] | None = None,
     ) -> None:
+        """The Redis knobs are the embedding cache's (``redis.timeout_s``, ``breaker_*``)."""
         self.on_fallback = on_fallback
         self.local = MovingWindowRateLimiter(storage.MemoryStorage())
         self.shared: MovingWindowRateLimiter | None = None
@@ -151,7 +154,9 @@ class RateLimiter:
                 redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, key_prefix="specrag-rl"
             )
             self.shared = MovingWindowRateLimiter(backend)
-        self.breaker = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=reset_s, name="rate-limit-redis")
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=fail_max, reset_timeout=reset_s, name="rate-limit-redis"
+        )
         self.fallbacks = 0
 
     def hit(self, amount: int, key: str) -> tuple[bool, float, bool]:
@@ -183,18 +188,32 @@ class Guard:
         settings: AuthSettings,
         redis_url: str | None = None,
         on_fallback: Callable[[], None] | None = None,
+        redis: RedisSettings | None = None,
     ) -> None:
-        """``on_fallback``: called for each request counted per replica (a metric, in Serve)."""
+        """``on_fallback``: called for each request counted per replica (a metric, in Serve);
+        ``redis``: timeouts and breaker of the shared limits (defaults: ``RedisSettings()``)."""
         self.base = settings
         self.config = _Config.of(settings)
+        r = redis or RedisSettings()
         self.limiter = RateLimiter(
-            redis_url if settings.shared_rate_limits else None, on_fallback=on_fallback
+            redis_url if settings.shared_rate_limits else None,
+            timeout_s=r.timeout_s,
+            fail_max=r.breaker_fail_max,
+            reset_s=r.breaker_reset_s,
+            on_fallback=on_fallback,
         )
         self.reload_error: str | None = None
         self._file_state: tuple[float, int] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
         self.reload(force=True)
+
+    @property
+    def serves_no_one(self) -> bool:
+        """Credentials are required but none are configured (an auth file never applied, or one
+        without keys or JWT settings): every protected request is refused."""
+        c = self.config
+        return self.enabled and not c.keys and c.jwt is None
 
     @property
     def enabled(self) -> bool:
@@ -231,7 +250,7 @@ class Guard:
                 self._file_state = state
                 self.reload_error = None
                 log.info("auth configuration loaded from %s", path)
-            except (OSError, ValueError, ValidationError, yaml.YAMLError) as exc:
+            except (OSError, ValueError, ValidationError, yaml.YAMLError, jwt.PyJWTError) as exc:
                 self.reload_error = f"{path}: {_reason(exc)}"
                 log.error("auth file not applied, the previous configuration stays: %s", self.reload_error)
 
@@ -262,9 +281,11 @@ class Guard:
         )
 
     def check(self, method: str, path: str, headers: dict[bytes, bytes]) -> Decision:
-        self.reload()
         scope = required_scope(method, path)
-        if scope is None or not self.enabled:
+        if scope is None:  # open routes (probes) never wait for, or fail on, a reload
+            return Decision()
+        self.reload()
+        if not self.enabled:
             return Decision()
         credential = presented_key(headers)
         if credential is None and headers.get(b"authorization", b"").strip():
@@ -316,7 +337,8 @@ class AuthMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         args = (scope["method"], route_path(scope), headers)
-        if guard.enabled and guard.needs_thread(headers):
+        protected = required_scope(args[0], args[1]) is not None
+        if protected and guard.enabled and guard.needs_thread(headers):  # probes never take a thread
             decision = await asyncio.to_thread(guard.check, *args)
         else:
             decision = guard.check(*args)

@@ -93,6 +93,9 @@ class JwtVerifier:
             raise TokenRejected("token signature invalid") from None
         except jwt.InvalidTokenError as exc:
             raise TokenRejected(f"invalid token: {exc}") from None
+        except (jwt.PyJWTError, TypeError, ValueError):
+            # e.g. an ES256 header naming an RSA key: PyJWT fails on the key, not the token.
+            raise TokenRejected("token algorithm does not fit its signing key") from None
 
     def route_scopes(self, claims: dict[str, Any]) -> list[str]:
         """``search`` / ``ingest`` / ``admin`` from the scopes claim (prefix stripped; others ignored)."""

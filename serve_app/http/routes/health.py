@@ -18,11 +18,12 @@ router = APIRouter()
 
 
 def overall(checks: dict[str, dict[str, Any]]) -> str:
-    """``unhealthy``: the model or Milvus is unusable; ``not_initialized``: nothing indexed yet;
+    """``unhealthy``: the model or Milvus is unusable, or the API requires credentials but has none
+    configured (every request would be refused); ``not_initialized``: nothing indexed yet;
     ``degraded``: Redis or the expander is down, or an auth file could not be applied (searches
     still succeed); else ``healthy``."""
     state = {name: c.get("status") for name, c in checks.items()}
-    if state["model"] != "ok" or state["milvus"] == "down":
+    if state["model"] != "ok" or state["milvus"] == "down" or state.get("auth") == "down":
         return "unhealthy"
     if state["milvus"] == "not_initialized":
         return "not_initialized"
@@ -56,7 +57,10 @@ async def _checks(s: Settings, b: Any, request: Request) -> tuple[dict[str, dict
     guard = getattr(request.app.state, "guard", None)
     if guard is not None and guard.base.file is not None:
         error = guard.reload_error
-        checks["auth"] = {"status": "stale", "detail": error} if error else {"status": "ok"}
+        if guard.serves_no_one:
+            checks["auth"] = {"status": "down", "detail": error or "no API keys or JWT settings configured"}
+        else:
+            checks["auth"] = {"status": "stale", "detail": error} if error else {"status": "ok"}
     return checks, round((time.perf_counter() - started) * 1000, 2)
 
 
@@ -64,6 +68,14 @@ _READINESS: dict[int | str, dict[str, Any]] = {
     200: {"model": ReadinessResponse, "description": "ready"},
     503: {"model": ReadinessResponse, "description": "not ready; checks say why"},
 }
+
+
+async def _probe(s: Settings, b: Any, request: Request, ready: tuple[str, ...]) -> JSONResponse:
+    """The readiness report, 200 when its overall state is one of ``ready``, else 503."""
+    checks, ms = await _checks(s, b, request)
+    state = overall(checks)
+    body = {"status": state, "checks": checks, "ms": ms}
+    return JSONResponse(body, status_code=200 if state in ready else 503)
 
 
 @router.get(
@@ -79,20 +91,14 @@ async def readyz(s: SettingsDep, b: BackendDep, request: Request) -> JSONRespons
     still succeed, slower or with fewer variants. ``unhealthy`` (503): the model or Milvus is
     unusable. ``not_initialized`` (503): nothing is indexed yet (use ``/readyz/write`` to gate
     traffic to a fresh deployment)."""
-    checks, ms = await _checks(s, b, request)
-    state = overall(checks)
-    body = {"status": state, "checks": checks, "ms": ms}
-    return JSONResponse(body, status_code=200 if state in ("healthy", "degraded") else 503)
+    return await _probe(s, b, request, ("healthy", "degraded"))
 
 
 @router.get("/readyz/write", summary="Ready for writes: the model and Milvus answer.", responses=_READINESS)
 async def ready_for_writes(s: SettingsDep, b: BackendDep, request: Request) -> JSONResponse:
     """200 when ``POST /v1/documents`` can succeed: the model and Milvus answer, whether or not a
     collection exists yet (the first write creates it). The probe to gate a Kubernetes Service on."""
-    checks, ms = await _checks(s, b, request)
-    state = overall(checks)
-    ready = state in ("healthy", "degraded", "not_initialized")
-    return JSONResponse({"status": state, "checks": checks, "ms": ms}, status_code=200 if ready else 503)
+    return await _probe(s, b, request, ("healthy", "degraded", "not_initialized"))
 
 
 @router.get(
@@ -101,8 +107,6 @@ async def ready_for_writes(s: SettingsDep, b: BackendDep, request: Request) -> J
     responses=_READINESS,
 )
 async def ready_for_searches(s: SettingsDep, b: BackendDep, request: Request) -> JSONResponse:
-    """200 when a search can return results: as ``/readyz/write``, and the collection exists."""
-    checks, ms = await _checks(s, b, request)
-    state = overall(checks)
-    ready = state in ("healthy", "degraded")
-    return JSONResponse({"status": state, "checks": checks, "ms": ms}, status_code=200 if ready else 503)
+    """200 when a search can return results: as ``/readyz/write``, and the collection exists (the
+    same states as ``/readyz``, under the name a probe configuration reads)."""
+    return await _probe(s, b, request, ("healthy", "degraded"))

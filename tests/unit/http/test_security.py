@@ -281,3 +281,35 @@ def test_a_missing_auth_file_fails_closed(tmp_path: Path) -> None:
     assert guard.enabled and guard.reload_error and "absent.yaml" in guard.reload_error
     assert guard.check("POST", "/v1/search", {}).status == 401, "never an open API"
     assert guard.check("GET", "/livez", {}).status == 200
+
+
+def test_a_token_whose_algorithm_does_not_fit_its_key_is_a_401_not_a_500(tmp_path: Path, signing) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    guard = _jwt_guard(tmp_path, signing, algorithms=["RS256", "ES256"])
+    now = int(time.time())
+    claims = {"sub": "x", "aud": "specrag", "iss": "https://idp.example", "exp": now + 300}
+    token = jwt.encode(
+        claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": "k1"}
+    )
+    decision = guard.check("POST", "/v1/search", _bearer(token))
+    assert decision.status == 401 and decision.code == "invalid_token"
+
+
+def test_a_broken_jwks_in_the_auth_file_keeps_the_configuration_and_spares_the_probes(tmp_path: Path) -> None:
+    jwks, path = tmp_path / "jwks.json", tmp_path / "auth.yaml"
+    jwks.write_text(json.dumps({"keys": [{"kty": "nonsense"}]}))
+    path.write_text(yaml.safe_dump({"jwt": {"jwks_file": str(jwks), "audience": ["specrag"]}}))
+    guard = Guard(AuthSettings(file=path, reload_s=0.01))
+    assert guard.reload_error and "auth.yaml" in guard.reload_error, "reported, not raised"
+    assert guard.serves_no_one and guard.check("POST", "/v1/search", {}).status == 401
+    assert guard.check("GET", "/livez", {}).status == 200
+
+
+def test_an_api_that_can_admit_no_one_is_not_ready() -> None:
+    from serve_app.http.routes.health import overall
+
+    ok = {"model": {"status": "ok"}, "milvus": {"status": "ok"}, "redis": {"status": "ok"}}
+    ok["expander"] = {"status": "ok"}
+    assert overall({**ok, "auth": {"status": "stale"}}) == "degraded"
+    assert overall({**ok, "auth": {"status": "down"}}) == "unhealthy"
