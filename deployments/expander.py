@@ -42,7 +42,7 @@ class QueryExpander:
     def _maybe_learn(self) -> None:
         s = self.settings.expander
         due = time.time() - self.engine.glossary.learned_at > s.glossary_refresh_s
-        wanted = s.glossary or (s.lexicon != "off" and self.engine.lexicon is not None)
+        wanted = s.glossary or self.engine.lexicon is not None  # None when the lexicon is off
         if wanted and due and (self._learning is None or self._learning.done()):
             self._learning = asyncio.get_running_loop().create_task(self._learn())
 
@@ -55,7 +55,7 @@ class QueryExpander:
                 glossary = Glossary(learned_at=time.time())
             self.engine.languages = await asyncio.to_thread(language_counts, self.store)
             self._learn_error = None
-            if not len(glossary):  # nothing ingested yet, most likely: look again soon
+            if not sum(self.engine.languages.values()):  # nothing ingested yet: look again soon
                 glossary.learned_at = min(glossary.learned_at, soon)
             self.engine.glossary = glossary
             log.info("glossary learned: %d term pairs", len(glossary))

@@ -116,7 +116,11 @@ def evaluate_cmd(
             bar.close()
             typer.echo(json.dumps(ingest_report), err=True)
         retriever = local_retriever(
-            settings, store, bm25=any("bm25" in CONFIGS[c]["channels"] for c in wanted)
+            # The identifier set runs the default pipeline, whose channels may include bm25.
+            settings,
+            store,
+            bm25=any("bm25" in CONFIGS[c]["channels"] for c in wanted)
+            or (bool(identifiers) and "bm25" in settings.search.channels),
         )
         wants_expansion = bool(identifiers) or any(CONFIGS[c].get("expand") for c in wanted)
         expansion = local_expansion(settings, store) if wants_expansion else None

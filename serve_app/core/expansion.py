@@ -391,10 +391,13 @@ class Glossary:
         taken = [False] * len(folded)
         found: list[tuple[int, int, str]] = []
         for term in sorted(self.pairs, key=len, reverse=True):
-            if len(term) < 2 or (scope is not None and not self.options(term, scope)):
+            if len(term) < 2:
+                continue
+            start = folded.find(term)
+            # The scope check costs a walk over the term's origins: only for terms in the query.
+            if start < 0 or (scope is not None and not self.options(term, scope)):
                 continue
             latin = not _HAS_JA.search(term)
-            start = folded.find(term)
             while start >= 0:
                 end = start + len(term)
                 bounded = not latin or (

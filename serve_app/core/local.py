@@ -16,15 +16,16 @@ from serve_app.core.store import Store, language_counts
 from serve_app.settings import Settings
 
 
-def local_retriever(settings: Settings, store: Store, *, bm25: bool = False) -> Retriever:
+def local_retriever(settings: Settings, store: Store, *, bm25: bool | None = None) -> Retriever:
     """A ``Retriever`` with the collection's IDF table where the model needs one (built now), and
-    the BM25 index when ``bm25`` (or the settings) ask for that channel."""
+    the BM25 index when ``bm25`` says so (None: when ``search.channels`` has that channel)."""
     use_idf = idf_enabled(settings.search.sparse_idf, settings.model.name_or_path)
+    use_bm25 = bm25 if bm25 is not None else "bm25" in settings.search.channels
     return Retriever(
         store,
         settings.search,
         idf=IdfTable.build(store) if use_idf else None,
-        bm25=Bm25Index.build(store) if bm25 or "bm25" in settings.search.channels else None,
+        bm25=Bm25Index.build(store) if use_bm25 else None,
         languages=language_counts(store),
     )
 

@@ -297,7 +297,8 @@ class Retriever:
 
     def _weigh_sparse(self, plan: list[_Search], queries: list[dict[str, Any]]) -> float | None:
         """Scale each sparse list by how much of the query's IDF mass its best hit matched; return
-        that scale for the original query (its lexical confidence), ``None`` without IDF.
+        that scale for the original query (its lexical confidence); ``None`` without IDF or without a
+        sparse list of the original (no lexical evidence then, rather than evidence of 0).
 
         With IDF and the placeholder head the best score is the summed IDF of the shared tokens, so
         score / query mass is in [0, 1]: ~0.5 for a same-language question, ~0.1 when a Japanese
@@ -307,7 +308,7 @@ class Retriever:
         if self.idf is None or ramp is None:
             return None
         lo, hi = ramp
-        gate = 0.0
+        gate: float | None = None  # no sparse list of the original: no lexical evidence at all
         best: dict[int, float] = {}
         for job in plan:  # the best hit of the variant's lists measures the whole corpus
             if job.channel == "sparse":

@@ -133,6 +133,11 @@ def test_lexical_evidence_is_the_matched_idf_share_times_the_query_confidence(st
     r.languages = {"ja": 1, "en": 15}
     fused, _ = _search(r, vectors, top_k=5)
     assert all("lexical" not in c.channel_scores for c in fused)
+    # a search without the sparse channel has no lexical confidence: no evidence (not evidence 0,
+    # which would still count in the rerank's weights and shrink every score)
+    r.languages = {"ja": 0, "en": 16}
+    fused, _ = _search(r, vectors, top_k=5, channels=("dense",))
+    assert all("lexical" not in c.channel_scores for c in fused)
 
 
 def test_language_balance_lists_each_language_separately(store: FakeStore) -> None:
