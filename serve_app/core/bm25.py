@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from serve_app.core.store import SCALAR_FIELDS, Hit, build_filter
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3005\u3006\u30fc"
@@ -53,6 +55,10 @@ class Bm25Index:
     fields: list[dict[str, Any]] = field(default_factory=list)
     model: Any = None
     built_at: float = 0.0
+    langs: np.ndarray = field(init=False, repr=False)  # each chunk's lang, for per-language lists
+
+    def __post_init__(self) -> None:
+        self.langs = np.array([f.get("lang") or "" for f in self.fields], dtype=object)
 
     @classmethod
     def build(cls, store: Any, *, k1: float = 1.5, b: float = 0.75) -> Bm25Index:
@@ -74,14 +80,18 @@ class Bm25Index:
     def __len__(self) -> int:
         return len(self.chunk_ids)
 
-    def search(self, query: str, *, limit: int) -> list[Hit]:
-        """The ``limit`` best chunks for ``query``; chunks sharing no term are left out."""
+    def search(self, query: str, *, limit: int, lang: str | None = None) -> list[Hit]:
+        """The ``limit`` best chunks for ``query`` (of ``lang`` only, when given); chunks sharing no
+        term are left out. The language is a mask on the scores, so a per-language list costs
+        what an unrestricted one does (no sort of the whole ranking)."""
         if self.model is None or limit <= 0:
             return []
         terms = [t for t in tokenize(query) if t in self.model.vocab_dict]
         if not terms:
             return []
         scores = self.model.get_scores(terms)
+        if lang:
+            scores = np.where(self.langs == lang, scores, 0.0)
         k = min(limit, len(self.chunk_ids))
         top = scores.argpartition(-k)[-k:] if k < len(scores) else range(len(scores))
         ranked = sorted(

@@ -261,18 +261,14 @@ class Retriever:
     def _bm25(self, text: str, lang: str | None, limit: int, pushdown: Filter | None) -> list[Hit]:
         """The bm25 channel's hits (a snapshot index: stage 2's version check applies as for ANN).
 
-        The index has no filter pushdown: a balanced list's language and a selective filter's
-        refetch (``pushdown``) read the whole ranking and filter it here.
+        A balanced list's language is a mask in the index; a selective filter's refetch
+        (``pushdown``, rare) reads the whole ranking and filters it here.
         """
         assert self.bm25 is not None
-        if not lang and pushdown is None:
-            return self.bm25.search(text, limit=limit)
-        hits = self.bm25.search(text, limit=len(self.bm25))
-        return [
-            h
-            for h in hits
-            if (not lang or h.fields.get("lang") == lang) and (pushdown is None or pushdown.matches(h.fields))
-        ][:limit]
+        if pushdown is None:
+            return self.bm25.search(text, limit=limit, lang=lang)
+        hits = self.bm25.search(text, limit=len(self.bm25), lang=lang)
+        return [h for h in hits if pushdown.matches(h.fields)][:limit]
 
     def _exact(self, idents: list[str], limit: int, pushdown: Filter | None) -> list[Hit]:
         """Current chunks containing the identifiers verbatim, scored by how many of them they hold.

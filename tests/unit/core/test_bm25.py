@@ -48,3 +48,20 @@ def test_index_ranks_by_bm25_and_skips_old_versions() -> None:
     assert hits[0].score > hits[1].score > 0
     assert index.search("zzz", limit=5) == []  # no shared term: nothing, not noise
     assert Bm25Index.build(FakeStore([])).search("x", limit=3) == []
+
+
+def test_a_per_language_search_is_the_full_ranking_filtered_by_language() -> None:
+    store = FakeStore(
+        [
+            _row("ja-1", "注文 API のエンドポイント", lang="ja"),
+            _row("en-1", "order API endpoint", lang="en"),
+            _row("en-2", "API API reference", lang="en"),
+            _row("ja-2", "API 一覧", lang="ja"),
+        ]
+    )
+    index = Bm25Index.build(store)
+    full = index.search("API", limit=10)
+    for lang in ("ja", "en"):
+        only = index.search("API", limit=1, lang=lang)
+        assert [h.chunk_id for h in only] == [h.chunk_id for h in full if h.fields["lang"] == lang][:1]
+        assert only[0].score == next(h.score for h in full if h.fields["lang"] == lang)
