@@ -1,27 +1,47 @@
-"""Indexer: a thin Serve shell around ``Ingestor`` for ``POST/DELETE /v1/documents``.
+"""Indexer: a thin Serve shell around ``Ingestor`` for ``POST/DELETE /v1/documents`` and around
+``GitSync`` for ``POST /v1/sources/{name}/sync``.
 
 Embeds through the Embedder's handle (its GPU replicas and dynamic batches), writes to Milvus.
 Writes are serialised in the replica: two requests updating one document at once would
-otherwise both compute the same next version.
+otherwise both compute the same next version. Syncs of one source run one after another, each
+to the commit its trigger named (a trigger for a commit already synced past does nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.core.ingest import Ingestor, SourceDocument
+from serve_app.core.gitsource import GitRepo, GitSync
+from serve_app.core.ingest import Ingestor, IngestReport, SourceDocument
 from serve_app.core.meta import MetaStore
 from serve_app.core.store import StoreUnavailable, doc_version_filter, make_store
 from serve_app.serving.observability import metric
 from serve_app.settings import DataScope, Settings
 
 EMBED_TIMEOUT_S = 300.0  # one embedding call of a write batch; a hung Embedder must not block writes forever
+
+
+def _count(report: IngestReport) -> None:
+    """Documents and chunks of a write into the service's metrics."""
+    counts = {
+        ("documents", "added"): report.added,
+        ("documents", "updated"): report.updated,
+        ("documents", "unchanged"): report.unchanged,
+        ("documents", "failed"): len(report.failed),
+        ("chunks", "embedded"): report.chunks_embedded,
+        ("chunks", "reused"): report.chunks_reused,
+        ("chunks", "deleted"): report.chunks_deleted,
+    }
+    for (name, kind), value in counts.items():
+        if value:
+            metric(name).inc(value, tags={"outcome" if name == "documents" else "kind": kind})
 
 
 @serve.deployment(name="Indexer", max_ongoing_requests=16)
@@ -33,6 +53,9 @@ class Indexer:
         self.meta = MetaStore(self.store)
         self._lock = threading.Lock()
         self._model_key: str | None = None
+        self._source_locks: dict[str, asyncio.Lock] = {}
+        self._source_runs: dict[str, dict[str, Any]] = {}  # name -> the newest trigger's state
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def _embed(self, texts: list[str]) -> tuple[np.ndarray, list[dict[int, float]]]:
         # A worker thread (not the replica's event loop), so a blocking .result() is allowed.
@@ -67,18 +90,7 @@ class Indexer:
         except StoreUnavailable:
             metric("milvus_errors").inc(tags={"where": "indexer", "kind": "unavailable"})
             raise
-        counts = {
-            ("documents", "added"): report.added,
-            ("documents", "updated"): report.updated,
-            ("documents", "unchanged"): report.unchanged,
-            ("documents", "failed"): len(report.failed),
-            ("chunks", "embedded"): report.chunks_embedded,
-            ("chunks", "reused"): report.chunks_reused,
-            ("chunks", "deleted"): report.chunks_deleted,
-        }
-        for (name, kind), value in counts.items():
-            if value:
-                metric(name).inc(value, tags={"outcome" if name == "documents" else "kind": kind})
+        _count(report)
         return report.as_dict()
 
     def _delete(self, doc_ids: list[str], scope: DataScope | None = None) -> dict[str, Any]:
@@ -94,6 +106,73 @@ class Indexer:
 
     async def delete(self, doc_ids: list[str], scope: DataScope | None = None) -> dict[str, Any]:
         return await asyncio.to_thread(self._delete, doc_ids, scope)
+
+    def _resolve(self, name: str, commit: str | None) -> str:
+        source = self.settings.ingest.sources[name]
+        repo = GitRepo(source.repo)
+        if source.remote:
+            repo.fetch(source.remote)
+        return repo.resolve(commit or source.ref)
+
+    def _sync(self, name: str, commit: str, full: bool) -> dict[str, Any]:
+        source = self.settings.ingest.sources[name]
+        with self._lock:
+            ingestor = self._ingestor()
+            ingestor.origin = f"git:{name}@{commit[:12]}"
+            report = GitSync(ingestor, self.meta, GitRepo(source.repo), name, prefix=source.prefix).sync(
+                commit, full=full
+            )
+        _count(report.ingest)
+        return report.as_dict()
+
+    async def _run_sync(self, name: str, commit: str, full: bool) -> dict[str, Any]:
+        run = self._source_runs[name]
+        async with self._source_locks.setdefault(name, asyncio.Lock()):
+            if run.get("requested") == commit:
+                run["state"] = "running"
+            try:
+                result = await asyncio.to_thread(self._sync, name, commit, full)
+            except Exception as exc:
+                if run.get("requested") == commit:
+                    run.update(state="failed", error=f"{type(exc).__name__}: {exc}"[:1000])
+                raise
+            if run.get("requested") == commit:
+                run.update(state="done", error=None, last=result, finished_at=int(time.time()))
+            return result
+
+    async def sync_source(self, name: str, commit: str | None, full: bool, wait: bool) -> dict[str, Any]:
+        """Sync the registered source ``name`` to ``commit`` (default: its ref); ``wait``: answer
+        with the sync's report, else at once with the queued state (the sync goes on here)."""
+        target = await asyncio.to_thread(self._resolve, name, commit)
+        self._source_runs[name] = {
+            "state": "queued",
+            "requested": target,
+            "error": None,
+            "at": int(time.time()),
+        }
+        task = asyncio.create_task(self._run_sync(name, target, full))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if wait:
+            report = await task
+            return {**await self.source_status(name), "report": report}
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # failure kept in the status
+        return await self.source_status(name)
+
+    async def source_status(self, name: str) -> dict[str, Any]:
+        """The source's synced commit (from the meta store: it outlives this replica) and the
+        state of the newest trigger this replica received."""
+        recorded = await asyncio.to_thread(GitSync.recorded, self.meta, name) or {}
+        run = self._source_runs.get(name, {})
+        return {
+            "source": name,
+            "state": run.get("state", "idle"),
+            "requested": run.get("requested"),
+            "error": run.get("error"),
+            "commit": recorded.get("commit"),
+            "synced_at": recorded.get("synced_at"),
+            "last": run.get("last") or recorded.get("report"),
+        }
 
     def check_health(self) -> None:
         """Stateless between requests: alive is healthy (a Milvus outage is a 503, not a restart)."""

@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.core.contracts import EmbedOutput, InputType, TextScore, Truncate
+from serve_app.core.gitsource import GitError, UnknownRevision
 from serve_app.core.ingest import ModelMismatch, OutOfScope
 from serve_app.core.pipeline import SearchPipeline
 from serve_app.core.store import StoreUnavailable
@@ -122,6 +123,10 @@ class Ingress:
                 raise ModelMismatch(str(mismatch)) from exc
             if (refused := find_cause(exc, OutOfScope)) is not None:
                 raise OutOfScope(str(refused)) from exc
+            if (unknown := find_cause(exc, UnknownRevision)) is not None:
+                raise UnknownRevision(str(unknown)) from exc
+            if (git := find_cause(exc, GitError)) is not None:
+                raise GitError(str(git)) from exc
             log.exception("indexer call failed")
             raise BackendUnavailable("indexer unavailable", first_line(exc)) from exc
 
@@ -135,3 +140,9 @@ class Ingress:
 
     async def delete_documents(self, doc_ids: list[str], scope: DataScope | None = None) -> dict[str, Any]:
         return await self._indexer(self.indexer.delete.remote(doc_ids, scope))
+
+    async def sync_source(self, name: str, commit: str | None, full: bool, wait: bool) -> dict[str, Any]:
+        return await self._indexer(self.indexer.sync_source.remote(name, commit, full, wait))
+
+    async def source_status(self, name: str) -> dict[str, Any]:
+        return await self._indexer(self.indexer.source_status.remote(name))

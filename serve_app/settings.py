@@ -10,6 +10,7 @@ with the field's name instead of somewhere inside a replica.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -253,8 +254,36 @@ class ChunkSettings(_Section):
     overlap_sentences: int = Field(default=1, ge=0, le=10)
 
 
+class GitSource(_Section):
+    """A git repository an operator registered: ``POST /v1/sources/{name}/sync`` names it, never a path."""
+
+    repo: str = Field(
+        description="path of the repository on the Indexer's machine (a checkout or a bare clone); "
+        "files are read from its object store at the commit, never from a working tree"
+    )
+    remote: str | None = Field(
+        default=None,
+        description="fetched before each sync (a remote name or URL of the repository); "
+        "None: the repository is kept current by something else (a mirror job, a shared volume)",
+    )
+    ref: str = Field(default="HEAD", description="what a sync that names no commit reads")
+    prefix: str = Field(
+        default="",
+        max_length=200,
+        description="put before each path to form doc ids (several sources in one index)",
+    )
+
+
+SOURCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
 class IngestSettings(_Section):
     """Batch embedding for ingestion and re-embeds (retries, then splitting to isolate bad chunks)."""
+
+    sources: dict[str, GitSource] = Field(
+        default_factory=dict,
+        description="git sources by name, synced by POST /v1/sources/{name}/sync (docs/data-engineering.md)",
+    )
 
     batch_size: int = Field(default=32, ge=1, le=1024, description="chunks per embedding call")
     colbert_rows: bool = Field(
@@ -270,6 +299,14 @@ class IngestSettings(_Section):
     abort_after_failures: int = Field(
         default=8, ge=1, description="texts in a row failing alone (not bad input) that stop the run"
     )
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, value: dict[str, GitSource]) -> dict[str, GitSource]:
+        bad = [name for name in value if not re.match(SOURCE_NAME, name)]
+        if bad:
+            raise ValueError(f"source names must match {SOURCE_NAME}: {bad}")
+        return value
 
 
 class ReindexSettings(_Section):

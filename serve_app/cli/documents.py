@@ -34,16 +34,39 @@ def ingest(
     batch_size: Annotated[
         int | None, typer.Option(min=1, max=1024, help="Chunks per embedding call.")
     ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Git checkout: the name its last ingested commit is kept under (default: its path)."
+        ),
+    ] = None,
+    commit: Annotated[
+        str | None, typer.Option(help="Git checkout: ingest this commit (default: HEAD).")
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Git checkout: put before each path to form doc ids.")] = "",
+    full: Annotated[
+        bool, typer.Option("--full", help="Git checkout: read every file, not only what changed.")
+    ] = False,
+    working_tree: Annotated[
+        bool,
+        typer.Option(
+            "--working-tree", help="Git checkout: read the files as they are on disk (uncommitted edits too)."
+        ),
+    ] = False,
     verbose: bool = False,
 ) -> None:
     """Chunk, embed (in this process) and write documents; unchanged ones are skipped.
 
-    A failed chunk is retried with backoff, then isolated; its document keeps its stored version
-    and is recorded, so ``--retry-only`` redoes just the failures. ``--status`` shows pending /
-    done / failed counts of the running and recent runs.
+    A git checkout is read at a commit, and only what changed since the commit last ingested
+    under ``--source`` (added and modified files written, deleted ones deleted, renamed ones
+    moved); ``--working-tree``, ``--doc-id``, ``--limit`` and ``--retry-only`` read the files on
+    disk instead and record no commit. A failed chunk is retried with backoff, then isolated; its
+    document keeps its stored version and is recorded, so ``--retry-only`` redoes just the
+    failures. ``--status`` shows pending / done / failed counts of the running and recent runs.
     """
     import itertools
 
+    from serve_app.core.gitsource import GitError, GitRepo, GitSync
     from serve_app.core.ingest import EmbedderUnavailable, Ingestor, git_revision, iter_documents
     from serve_app.core.meta import MetaStore
     from serve_app.core.store import StoreUnavailable
@@ -55,8 +78,12 @@ def ingest(
         except StoreUnavailable as exc:
             raise milvus_down(exc) from None
         return
-    if path is None:
-        raise typer.BadParameter("PATH is required unless --status is given", param_hint="PATH")
+    registered = settings.ingest.sources.get(source) if source else None
+    if path is None and registered is None:
+        raise typer.BadParameter(
+            "PATH is required unless --status is given or --source names a source in ingest.sources",
+            param_hint="PATH",
+        )
 
     from serve_app.core.embedding import EmbeddingService
 
@@ -64,7 +91,54 @@ def ingest(
     service = EmbeddingService.from_settings(settings)
     store = open_store(settings, service.dim, collection)
     meta = MetaStore(store)
+    if path is None:  # a registered source: its repository, prefix and remote
+        assert registered is not None
+        repo, prefix, by_commit = GitRepo(registered.repo), prefix or registered.prefix, True
+        origin = f"git:{source}"
+        if registered.remote:
+            try:
+                repo.fetch(registered.remote)
+            except GitError as exc:
+                typer.echo(f"cannot fetch source {source!r}: {exc}", err=True)
+                raise typer.Exit(3) from None
+    else:
+        repo, origin = GitRepo(path), str(path.resolve())
+        by_commit = (
+            path.is_dir()
+            and not (working_tree or doc_id or limit or retry_only)
+            and (path / ".git").exists()
+            and repo.is_repo()
+        )
+    if not by_commit and (commit or full or source or prefix):
+        raise typer.BadParameter(
+            "--commit, --full, --source and --prefix apply to a git checkout read by commit",
+            param_hint="PATH",
+        )
+
+    def ingestor_from(origin: str) -> Ingestor:
+        return Ingestor(
+            functools.partial(service.embed_texts, colbert=_shared_colbert(settings)),
+            store,
+            settings.chunk,
+            settings=settings.ingest,
+            batch_size=batch_size,
+            model_key=service.encoder.model_key,
+            meta=meta,
+            origin=origin,
+        )
+
     try:
+        if by_commit:
+            ingestor = ingestor_from(f"{origin}@{commit or 'HEAD'}")
+            name = source or origin
+            try:
+                synced = GitSync(ingestor, meta, repo, name, prefix=prefix).sync(commit, full=full)
+            except GitError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--commit") from None
+            typer.echo(json.dumps(synced.as_dict(), ensure_ascii=False))
+            _exit_on_failures(synced.ingest)
+            return
+        assert path is not None
         docs = iter_documents(path)
         wanted = set(doc_id or ())
         if retry_only:
@@ -75,22 +149,7 @@ def ingest(
             docs = (d for d in docs if d.doc_id in wanted)
         docs = list(itertools.islice(docs, limit) if limit else docs)
         revision = git_revision(path) if path.is_dir() else None
-        # ColBERT rows are worth keeping only where the service's Embedders will read them (Redis).
-        shared = (
-            settings.ingest.colbert_rows
-            and settings.redis.url is not None
-            and settings.redis.colbert_in_redis
-        )
-        ingestor = Ingestor(
-            functools.partial(service.embed_texts, colbert=shared),
-            store,
-            settings.chunk,
-            settings=settings.ingest,
-            batch_size=batch_size,
-            model_key=service.encoder.model_key,
-            meta=meta,
-            origin=f"{path.resolve()}" + (f"@{revision}" if revision else ""),
-        )
+        ingestor = ingestor_from(f"{path.resolve()}" + (f"@{revision}" if revision else ""))
         bar = Progress(len(docs))
         try:
             report = ingestor.ingest(docs, total=len(docs), progress=bar)
@@ -102,10 +161,22 @@ def ingest(
         typer.echo(f"stopped: {exc}\nDocuments not yet written keep their stored version.", err=True)
         raise typer.Exit(3) from None
     typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+    _exit_on_failures(report)
+
+
+def _shared_colbert(settings) -> bool:
+    """ColBERT rows are worth keeping only where the service's Embedders will read them (Redis)."""
+    return bool(
+        settings.ingest.colbert_rows and settings.redis.url is not None and settings.redis.colbert_in_redis
+    )
+
+
+def _exit_on_failures(report) -> None:
     if report.failed:
         typer.echo(
             f"{len(report.failed)} documents failed and kept their stored version; "
-            "see `specrag ingest --status`, retry with `specrag ingest PATH --retry-only`",
+            "see `specrag ingest --status`, retry with `specrag ingest PATH --retry-only` "
+            "(a git checkout: run it again, the commit was not recorded if an embedding failed)",
             err=True,
         )
         raise typer.Exit(4)

@@ -1,4 +1,10 @@
-"""Ingestion: read documents (a folder or git checkout of Markdown/text, a BEIR corpus), chunk, embed, write.
+"""Ingestion: read documents (a folder or git checkout, a BEIR corpus), chunk, embed, write.
+
+Formats
+    Markdown and text are read here (front matter sets doc_id, title, kind, tags, lang, source);
+    Office files, PDF, HTML and OpenAPI specs go through ``core.formats``. A file that cannot be
+    read becomes a document with an ``error``: it is reported as failed and its stored version
+    stays live; the run goes on.
 
 Versions
     A document whose chunks are unchanged is skipped (nothing embedded). A changed one gets the
@@ -26,7 +32,7 @@ import logging
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +42,8 @@ import yaml
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from serve_app.core.batching import run_isolating_failures
-from serve_app.core.chunking import Chunk, chunk_document
+from serve_app.core.chunking import Chunk, chunk_document, detect_lang
+from serve_app.core.formats import Section, UnreadableDocument, convert, handles
 from serve_app.core.meta import MetaStore
 from serve_app.core.retrieval import passage_text
 from serve_app.core.store import (
@@ -68,6 +75,8 @@ class SourceDocument:
     kind: str = "other"
     source: str = ""
     tags: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)  # fmt "sections": pre-cut chunks (OpenAPI)
+    error: str | None = None  # the file could not be read: reported, never written
 
 
 def _front_matter(text: str) -> tuple[dict, str]:
@@ -95,21 +104,60 @@ def _kind(value: object) -> str:
     return kind if kind in KINDS else "other"
 
 
-def read_file(path: Path, root: Path) -> SourceDocument:
-    """One Markdown/text file; its front matter (doc_id, title, kind, tags, lang, source) wins."""
-    meta, body = _front_matter(path.read_text(encoding="utf-8", errors="replace"))
-    rel = path.relative_to(root).as_posix()
-    lang = meta.get("lang")
+def is_document_name(name: str) -> bool:
+    """Whether a file of this name is read as a document (by its suffix; hidden paths are not)."""
+    parts = name.split("/")
+    if any(part.startswith(".") for part in parts):
+        return False
+    return Path(name).suffix.lower() in TEXT_SUFFIXES or handles(name)
+
+
+def document_from_bytes(rel: str, data: bytes) -> SourceDocument | None:
+    """One file given by its path relative to the source root and its bytes (a working tree or
+    ``git show``); ``None`` for a file that is not a document (a config YAML). Markdown/text front
+    matter (doc_id, title, kind, tags, lang, source) wins; a converter's title and kind come next.
+    """
+    path = Path(rel)
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        meta, body = _front_matter(data.decode("utf-8", errors="replace"))
+        lang = meta.get("lang")
+        return SourceDocument(
+            doc_id=str(meta.get("doc_id") or rel),
+            text=body,
+            fmt=TEXT_SUFFIXES[suffix],
+            title=str(meta.get("title") or path.stem),
+            lang=str(lang) if lang in ("ja", "en") else None,
+            kind=_kind(meta.get("kind")),
+            source=str(meta.get("source") or rel),
+            tags=_tags(meta.get("tags")),
+        )
+    try:
+        converted = convert(rel, data)
+    except UnreadableDocument as exc:
+        return SourceDocument(doc_id=rel, text="", title=path.stem, source=rel, error=str(exc))
+    if converted is None:
+        return None
     return SourceDocument(
-        doc_id=str(meta.get("doc_id") or rel),
-        text=body,
-        fmt=TEXT_SUFFIXES[path.suffix.lower()],
-        title=str(meta.get("title") or path.stem),
-        lang=str(lang) if lang in ("ja", "en") else None,
-        kind=_kind(meta.get("kind")),
-        source=str(meta.get("source") or rel),
-        tags=_tags(meta.get("tags")),
+        doc_id=rel,
+        text=converted.text,
+        fmt=converted.fmt,
+        title=converted.title or path.stem,
+        kind=_kind(converted.kind),
+        source=rel,
+        tags=list(converted.tags),
+        sections=list(converted.sections),
     )
+
+
+def read_file(path: Path, root: Path) -> SourceDocument | None:
+    """One file below ``root`` (see ``document_from_bytes``); an unreadable one carries its error."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return SourceDocument(doc_id=rel, text="", title=path.stem, source=rel, error=f"cannot read: {exc}")
+    return document_from_bytes(rel, data)
 
 
 def _git_files(root: Path) -> list[Path] | None:
@@ -140,7 +188,7 @@ def git_revision(root: Path) -> str | None:
 
 
 def read_folder(root: Path) -> Iterator[SourceDocument]:
-    """Markdown/text files below ``root`` in path order (a git checkout: its tracked files only).
+    """Document files below ``root`` in path order (a git checkout: its tracked files only).
 
     Hidden files and folders (``.git``, ``.github``, editor state) are skipped.
     """
@@ -148,11 +196,10 @@ def read_folder(root: Path) -> Iterator[SourceDocument]:
     if candidates is None:
         candidates = [p for p in root.rglob("*")]
     for path in sorted(candidates):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
-            yield read_file(path, root)
+        if is_document_name(path.relative_to(root).as_posix()) and path.is_file():
+            doc = read_file(path, root)
+            if doc is not None:
+                yield doc
 
 
 def read_beir_corpus(path: Path) -> Iterator[SourceDocument]:
@@ -186,10 +233,12 @@ def iter_documents(path: Path) -> Iterator[SourceDocument]:
         return read_beir_corpus(path / "corpus.jsonl")
     if path.is_dir():
         return read_folder(path)
-    if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
-        return iter([read_file(path, path.parent)])
+    if path.is_file() and is_document_name(path.name):
+        doc = read_file(path, path.parent)
+        return iter([doc] if doc is not None else [])
     raise ValueError(
-        f"{path}: expected a folder of .md/.txt files, a BEIR corpus.jsonl, or a folder holding one"
+        f"{path}: expected a folder of documents, one document (Markdown, text, Office, PDF, HTML,"
+        " OpenAPI), a BEIR corpus.jsonl, or a folder holding one"
     )
 
 
@@ -232,6 +281,7 @@ class IngestReport:
     chunks_deleted: int = 0
     rewritten_after_switch: int = 0  # batches written again because a re-embed switched the alias
     seconds: float = 0.0
+    embed_seconds: float = 0.0  # of ``seconds``, waiting for the embedder
     failed: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -253,6 +303,7 @@ class IngestReport:
             "chunks_deleted": self.chunks_deleted,
             "rewritten_after_switch": self.rewritten_after_switch,
             "seconds": round(self.seconds, 2),
+            "embed_seconds": round(self.embed_seconds, 3),
             "chunks_per_s": round(self.chunks_embedded / self.seconds, 2) if self.seconds else 0.0,
             "failed": self.failed[:100],
         }
@@ -334,6 +385,14 @@ def embed_resilient(
     return [o for o in out if o is not None]  # every index is filled (or it raised)
 
 
+def _chunk_tags(doc: SourceDocument, count: int) -> list[list[str]]:
+    """Each chunk's tags: the document's, plus a pre-cut section's own (an operation's tags and id)."""
+    if doc.fmt != "sections":
+        return [doc.tags] * count
+    own = [s.tags for s in doc.sections if s.text.strip()]
+    return [doc.tags + [t for t in extra if t not in doc.tags] for extra in own]
+
+
 class Ingestor:
     """Chunks, embeds in batches and writes; ``embed`` is any function texts -> (dense, sparse).
 
@@ -368,6 +427,8 @@ class Ingestor:
         self._vectors: dict[str, Vectors] = {}  # content hash -> vectors computed in this batch
         self._checked_models: set[str] = set()
         self._stale: dict[str, int] = {}  # doc_id -> newest version, for documents with older ones left
+        self._moved_from: Mapping[str, str] = {}  # new doc_id -> old doc_id (a renamed file), this run
+        self._donated: dict[str, Vectors] = {}  # embedded-text hash -> vectors of a moved document
 
     # ------------------------------------------------------------------------------ embedding
 
@@ -377,6 +438,11 @@ class Ingestor:
     # ------------------------------------------------------------------------------- planning
 
     def _chunks(self, doc: SourceDocument) -> list[Chunk]:
+        if doc.fmt == "sections":  # pre-cut by its converter (one OpenAPI operation each): kept whole
+            return [
+                Chunk(i, s.text, s.title_path, detect_lang(s.text))
+                for i, s in enumerate(x for x in doc.sections if x.text.strip())
+            ]
         return chunk_document(
             doc.text,
             fmt=doc.fmt,
@@ -415,10 +481,11 @@ class Ingestor:
     ) -> _Plan | None:
         fields = [{"title_path": list(c.title_path), "text": c.text} for c in chunks]
         embedded = [passage_text(f) for f in fields]
+        tags = _chunk_tags(doc, len(chunks))
         # Metadata is in the hash too: a changed tag, kind or title reaches the index.
-        meta = f"{self.model_key or ''}|{doc.title}|{doc.kind}|{doc.source}|{','.join(doc.tags)}|{doc.lang}"
+        head = f"{self.model_key or ''}|{doc.title}|{doc.kind}|{doc.source}"
         # Position is not in the hash: inserting a paragraph re-embeds that paragraph, not those after it.
-        hashes = [_hash(f"{meta}\n{t}") for t in embedded]
+        hashes = [_hash(f"{head}|{','.join(t)}|{doc.lang}\n{e}") for t, e in zip(tags, embedded, strict=True)]
         if stored is not None and [h for h, _ in stored[1]] == hashes:
             return None
         old_hashes = dict(stored[1]) if stored else {}
@@ -437,7 +504,7 @@ class Ingestor:
                     lang=doc.lang or chunk.lang,
                     kind=doc.kind,
                     source=doc.source,
-                    tags=doc.tags,
+                    tags=tags[i],
                     updated_at=now,
                     content_hash=content_hash,
                     is_current=True,
@@ -472,18 +539,23 @@ class Ingestor:
                 chunk_ids_filter(batch), limit=len(batch), fields=["chunk_id", "dense", "sparse"], on=target
             ):
                 stored[r["chunk_id"]] = (np.asarray(r["dense"], np.float32), dict(r["sparse"]))
+        self._load_donors(plans, target)
         todo: list[tuple[_Plan, int]] = []
         for p in plans:
             for i, rec in enumerate(p.records):
                 vec = self._vectors.get(rec.content_hash)
                 if vec is None and i in p.reuse:
                     vec = stored.get(p.reuse[i])
+                if vec is None and self._donated:
+                    vec = self._donated.get(self._text_key(p.texts[i]))
                 if vec is None:
                     todo.append((p, i))
                 else:
                     rec.dense, rec.sparse = vec
                     report.chunks_reused += 1
-        results = self._embed_resilient([p.texts[i] for p, i in todo])
+        started = time.perf_counter()
+        results = self._embed_resilient([p.texts[i] for p, i in todo]) if todo else []
+        report.embed_seconds += time.perf_counter() - started
         for (p, i), res in zip(todo, results, strict=True):
             if isinstance(res, str):
                 p.errors[p.records[i].ordinal] = res
@@ -492,6 +564,31 @@ class Ingestor:
             rec.dense, rec.sparse = res
             self._vectors[rec.content_hash] = res
             report.chunks_embedded += 1
+
+    def _text_key(self, embedded: str) -> str:
+        """What a vector depends on: the model and the embedded text (no metadata, no position)."""
+        return _hash(f"{self.model_key or ''}\n{embedded}")
+
+    def _load_donors(self, plans: list[_Plan], target: str) -> None:
+        """Vectors of the stored documents renamed into these plans, by embedded text: a moved file
+        embeds only the chunks whose text (heading trail included) changed with the move."""
+        old_ids = [self._moved_from[p.doc.doc_id] for p in plans if p.doc.doc_id in self._moved_from]
+        if not old_ids:
+            return
+        newest: dict[str, int] = {}
+        rows: list[dict[str, Any]] = []
+        for page in self.store.iter_rows(
+            doc_ids_filter(old_ids),
+            fields=["doc_id", "version", "title_path", "text", "dense", "sparse"],
+            on=target,
+        ):
+            for r in page:
+                newest[r["doc_id"]] = max(newest.get(r["doc_id"], 0), int(r["version"]))
+                rows.append(r)
+        for r in rows:
+            if int(r["version"]) == newest[r["doc_id"]]:
+                key = self._text_key(passage_text(r))
+                self._donated[key] = (np.asarray(r["dense"], np.float32), dict(r["sparse"]))
 
     def _write(self, pending: list[tuple[SourceDocument, list[Chunk]]], report: IngestReport) -> None:
         self._vectors.clear()  # kept for this batch only: a re-write after a switch reuses them
@@ -609,8 +706,14 @@ class Ingestor:
         *,
         total: int | None = None,
         progress: Callable[[IngestReport], None] | None = None,
+        moved_from: Mapping[str, str] | None = None,
     ) -> IngestReport:
+        """Write ``docs``; ``moved_from`` (new doc_id -> old doc_id) names renamed documents whose
+        stored vectors are reused where the embedded text is unchanged (the old ids stay: the
+        caller deletes them once the new ones are written)."""
         report = IngestReport(run_id=uuid.uuid4().hex[:12], total=total)
+        self._moved_from = moved_from or {}
+        self._donated.clear()
         started = time.perf_counter()
         started_at = int(time.time())
         last_status = 0.0
@@ -628,6 +731,9 @@ class Ingestor:
                     continue
                 seen.add(doc.doc_id)
                 report.documents += 1
+                if doc.error is not None:  # unreadable: its stored version (if any) stays live
+                    self._unreadable(doc, report)
+                    continue
                 chunks = self._chunks(doc)
                 if not chunks:
                     report.failed.append({"doc_id": doc.doc_id, "error": "document has no text; not written"})
@@ -654,6 +760,23 @@ class Ingestor:
         if progress:
             progress(report)
         return report
+
+    def _unreadable(self, doc: SourceDocument, report: IngestReport) -> None:
+        report.failed.append({"doc_id": doc.doc_id, "error": doc.error})
+        if self.meta is not None:
+            self.meta.put(
+                "failed",
+                doc.doc_id,
+                {
+                    "doc_id": doc.doc_id,
+                    "source": doc.source,
+                    "origin": self.origin,
+                    "chunks": 0,
+                    "errors": [{"ordinal": None, "error": doc.error}],
+                    "run_id": report.run_id,
+                    "at": int(time.time()),
+                },
+            )
 
     def check_scope(
         self, scope: DataScope | None, docs: Sequence[SourceDocument] = (), doc_ids: Sequence[str] = ()

@@ -48,13 +48,17 @@ class Backend(Protocol):
         self, doc_ids: list[str], scope: DataScope | None = None
     ) -> dict[str, Any]: ...
 
+    async def sync_source(self, name: str, commit: str | None, full: bool, wait: bool) -> dict[str, Any]: ...
+
+    async def source_status(self, name: str) -> dict[str, Any]: ...
+
 
 def create_app(
     settings: Settings, backend: Backend, *, metrics: bool = False, request_id_header: bool = True
 ) -> FastAPI:
     """``metrics``: count every response into Ray's metrics (only inside a Serve replica).
     ``request_id_header=False`` where a proxy in front adds ``X-Request-ID`` itself (Serve's does)."""
-    from serve_app.http.routes import dify, documents, embeddings, health, models, rerank, search
+    from serve_app.http.routes import dify, documents, embeddings, health, models, rerank, search, sources
 
     app = FastAPI(
         title="specrag",
@@ -63,7 +67,7 @@ def create_app(
     )
     app.state.settings, app.state.backend = settings, backend
     install_error_handlers(app)
-    for feature in (health, search, documents, embeddings, rerank, models, dify):
+    for feature in (health, search, documents, sources, embeddings, rerank, models, dify):
         app.include_router(feature.router)
     openapi.install(app)
     # Starlette runs the last added outermost: count every response, give it an id, then

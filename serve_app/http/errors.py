@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.core.encoder import InputTooLong
+from serve_app.core.gitsource import GitError, UnknownRevision
 from serve_app.core.ingest import ModelMismatch, OutOfScope
 from serve_app.core.pipeline import EmbedderUnavailable, QueryNotEmbedded, SearchRejected
 from serve_app.core.rerank import RerankerUnavailable
@@ -68,6 +69,8 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
     EmbedderUnavailable: (503, "embedder unavailable"),
     ModelMismatch: (409, "the index was built with another model"),
     OutOfScope: (403, "outside this caller's write scope"),
+    UnknownRevision: (422, "no such commit in the source's repository"),
+    GitError: (503, "the source's repository is unavailable"),
     InputTooLong: (413, "input over the model's token limit; shorten it or allow truncation"),
     RerankerUnavailable: (503, "reranker unavailable"),
 }

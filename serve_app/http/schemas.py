@@ -391,6 +391,58 @@ class DeleteResponse(BaseModel):
     chunks_deleted: int
 
 
+# -------------------------------------------------------------------------------------- sources
+
+
+class SyncRequest(_Strict):
+    commit: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=250,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/@{}^~-]*$",
+        description="A commit id (what a CI job or git hook knows) or a ref; default: the source's ref.",
+    )
+    full: bool = Field(
+        default=False, description="Read every file at the commit, not just what changed since the last sync."
+    )
+    wait: bool = Field(
+        default=False,
+        description="Answer when the sync is done (200 with its report); default: 202 at once.",
+    )
+
+
+class SyncFiles(BaseModel):
+    added: int
+    modified: int
+    deleted: int
+    renamed: int
+
+
+class SyncReport(BaseModel):
+    from_commit: str | None = Field(description="The commit synced before (None: the first sync).")
+    to_commit: str
+    mode: Literal["full", "increment", "unchanged"]
+    files: SyncFiles
+    recorded: bool = Field(
+        description="The commit was recorded; false when documents failed to embed (the next sync "
+        "redoes them)."
+    )
+    ingest: DocumentsResponse | None = None
+
+
+class SourceStatus(BaseModel):
+    source: str
+    state: Literal["idle", "queued", "running", "done", "failed"] = Field(
+        description="The newest trigger's state (idle: none since the Indexer started)."
+    )
+    requested: str | None = Field(description="The commit the newest trigger asked for.")
+    error: str | None = Field(description="Why the newest trigger's sync failed.")
+    commit: str | None = Field(description="The last commit synced completely.")
+    synced_at: int | None
+    last: dict[str, Any] | None = Field(description="The last sync's figures.")
+    report: SyncReport | None = Field(default=None, description="This sync's report (with wait).")
+
+
 # --------------------------------------------------------------------------------- errors, health
 
 

@@ -71,7 +71,7 @@ def required_scope(method: str, path: str) -> str | None:
     """The scope a route needs; None for open routes."""
     if path in OPEN_PATHS or path.startswith("/docs/"):
         return None
-    if path.startswith("/v1/documents"):
+    if path.startswith(("/v1/documents", "/v1/sources")):
         return "ingest"
     if path in ("/v1/search", "/v1/embed", "/v1/embeddings"):
         return "search"

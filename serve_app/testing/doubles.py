@@ -30,6 +30,7 @@ import numpy as np
 
 from serve_app.core.contracts import Truncate
 from serve_app.core.encoder import Encoded, InputTooLong, InputType, lexical_score
+from serve_app.core.ingest import IngestReport, SourceDocument
 from serve_app.core.store import (
     SCALAR_FIELDS,
     TAGS_KEY_FIELD,
@@ -47,7 +48,7 @@ from serve_app.core.store import (
     tags_key,
 )
 
-__all__ = ["FakeStore", "HashEncoder"]
+__all__ = ["FakeStore", "HashEncoder", "MemoryMeta", "RecordingIngestor"]
 
 _WORD = re.compile(r"[A-Za-z0-9_]+|[^\sA-Za-z0-9_]")
 
@@ -251,3 +252,73 @@ class FakeStore:
         rows = self._matching(expr)
         for start in range(0, len(rows), batch_size):
             yield [self._project(r, fields) for r in rows[start : start + batch_size]]
+
+
+class MemoryMeta:
+    """``MetaStore``'s get/put/list/delete over a dict (what a git sync keeps between runs)."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        value = self.records.get((kind, key))
+        return copy.deepcopy(value) if value is not None else None
+
+    def put(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        self.records[(kind, key)] = copy.deepcopy(value)
+
+    def put_many(self, kind: str, items: dict[str, dict[str, Any]]) -> None:
+        for key, value in items.items():
+            self.put(kind, key, value)
+
+    def list(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+        return {
+            k: copy.deepcopy(v)
+            for (kd, k), v in sorted(self.records.items())
+            if kd == kind and k.startswith(prefix)
+        }
+
+    def delete(self, kind: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.records.pop((kind, key), None)
+
+
+class RecordingIngestor:
+    """The ``Ingestor`` calls a git sync makes, kept as a dict index ``docs`` (doc_id -> document)
+    with the ``moved_from`` of each run; ``fail`` names doc ids whose write fails (as an embedding
+    failure would), ``runs`` lists the doc ids each ``ingest`` call received."""
+
+    def __init__(self, fail: Iterable[str] = ()) -> None:
+        self.docs: dict[str, SourceDocument] = {}
+        self.fail = set(fail)
+        self.runs: list[list[str]] = []
+        self.moves: list[dict[str, str]] = []
+        self.deleted: list[str] = []
+
+    def ingest(
+        self,
+        docs: Iterable[SourceDocument],
+        *,
+        total: int | None = None,
+        moved_from: Mapping[str, str] | None = None,
+    ) -> IngestReport:
+        report = IngestReport(run_id=f"run{len(self.runs)}", total=total)
+        batch = list(docs)
+        self.runs.append([d.doc_id for d in batch])
+        self.moves.append(dict(moved_from or {}))
+        for doc in batch:
+            report.documents += 1
+            if doc.error is not None or doc.doc_id in self.fail:
+                report.failed.append({"doc_id": doc.doc_id, "error": doc.error or "injected failure"})
+                continue
+            report.added += doc.doc_id not in self.docs
+            report.updated += doc.doc_id in self.docs
+            self.docs[doc.doc_id] = doc
+        return report
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> IngestReport:
+        report = IngestReport()
+        for doc_id in doc_ids:
+            report.deleted += self.docs.pop(doc_id, None) is not None
+            self.deleted.append(doc_id)
+        return report

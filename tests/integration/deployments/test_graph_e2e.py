@@ -8,6 +8,8 @@ the chunk holding the answer first.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -35,8 +37,32 @@ def llm():
         yield server
 
 
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x"}
+GIT_ENV |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+
+
+def git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(root), *args], check=True, env=GIT_ENV, capture_output=True)
+    return done.stdout.decode().strip()
+
+
 @pytest.fixture(scope="module")
-def service(ray_local, model_dir: Path, milvus: dict, redis_url: str, llm: FakeLLM):
+def handbook(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository the operator registered as the source ``handbook`` (one commit)."""
+    root = tmp_path_factory.mktemp("handbook")
+    git(root, "init", "-q", "-b", "main")
+    (root / "ops").mkdir()
+    (root / "ops" / "paging.md").write_text(
+        "# Paging\n\nThe on-call engineer acknowledges a zebra-class page within 7 minutes.\n"
+    )
+    (root / "ops" / "backup.md").write_text("# Backups\n\nSnapshots of the ledger run every 90 minutes.\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "first")
+    return root
+
+
+@pytest.fixture(scope="module")
+def service(ray_local, model_dir: Path, milvus: dict, redis_url: str, llm: FakeLLM, handbook: Path):
     """The app with three API keys; the client sends the admin key unless a test says otherwise."""
     from ray import serve
 
@@ -52,6 +78,7 @@ def service(ray_local, model_dir: Path, milvus: dict, redis_url: str, llm: FakeL
         search={"rerank_candidates": 20},
         expander={"llm_url": llm.url, "timeout_s": 1.0, "breaker_fail_max": 1000, "glossary_refresh_s": 5},
         limits={"max_body_bytes": 256 * 1024, "max_embed_items": 8},
+        ingest={"sources": {"handbook": {"repo": str(handbook), "prefix": "handbook/"}}},
         auth={
             "keys": [
                 {"name": "ops", "sha256": hash_key(ADMIN_KEY), "scopes": ["admin"]},
@@ -513,3 +540,67 @@ def test_metrics_expose_stage_histograms_and_request_counts(service, ray_local: 
             break
         time.sleep(2)
     assert [w for w in wanted if w not in text] == []
+
+
+def _hits(client: httpx.Client, query: str, **filters: list[str]) -> list[dict]:
+    body = {"query": query, "top_k": 5, "rerank": False, "filters": filters or None}
+    return client.post("/v1/search", json=body).json()["results"]
+
+
+def test_git_source_sync_by_trigger(service, handbook: Path) -> None:
+    """A registered source synced by commit through HTTP: the first sync reads every file, the
+    second (triggered without waiting, as a git hook would) only the change, and searches follow."""
+    c = service["client"]
+    first = c.post("/v1/sources/handbook/sync", json={"wait": True})
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["report"]["mode"] == "full" and body["report"]["files"]["added"] == 2
+    assert body["commit"] == git(handbook, "rev-parse", "HEAD") and body["state"] == "done"
+    assert (
+        _hits(c, "How fast must a zebra-class page be acknowledged?")[0]["doc_id"] == "handbook/ops/paging.md"
+    )
+
+    (handbook / "ops" / "paging.md").write_text(
+        "# Paging\n\nThe on-call engineer acknowledges a zebra-class page within 3 minutes.\n"
+    )
+    git(handbook, "rm", "-q", "ops/backup.md")
+    git(handbook, "add", "-A")
+    git(handbook, "commit", "-qm", "second")
+    head = git(handbook, "rev-parse", "HEAD")
+    accepted = c.post("/v1/sources/handbook/sync", json={"commit": head})
+    assert accepted.status_code == 202 and accepted.json()["requested"] == head
+    deadline = time.monotonic() + 60
+    while (status := c.get("/v1/sources/handbook").json())["commit"] != head and time.monotonic() < deadline:
+        assert status["state"] in ("queued", "running", "done"), status
+        time.sleep(0.2)
+    assert status["commit"] == head and status["last"]["files"] == {
+        "added": 0,
+        "modified": 1,
+        "deleted": 1,
+        "renamed": 0,
+    }
+    paging = _hits(c, "How fast must a zebra-class page be acknowledged?", doc_ids=["handbook/ops/paging.md"])
+    assert paging and all("3 minutes" in h["text"] for h in paging), "only the new version is found"
+    assert not _hits(c, "How often are ledger snapshots taken?", doc_ids=["handbook/ops/backup.md"])
+    assert c.get("/v1/documents/handbook/ops/backup.md").status_code == 404
+    listed = c.get("/v1/sources").json()
+    assert [s["source"] for s in listed] == ["handbook"]
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "status", "reason"),
+    [
+        ("nope", {}, 404, "no registered source"),
+        ("handbook", {"commit": "0" * 40}, 422, "no commit"),
+        ("handbook", {"commit": "--upload-pack=touch /tmp/x"}, 422, "commit"),
+        ("handbook", {"repo": "/etc"}, 422, "repo"),
+    ],
+)
+def test_git_source_trigger_refusals(service, name: str, payload: dict, status: int, reason: str) -> None:
+    """Only a registered name and a commit are accepted: never a path or a URL from the request."""
+    response = service["client"].post(f"/v1/sources/{name}/sync", json=payload)
+    assert response.status_code == status and reason in response.text, response.text
+    scoped = service["client"].post(
+        "/v1/sources/handbook/sync", json={}, headers={"Authorization": f"Bearer {SEARCH_KEY}"}
+    )
+    assert scoped.status_code == 403

@@ -102,6 +102,23 @@ class Backend:
     async def delete_documents(self, doc_ids: list[str], scope: Any = None) -> dict[str, Any]:
         return {"deleted": 0, "chunks_deleted": 0}
 
+    async def sync_source(self, name: str, commit: str | None, full: bool, wait: bool) -> dict[str, Any]:
+        if self.indexer_error:
+            raise self.indexer_error
+        self.synced = (name, commit, full, wait)
+        return {**await self.source_status(name), "state": "queued", "requested": commit or "HEAD"}
+
+    async def source_status(self, name: str) -> dict[str, Any]:
+        return {
+            "source": name,
+            "state": "idle",
+            "requested": None,
+            "error": None,
+            "commit": None,
+            "synced_at": None,
+            "last": None,
+        }
+
 
 @pytest.fixture
 def app() -> tuple[TestClient, Backend]:
@@ -205,3 +222,31 @@ def test_body_parse_errors_and_unknown_routes_answer_in_the_service_error_shape(
         "request_id": missing.headers["x-request-id"],
     }
     assert client.put("/v1/search").headers["allow"] == "POST"
+
+
+SOURCES = {"ingest": {"sources": {"handbook": {"repo": "/srv/handbook.git"}}}}
+
+
+def test_source_trigger_names_a_registered_source_and_a_commit_only() -> None:
+    from serve_app.core.gitsource import GitError, UnknownRevision
+
+    backend = Backend()
+    client = TestClient(create_app(Settings(**SOURCES), backend), raise_server_exceptions=False)
+    r = client.post("/v1/sources/handbook/sync", json={"commit": "a1b2c3d"})
+    assert r.status_code == 202 and r.json()["requested"] == "a1b2c3d"
+    assert backend.synced == ("handbook", "a1b2c3d", False, False)
+    assert client.get("/v1/sources").json()[0]["source"] == "handbook"
+    assert client.get("/v1/sources/handbook").json()["state"] == "idle"
+    for name, body, status in [
+        ("other", {}, 404),
+        ("handbook", {"repo": "/etc"}, 422),
+        ("handbook", {"commit": "-x"}, 422),
+        ("handbook", {"commit": "a b"}, 422),
+    ]:
+        assert client.post(f"/v1/sources/{name}/sync", json=body).status_code == status
+    assert client.get("/v1/sources/other").status_code == 404
+    backend.indexer_error = UnknownRevision("no commit 'abc' in the repository")
+    r = client.post("/v1/sources/handbook/sync", json={"commit": "abc"})
+    assert (r.status_code, r.json()["error"]) == (422, "no such commit in the source's repository")
+    backend.indexer_error = GitError("git fetch failed in /srv/handbook.git: could not read")
+    assert client.post("/v1/sources/handbook/sync", json={}).status_code == 503

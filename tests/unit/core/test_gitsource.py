@@ -1,0 +1,159 @@
+"""Git-driven increments over a real git repository; the index is a recording double."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from serve_app.core.gitsource import Change, GitError, GitRepo, GitSync, UnknownRevision
+from serve_app.testing.doubles import MemoryMeta, RecordingIngestor
+
+ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@x",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@x",
+}
+
+
+class Repo:
+    """A scratch repository: write files, commit, return the commit id."""
+
+    def __init__(self, root: Path) -> None:
+        if shutil.which("git") is None:
+            pytest.fail("git is needed to test git increments")
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.git("init", "-q", "-b", "main")
+
+    def git(self, *args: str) -> str:
+        done = subprocess.run(["git", "-C", str(self.root), *args], check=True, env=ENV, capture_output=True)
+        return done.stdout.decode().strip()
+
+    def write(self, rel: str, text: str) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+    def commit(self, message: str = "c") -> str:
+        self.git("add", "-A")
+        self.git("commit", "-qm", message)
+        return self.git("rev-parse", "HEAD")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    r = Repo(tmp_path / "docs")
+    r.write("spec/auth.md", "# 認証\nトークンは15分で失効する。\n")
+    r.write("spec/order.md", "# Orders\nAn order is cancelled within 24 hours.\n")
+    r.write("old/notes.md", "# Notes\nTo be moved.\n")
+    r.write("gone.md", "---\ndoc_id: custom-id\n---\n# Gone\nThis file will be deleted.\n")
+    r.write("config.yaml", "replicas: 3\n")  # not a document (no OpenAPI spec)
+    r.write("設計 書/画面 一覧.md", "# 画面一覧\n受注画面。\n")  # spaces and Japanese in paths
+    r.commit("first")
+    return r
+
+
+def _sync(repo: Repo, meta: MemoryMeta, ingestor: RecordingIngestor, commit: str | None = None, **kw):
+    return GitSync(ingestor, meta, GitRepo(repo.root), "docs", **kw).sync(commit)  # type: ignore[arg-type]
+
+
+def test_first_sync_reads_every_document_and_records_the_commit(repo: Repo) -> None:
+    meta, index = MemoryMeta(), RecordingIngestor()
+    report = _sync(repo, meta, index)
+    assert report.mode == "full" and report.recorded and report.from_commit is None
+    assert set(index.docs) == {
+        "spec/auth.md",
+        "spec/order.md",
+        "old/notes.md",
+        "custom-id",
+        "設計 書/画面 一覧.md",
+    }
+    assert meta.get("git", "docs")["commit"] == repo.git("rev-parse", "HEAD")
+    again = _sync(repo, meta, index)
+    assert again.mode == "unchanged" and len(index.runs) == 1, "the same commit reads nothing"
+
+
+def test_increment_reads_only_what_changed(repo: Repo) -> None:
+    meta, index = MemoryMeta(), RecordingIngestor()
+    _sync(repo, meta, index)
+    repo.write("spec/order.md", "# Orders\nAn order is cancelled within 48 hours.\n")  # modified
+    repo.write("spec/new.md", "# New\nAdded.\n")  # added
+    (repo.root / "archive").mkdir()
+    repo.git("mv", "old/notes.md", "archive/notes.md")  # renamed
+    repo.git("rm", "-q", "gone.md")  # deleted (its doc id came from front matter)
+    repo.write("config.yaml", "replicas: 4\n")  # changed, not a document
+    head = repo.commit("second")
+    report = _sync(repo, meta, index)
+    assert report.mode == "increment"
+    assert (report.added, report.modified, report.renamed, report.deleted) == (1, 1, 1, 1)
+    assert sorted(index.runs[-1]) == ["archive/notes.md", "spec/new.md", "spec/order.md"]
+    assert index.moves[-1] == {"archive/notes.md": "old/notes.md"}, "the move reuses the old vectors"
+    assert "old/notes.md" not in index.docs and "custom-id" not in index.docs
+    assert set(index.deleted) == {"old/notes.md", "custom-id"}
+    assert "48 hours" in index.docs["spec/order.md"].text
+    assert meta.get("git", "docs")["commit"] == head
+
+
+def test_failed_embedding_keeps_the_commit_so_the_next_sync_redoes_it(repo: Repo) -> None:
+    meta, index = MemoryMeta(), RecordingIngestor()
+    first = _sync(repo, meta, index).to_commit
+    repo.write("spec/auth.md", "# 認証\nトークンは30分で失効する。\n")
+    repo.git("mv", "spec/order.md", "spec/orders.md")
+    repo.commit("second")
+    index.fail = {"spec/auth.md", "spec/orders.md"}
+    report = _sync(repo, meta, index)
+    assert not report.recorded and meta.get("git", "docs")["commit"] == first
+    assert "spec/order.md" in index.docs, "a rename whose new version failed keeps the old document"
+    index.fail = set()
+    healed = _sync(repo, meta, index)
+    assert healed.recorded and healed.from_commit == first
+    assert "30分" in index.docs["spec/auth.md"].text and "spec/order.md" not in index.docs
+
+
+def test_unreadable_file_fails_alone_and_does_not_block_the_commit(repo: Repo) -> None:
+    meta, index = MemoryMeta(), RecordingIngestor()
+    _sync(repo, meta, index)
+    (repo.root / "legacy.xls").write_bytes(b"\xd0\xcf\x11\xe0 legacy")
+    repo.write("spec/new.md", "# New\nAdded.\n")
+    head = repo.commit("second")
+    report = _sync(repo, meta, index)
+    failed = {f["doc_id"]: f["error"] for f in report.ingest.failed}
+    assert "legacy.xls" in failed and ".xlsx" in failed["legacy.xls"], "the reason names what to do"
+    assert "spec/new.md" in index.docs and report.recorded and meta.get("git", "docs")["commit"] == head
+
+
+def test_triggers_never_sync_backwards_and_a_prefix_namespaces_ids(repo: Repo) -> None:
+    meta, index = MemoryMeta(), RecordingIngestor()
+    first = repo.git("rev-parse", "HEAD")
+    repo.write("spec/new.md", "# New\nAdded.\n")
+    second = repo.commit("second")
+    assert _sync(repo, meta, index, second, prefix="team/").recorded
+    assert all(d.startswith("team/") for d in index.docs)
+    late = _sync(repo, meta, index, first, prefix="team/")
+    assert late.mode == "unchanged" and late.to_commit == second and len(index.runs) == 1
+
+
+def test_repo_plumbing_and_its_errors(repo: Repo, tmp_path: Path) -> None:
+    git = GitRepo(repo.root)
+    first = git.resolve("main")
+    repo.write("a b.md", "x\n")
+    repo.git("mv", "spec/auth.md", "spec/認証.md")
+    second = repo.commit()
+    assert set(git.changes(first, second)) == {
+        Change("A", "a b.md"),
+        Change("R", "spec/認証.md", "spec/auth.md"),
+    }
+    assert git.read(second, ["a b.md", "missing.md", "spec/認証.md"]).keys() == {"a b.md", "spec/認証.md"}
+    assert git.is_ancestor(first, second) and not git.is_ancestor(second, first)
+    with pytest.raises(UnknownRevision, match="no commit"):
+        git.resolve("0" * 40)
+    with pytest.raises(UnknownRevision):
+        git.resolve("--upload-pack=x")
+    with pytest.raises(GitError, match="not a git repository"):
+        GitRepo(tmp_path / "nowhere").resolve("HEAD")
