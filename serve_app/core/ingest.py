@@ -647,14 +647,26 @@ class Ingestor:
             batch.extend(p.records)
         if batch:
             report.chunks_written += self.store.upsert(batch, into=target)
+        # The new versions are complete and stored; readers take the newest, so the old can go
+        # once a search can find the new one (Milvus Lite makes inserts searchable a moment after
+        # they are acknowledged; deleting earlier could hide the document from an ANN). One search
+        # and one delete for the whole batch, not one per document: they are round trips.
+        visible = self._searchable(target, [p for p in good if p.version > 1])
+        old_chunks: list[str] = []
         for p in good:
-            # The new version is complete and stored; readers take the newest, so the old can go
-            # once a search can find the new one (Milvus Lite makes inserts searchable a moment
-            # after they are acknowledged; deleting earlier could hide the document from an ANN).
-            if p.version > 1 and self._searchable(target, p):
+            if p.doc.doc_id not in visible:
+                continue
+            if p.doc.doc_id in self._stale or p.doc.doc_id not in stored:  # older versions left over
                 report.chunks_deleted += self.store.delete(
                     expr=doc_version_filter(p.doc.doc_id, p.version, op="<"), on=target
                 )
+            else:
+                old_chunks += [cid for _, cid in stored[p.doc.doc_id][1]]
+        for start in range(0, len(old_chunks), 1000):
+            report.chunks_deleted += self.store.delete(
+                expr=chunk_ids_filter(old_chunks[start : start + 1000]), on=target
+            )
+        for p in good:
             written_docs.append(p.doc.doc_id)
             if redo:
                 continue
@@ -682,21 +694,37 @@ class Ingestor:
             self.meta.delete("failed", written_docs)
             self.meta.delete("deleted", written_docs)  # written again after a delete: alive
 
-    def _searchable(self, target: str, plan: _Plan, timeout_s: float = 5.0) -> bool:
-        pinned = doc_version_filter(plan.doc.doc_id, plan.version)
+    def _searchable(self, target: str, plans: list[_Plan], timeout_s: float = 5.0) -> set[str]:
+        """The doc ids of ``plans`` whose new version an ANN search finds, waiting up to ``timeout_s``:
+        a search restricted to each new version's first chunk, repeated for those not found yet."""
+        pending = {p.records[0].chunk_id: p for p in plans}
+        found: set[str] = set()
         deadline = time.monotonic() + timeout_s
         delay = 0.002
-        while True:
-            if self.store.search_dense(plan.records[0].dense, limit=1, expr=pinned, on=target):
-                return True
+        while pending:
+            waiting = list(pending)
+            for start in range(0, len(waiting), 1000):
+                ids = waiting[start : start + 1000]
+                probe = pending[ids[0]].records[0].dense
+                for hit in self.store.search_dense(
+                    probe, limit=len(ids), expr=chunk_ids_filter(ids), on=target
+                ):
+                    if (plan := pending.pop(hit.chunk_id, None)) is not None:
+                        found.add(plan.doc.doc_id)
+            if not pending:
+                break
             if time.monotonic() > deadline:
                 # Both versions stay stored; readers still take the newest, the next write cleans up.
                 log.warning(
-                    "version %d of %s not searchable after %.0f s", plan.version, plan.doc.doc_id, timeout_s
+                    "new versions of %d documents not searchable after %.0f s (e.g. %s)",
+                    len(pending),
+                    timeout_s,
+                    next(iter(pending.values())).doc.doc_id,
                 )
-                return False
+                break
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+        return found
 
     # ---------------------------------------------------------------------------------- runs
 
