@@ -219,3 +219,73 @@ def bench_load(
     markdown.write_text(replace_section(text, load_section(report, str(out))), encoding="utf-8")
     typer.echo("\n".join(load_rows(report["summary"])))
     typer.echo(f"written: {out}, {markdown}")
+
+
+@bench_app.command("freshness")
+def bench_freshness(
+    duration: Annotated[float, typer.Option(min=10, help="Seconds of mixed load.")] = 150.0,
+    rate: Annotated[float, typer.Option(min=0.1, help="Load requests per second (open loop).")] = 1.5,
+    mix: Annotated[
+        str, typer.Option(help="Load shares, e.g. search=6,embed=3,ingest=1.")
+    ] = "search=6,embed=3,ingest=1",
+    probes: Annotated[int, typer.Option(min=1, help="Single-document writes measured.")] = 40,
+    increments: Annotated[int, typer.Option(min=1, help="Git commits measured.")] = 6,
+    files: Annotated[int, typer.Option(min=1, max=100, help="Files changed per commit.")] = 10,
+    home: HomeOpt = DEFAULT_HOME / "freshness",
+    out: OutOpt = Path("docs/benchmarks/freshness.json"),
+    markdown: MdOpt = Path("docs/BENCHMARKS.md"),
+    verbose: bool = False,
+) -> None:
+    """Write-to-searchable time (POST /v1/documents and a git increment) under the mixed load."""
+    from serve_app.devtools.bench.freshness import SOURCE, FreshnessOptions, Repo, run_freshness_bench
+    from serve_app.devtools.reliability.load import Mix
+
+    try:
+        shares = Mix.parse(mix)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mix") from None
+    settings = prepare(verbose)
+    ensure_model(settings)
+    repo = Repo.create(home.with_name(home.name + "-repo"), files)
+    data = settings.model_dump()
+    data["ingest"]["sources"] = {SOURCE: {"repo": str(repo.root), "prefix": f"{SOURCE}/"}}
+    settings = type(settings).model_validate(data)
+    options = FreshnessOptions(
+        duration_s=duration,
+        rate=rate,
+        mix=shares,
+        probes=probes,
+        increments=increments,
+        files_per_commit=files,
+        out=out,
+        markdown=markdown,
+        command=command_line("specrag bench freshness"),
+        machine=machine_description(STACK_MACHINE),
+    )
+    with local_stack(home, settings) as stack:
+        report = run_freshness_bench(stack.base_url, repo, options, echo=typer.echo)
+    typer.echo(json.dumps({k: report[k] for k in ("post_documents", "load")}, indent=2, default=str)[:3000])
+    typer.echo(f"written: {out}, {markdown}")
+
+
+@bench_app.command("formats")
+def bench_formats(
+    rows: Annotated[int, typer.Option(min=10, help="Rows of the large sheet.")] = 10_000,
+    pages: Annotated[int, typer.Option(min=1, help="Pages of the long PDF.")] = 100,
+    repeat: Annotated[int, typer.Option(min=1, help="Runs per conversion; the best is kept.")] = 3,
+    out: OutOpt = Path("docs/benchmarks/formats.json"),
+    markdown: MdOpt = Path("docs/BENCHMARKS.md"),
+) -> None:
+    """Converters on Japanese documents: markitdown's default path vs the chosen one, per format."""
+    from serve_app.devtools.bench.formats import run_formats_bench
+
+    run_formats_bench(
+        out=out,
+        markdown=markdown,
+        rows=rows,
+        pages=pages,
+        repeat=repeat,
+        command=command_line("specrag bench formats"),
+        echo=typer.echo,
+    )
+    typer.echo(f"written: {out}, {markdown}")

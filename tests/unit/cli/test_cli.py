@@ -19,7 +19,7 @@ GROUPS = {
     "model": ["build-offline"],
     "lexicon": ["build"],
     "keys": ["create"],
-    "bench": ["embed", "reembed", "search", "latency", "load"],
+    "bench": ["embed", "reembed", "search", "latency", "load", "freshness", "formats"],
     "reliability": ["run", "soak", "fuzz"],
 }
 
