@@ -18,7 +18,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.core.gitsource import GitRepo, GitSync
+from serve_app.core.gitsource import GitError, GitRepo, GitSync, UnknownRevision
 from serve_app.core.ingest import Ingestor, IngestReport, SourceDocument
 from serve_app.core.meta import MetaStore
 from serve_app.core.store import StoreUnavailable, doc_version_filter, make_store
@@ -55,6 +55,7 @@ class Indexer:
         self._model_key: str | None = None
         self._source_locks: dict[str, asyncio.Lock] = {}
         self._source_runs: dict[str, dict[str, Any]] = {}  # name -> the newest trigger's state
+        self._fetch_locks: dict[str, threading.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _embed(self, texts: list[str]) -> tuple[np.ndarray, list[dict[int, float]]]:
@@ -108,11 +109,19 @@ class Indexer:
         return await asyncio.to_thread(self._delete, doc_ids, scope)
 
     def _resolve(self, name: str, commit: str | None) -> str:
+        """Fetch the registered remote (one fetch per source at a time) and resolve the commit; a
+        ref of the operator's that names nothing is the service's fault (503), not the caller's."""
         source = self.settings.ingest.sources[name]
         repo = GitRepo(source.repo)
-        if source.remote:
-            repo.fetch(source.remote)
-        return repo.resolve(commit or source.ref)
+        with self._fetch_locks.setdefault(name, threading.Lock()):
+            if source.remote:
+                repo.fetch(source.remote)
+        if commit is not None:
+            return repo.resolve(commit)
+        try:
+            return repo.resolve(source.ref)
+        except UnknownRevision as exc:
+            raise GitError(f"ingest.sources.{name}.ref {source.ref!r} names no commit: {exc}") from exc
 
     def _sync(self, name: str, commit: str, full: bool) -> dict[str, Any]:
         source = self.settings.ingest.sources[name]
@@ -126,18 +135,28 @@ class Indexer:
         return report.as_dict()
 
     async def _run_sync(self, name: str, commit: str, full: bool) -> dict[str, Any]:
+        """One trigger's sync, after the source's earlier ones; its state is kept whatever ends it
+        (a client that stops waiting cancels nothing: the caller shields this task)."""
         run = self._source_runs[name]
+        mine = lambda: run.get("requested") == commit  # noqa: E731  (a newer trigger owns the status)
         async with self._source_locks.setdefault(name, asyncio.Lock()):
-            if run.get("requested") == commit:
+            if mine():
                 run["state"] = "running"
             try:
                 result = await asyncio.to_thread(self._sync, name, commit, full)
-            except Exception as exc:
-                if run.get("requested") == commit:
+            except BaseException as exc:
+                if mine():
                     run.update(state="failed", error=f"{type(exc).__name__}: {exc}"[:1000])
                 raise
-            if run.get("requested") == commit:
-                run.update(state="done", error=None, last=result, finished_at=int(time.time()))
+            if mine():
+                pending = result.get("pending") or []
+                error = (
+                    None
+                    if result.get("recorded")
+                    else f"{len(pending)} documents failed to embed; the commit was not recorded and the "
+                    "next sync redoes them"
+                )
+                run.update(state="done", error=error, last=result, finished_at=int(time.time()))
             return result
 
     async def sync_source(self, name: str, commit: str | None, full: bool, wait: bool) -> dict[str, Any]:
@@ -153,10 +172,11 @@ class Indexer:
         task = asyncio.create_task(self._run_sync(name, target, full))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if wait:
-            report = await task
-            return {**await self.source_status(name), "report": report}
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # failure kept in the status
+        if wait:
+            # shield: a client that disconnects (or times out) must not cancel the sync itself
+            report = await asyncio.shield(task)
+            return {**await self.source_status(name), "report": report}
         return await self.source_status(name)
 
     async def source_status(self, name: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.core.contracts import EmbedOutput, InputType, TextScore, Truncate
-from serve_app.core.gitsource import GitError, UnknownRevision
+from serve_app.core.gitsource import GitError, SourceConflict, UnknownRevision
 from serve_app.core.ingest import ModelMismatch, OutOfScope
 from serve_app.core.pipeline import SearchPipeline
 from serve_app.core.store import StoreUnavailable
@@ -123,6 +123,8 @@ class Ingress:
                 raise ModelMismatch(str(mismatch)) from exc
             if (refused := find_cause(exc, OutOfScope)) is not None:
                 raise OutOfScope(str(refused)) from exc
+            if (conflict := find_cause(exc, SourceConflict)) is not None:
+                raise SourceConflict(str(conflict)) from exc
             if (unknown := find_cause(exc, UnknownRevision)) is not None:
                 raise UnknownRevision(str(unknown)) from exc
             if (git := find_cause(exc, GitError)) is not None:

@@ -50,7 +50,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         max_ongoing_requests=max(64, 2 * settings.batch.max_batch_size),
     ).bind(settings)
     expander = QueryExpander.options(ray_actor_options={"num_cpus": 0}).bind(settings, model_dim(settings))
-    searcher = Searcher.options(ray_actor_options={"num_cpus": 0}).bind(settings, model_dim(settings))
+    searcher = Searcher.options(ray_actor_options={"num_cpus": 0}).bind(
+        settings, model_dim(settings), embedder
+    )
     reranker = Reranker.options(num_replicas=sv.reranker_replicas, ray_actor_options={"num_cpus": 0}).bind(
         settings, embedder
     )

@@ -135,6 +135,22 @@ class SearchSettings(_Section):
         description="weigh query tokens by the collection's IDF; auto = only when the model's sparse "
         "head is a placeholder (the offline model), never for BGE-M3's trained head",
     )
+    model_check_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often the Searcher re-reads which model built the collection behind the alias: "
+        "after a re-embed with another model switches it, searches answer 503 naming both models",
+    )
+    changes_check_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often the Searcher looks whether the index changed (every write leaves a mark "
+        "in the meta store); a change re-reads the corpus statistics below, at most every "
+        "corpus_refresh_min_s, so a new document gains its BM25 evidence within about that time",
+    )
+    corpus_refresh_min_s: float = Field(
+        default=30.0, gt=0, description="the least time between two re-reads of the corpus statistics"
+    )
     idf_refresh_s: float = Field(
         default=600.0,
         gt=0,

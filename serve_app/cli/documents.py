@@ -17,7 +17,9 @@ def ingest(
     path: Annotated[
         Path | None,
         typer.Argument(
-            exists=True, help="Folder or git checkout of .md/.txt, a BEIR corpus.jsonl, or its folder."
+            exists=True,
+            help="A document (Markdown, text, Office, PDF, HTML, OpenAPI), a folder or git checkout of"
+            " them, a BEIR corpus.jsonl, or its folder.",
         ),
     ] = None,
     collection: CollectionOpt = None,
@@ -66,7 +68,7 @@ def ingest(
     """
     import itertools
 
-    from serve_app.core.gitsource import GitError, GitRepo, GitSync
+    from serve_app.core.gitsource import GitError, GitRepo, GitSync, SourceConflict, UnknownRevision
     from serve_app.core.ingest import EmbedderUnavailable, Ingestor, git_revision, iter_documents
     from serve_app.core.meta import MetaStore
     from serve_app.core.store import StoreUnavailable
@@ -103,6 +105,8 @@ def ingest(
                 raise typer.Exit(3) from None
     else:
         repo, origin = GitRepo(path), str(path.resolve())
+        if registered is not None:  # the registered source's ids: the same prefix as its HTTP syncs
+            prefix = prefix or registered.prefix
         by_commit = (
             path.is_dir()
             and not (working_tree or doc_id or limit or retry_only)
@@ -133,8 +137,11 @@ def ingest(
             name = source or origin
             try:
                 synced = GitSync(ingestor, meta, repo, name, prefix=prefix).sync(commit, full=full)
-            except GitError as exc:
+            except UnknownRevision as exc:
                 raise typer.BadParameter(str(exc), param_hint="--commit") from None
+            except (GitError, SourceConflict) as exc:
+                typer.echo(f"cannot sync {name!r}: {exc}", err=True)
+                raise typer.Exit(3) from None
             typer.echo(json.dumps(synced.as_dict(), ensure_ascii=False))
             _exit_on_failures(synced.ingest)
             return

@@ -123,6 +123,7 @@ class DocumentsResponse(_Response):
     chunks_deleted: int
     failed: list[DocumentFailure] = Field(default_factory=list)
     seconds: float
+    embed_seconds: float = 0.0
 
 
 class DocumentInfo(_Response):

@@ -2,34 +2,39 @@
 
 A sync of a source to a commit:
 
-* no commit recorded (or the recorded one is gone after a history rewrite): every document file
-  at the commit is read; unchanged documents are skipped by the ingestor's content hashes;
-* otherwise ``git diff --name-status -M`` between the two commits: added and modified files are
-  read and written (the ingestor re-embeds only chunks whose content changed), deleted files are
-  deleted, renamed files are written under their new id with the vectors of the old document's
-  chunks reused wherever the embedded text is the same (a move between folders embeds nothing),
-  then the old id is deleted.
+* no commit recorded: every document file at the commit is read; unchanged documents are skipped
+  by the ingestor's content hashes. The same when the recorded commit is gone (history rewritten),
+  and then the documents under the source's prefix that the commit no longer has are deleted;
+* otherwise ``git diff --raw -M`` between the two commits: added and modified files are read and
+  written (the ingestor re-embeds only chunks whose content changed), deleted files deleted,
+  renamed files written under their new id with the vectors of the old document's chunks reused
+  wherever the embedded text is the same (a move between folders embeds nothing), then the old id
+  deleted. An id a file no longer produces (a modified front-matter ``doc_id``, a YAML file that
+  stopped being an API spec) is deleted too; an id written in this sync is never deleted by it.
 
-Files are read from git's object store at the commit (``git cat-file --batch``), never from a
+Blobs are read by object id from git's object store (``git cat-file --batch``), never from a
 working tree, so a sync neither needs nor disturbs a checkout and reads exactly the committed
-version. The commit is recorded only after every document was written or failed for a reason of
-its own (an unreadable file): a sync stopped by an embedder or Milvus outage is redone from the
-same commit next time, and since the ingestor skips what is already stored, nothing is embedded
-twice. The git CLI is called directly: the plumbing used here (rev-parse, ls-tree, diff, cat-file)
-is stable and a library (GitPython, pygit2) would add weight without removing any of it.
+version; symlinks and submodules are not documents. The commit is recorded only when every
+change was written or failed for a reason of its own (an unreadable or empty file): a sync stopped
+by an embedder or Milvus outage is redone from the same commit next time, and since the ingestor
+skips what is already stored, nothing is embedded twice. The git CLI is called directly: the
+plumbing used here (rev-parse, ls-tree, diff, cat-file) is stable, and a library (GitPython,
+pygit2) would add weight without removing any of it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from serve_app.core.ingest import (
+    TEXT_SUFFIXES,
     Ingestor,
     IngestReport,
     SourceDocument,
@@ -42,6 +47,10 @@ log = logging.getLogger(__name__)
 
 GIT_TIMEOUT_S = 120
 STATE_KIND = "git"  # meta-store kind of a source's sync state
+READ_BATCH = 200  # files read, converted and written per step (a full sync of a large repo streams)
+REGULAR = ("100644", "100755")  # blob modes of files; symlinks (120000) and submodules are not documents
+# git must never wait for a password or a host-key prompt nobody answers.
+GIT_ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
 
 
 class GitError(RuntimeError):
@@ -52,11 +61,17 @@ class UnknownRevision(GitError):
     """The repository has no commit of that name (a typo, a commit not fetched yet)."""
 
 
+class SourceConflict(RuntimeError):
+    """The source was synced with another doc-id prefix: its documents would be orphaned (409)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     status: str  # A (added), M (modified), D (deleted), R (renamed; old_path set)
     path: str
-    old_path: str | None = None
+    oid: str = ""  # the blob at the target commit (A, M, R)
+    old_path: str | None = None  # R: the path before; M and D: the same path
+    old_oid: str = ""  # the blob at the recorded commit (M, D, R)
 
 
 class GitRepo:
@@ -72,6 +87,7 @@ class GitRepo:
                 input=stdin,
                 capture_output=True,
                 timeout=GIT_TIMEOUT_S,
+                env=GIT_ENV,
             )
         except FileNotFoundError as exc:
             raise GitError("git is not installed") from exc
@@ -80,7 +96,7 @@ class GitRepo:
         if done.returncode != 0:
             reason = done.stderr.decode("utf-8", errors="replace").strip().splitlines()
             why = reason[-1] if reason else f"exit status {done.returncode}"
-            raise GitError(f"git {args[0]} failed in {self.path}: {why}")
+            raise GitError(f"git {args[0]} failed: {why}")
         return done.stdout
 
     def is_repo(self) -> bool:
@@ -98,8 +114,15 @@ class GitRepo:
             return self._git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode().strip()
         except GitError:
             if not self.is_repo():
-                raise GitError(f"{self.path} is not a git repository") from None
+                raise GitError(f"{self.path.name} is not a git repository (or not readable)") from None
             raise UnknownRevision(f"no commit {rev!r} in the repository") from None
+
+    def has(self, commit: str) -> bool:
+        try:
+            self.resolve(commit)
+        except GitError:
+            return False
+        return True
 
     def is_ancestor(self, older: str, newer: str) -> bool:
         """Whether ``older`` is reachable from ``newer`` (a trigger for a commit already synced past)."""
@@ -109,50 +132,63 @@ class GitRepo:
             return False
         return True
 
-    def has(self, commit: str) -> bool:
-        try:
-            self.resolve(commit)
-        except GitError:
-            return False
-        return True
-
     def fetch(self, remote: str) -> None:
         self._git("fetch", "--quiet", "--prune", remote)
 
-    def files(self, commit: str) -> list[str]:
-        out = self._git("ls-tree", "-r", "-z", "--name-only", commit)
-        return [p for p in out.decode("utf-8", errors="surrogateescape").split("\0") if p]
+    def files(self, commit: str) -> dict[str, str]:
+        """path -> blob id of every regular file at ``commit``."""
+        out = self._git("ls-tree", "-r", "-z", "--full-tree", commit)
+        found: dict[str, str] = {}
+        for entry in out.split(b"\0"):
+            if not entry:
+                continue
+            meta, _, path = entry.partition(b"\t")
+            mode, kind, oid = meta.decode().split()
+            if kind == "blob" and mode in REGULAR:
+                found[path.decode("utf-8", errors="surrogateescape")] = oid
+        return found
 
-    def changes(self, since: str, until: str) -> list[Change]:
-        """What changed between two commits, renames detected (``-M``: 50 % similar content)."""
-        out = self._git("diff", "--name-status", "-z", "-M", "--no-ext-diff", since, until)
-        fields = out.decode("utf-8", errors="surrogateescape").split("\0")
+    def changes(self, since: str, until: str, *, renames: bool = True) -> list[Change]:
+        """What changed between two commits (renames detected at 50 % similar content), in terms of
+        regular files: a file that became a symlink is deleted, a symlink that became a file added."""
+        args = ["diff", "--raw", "-z", "--no-abbrev", "--no-ext-diff"]
+        args += ["-M"] if renames else ["--no-renames"]
+        fields = self._git(*args, since, until).split(b"\0")
         changes: list[Change] = []
         i = 0
-        while i < len(fields) and fields[i]:
-            status = fields[i][0]
-            if status in "RC":  # R100 old new / C75 old new
-                old, new = fields[i + 1], fields[i + 2]
-                changes.append(Change("R", new, old) if status == "R" else Change("A", new))
-                i += 3
+        while i < len(fields) and fields[i].startswith(b":"):
+            old_mode, new_mode, old_oid, new_oid, status = fields[i][1:].decode().split()
+            status = status[0]
+            two = status in "RC"
+            old = fields[i + 1].decode("utf-8", errors="surrogateescape")
+            new = fields[i + 2].decode("utf-8", errors="surrogateescape") if two else old
+            i += 3 if two else 2
+            was, now = old_mode in REGULAR, new_mode in REGULAR
+            if status == "C":  # a copy: the new file is an addition
+                status, was = "A", False
+            if status == "D" or (was and not now):
+                if was:
+                    changes.append(Change("D", old, old_path=old, old_oid=old_oid))
                 continue
-            path = fields[i + 1]
-            if status == "T":  # type change (file <-> symlink): a modification for us
-                status = "M"
-            changes.append(Change(status, path))
-            i += 2
+            if not now:
+                continue
+            if not was or status == "A":
+                changes.append(Change("A", new, new_oid))
+            elif status == "R":
+                changes.append(Change("R", new, new_oid, old, old_oid))
+            else:  # M, T (type change between regular modes)
+                changes.append(Change("M", new, new_oid, old, old_oid))
         return changes
 
-    def read(self, commit: str, paths: Sequence[str]) -> dict[str, bytes]:
-        """The contents of ``paths`` at ``commit`` in one ``cat-file --batch`` call (missing: left out)."""
-        if not paths:
+    def read(self, oids: Sequence[str]) -> dict[str, bytes]:
+        """The blobs of ``oids`` in one ``cat-file --batch`` call (object ids: no path can desync it)."""
+        wanted = list(dict.fromkeys(o for o in oids if o))
+        if not wanted:
             return {}
-        names = [p.encode("utf-8", errors="surrogateescape") for p in paths]
-        request = b"".join(f"{commit}:".encode() + n + b"\n" for n in names)
-        out = self._git("cat-file", "--batch", stdin=request)
+        out = self._git("cat-file", "--batch", stdin="".join(f"{o}\n" for o in wanted).encode())
         found: dict[str, bytes] = {}
         pos = 0
-        for path in paths:
+        for oid in wanted:
             end = out.index(b"\n", pos)
             header = out[pos:end].split()
             pos = end + 1
@@ -160,7 +196,7 @@ class GitRepo:
                 continue
             size = int(header[2])
             if header[1] == b"blob":
-                found[path] = out[pos : pos + size]
+                found[oid] = out[pos : pos + size]
             pos += size + 1  # the content and its trailing newline
         return found
 
@@ -177,6 +213,7 @@ class SyncReport:
     renamed: int = 0
     ingest: IngestReport = field(default_factory=IngestReport)
     recorded: bool = False  # the commit was recorded (every change written or failed for good)
+    pending: list[str] = field(default_factory=list)  # documents whose write failed (redone next time)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -191,15 +228,28 @@ class SyncReport:
                 "renamed": self.renamed,
             },
             "recorded": self.recorded,
+            "pending": self.pending[:100],
             "ingest": self.ingest.as_dict(),
         }
+
+
+def _valid_name(path: str) -> str | None:
+    """Why ``path`` cannot be a document id (None when it can)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its path is not valid UTF-8"
+    if "\n" in path or "\r" in path:
+        return "its path holds a line break"
+    return None
 
 
 class GitSync:
     """Sync one named source (a repository) into the index through an ``Ingestor``.
 
-    ``prefix`` is put before every path to form doc ids, so two sources with a ``README.md`` each
-    do not collide; the CLI's default is no prefix (ids are paths, as for a folder).
+    ``prefix`` is put before every doc id (front matter's too), so two sources with a
+    ``README.md`` each do not collide; it is recorded with the source, and a sync with another
+    prefix is refused (``SourceConflict``) instead of orphaning the documents written under the old.
     """
 
     def __init__(
@@ -221,85 +271,133 @@ class GitSync:
 
     @staticmethod
     def recorded(meta: MetaStore, source: str) -> dict[str, Any] | None:
-        """The source's recorded state: ``commit``, ``synced_at``, the last sync's ``report``."""
+        """The source's recorded state: ``commit``, ``prefix``, ``synced_at``, the last ``report``."""
         return meta.get(STATE_KIND, source)
 
     def state(self) -> dict[str, Any] | None:
         return self.recorded(self.meta, self.source)
 
-    def _documents(self, commit: str, paths: Sequence[str]) -> dict[str, SourceDocument]:
-        """path -> document at ``commit`` for the paths that are documents."""
-        blobs = self.repo.read(commit, paths)
-        docs: dict[str, SourceDocument] = {}
-        for path in paths:
-            if path not in blobs:
-                continue
-            doc = document_from_bytes(path, blobs[path])
-            if doc is None:
-                continue
-            if self.prefix:  # every id of the source, front matter's too, lives under the prefix
-                doc.doc_id = f"{self.prefix}{doc.doc_id}"
-                doc.source = f"{self.prefix}{doc.source}" if doc.source == path else doc.source
-            docs[path] = doc
-        return docs
+    # ------------------------------------------------------------------------------ documents
 
-    def _doc_ids(self, commit: str, paths: Sequence[str]) -> dict[str, str]:
-        """path -> the doc id the file had at ``commit`` (front matter may name another than its
-        path), for the paths that were documents."""
-        return {p: d.doc_id for p, d in self._documents(commit, paths).items()}
+    def _document(self, path: str, data: bytes | None) -> SourceDocument | None:
+        """The document a file holds (None: not a document), its id under the prefix."""
+        if (why := _valid_name(path)) is not None:
+            safe = path.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+            safe = safe.replace("\n", "\\n").replace("\r", "\\r")
+            return SourceDocument(
+                doc_id=f"{self.prefix}{safe}", text="", source=safe, error=f"not read: {why}"
+            )
+        if data is None:
+            return None
+        doc = document_from_bytes(path, data)
+        if doc is not None and self.prefix:  # every id of the source lives under the prefix
+            doc.doc_id = f"{self.prefix}{doc.doc_id}"
+            doc.source = f"{self.prefix}{doc.source}" if doc.source == path else doc.source
+        return doc
+
+    def _old_id(self, path: str, oid: str, blobs: dict[str, bytes]) -> str:
+        """The doc id a file had at the recorded commit: a text file's front matter may name it,
+        any other file's id is its path (converting an old PDF just to learn that is not needed)."""
+        if Path(path).suffix.lower() in TEXT_SUFFIXES and oid in blobs:
+            doc = self._document(path, blobs[oid])
+            if doc is not None:
+                return doc.doc_id
+        return f"{self.prefix}{path}"
+
+    def _stream(self, changes: list[Change], out: dict[str, SourceDocument]) -> Iterator[SourceDocument]:
+        """The documents of ``changes`` (not deletions), read and converted READ_BATCH at a time;
+        each is also put in ``out`` by path."""
+        writes = [c for c in changes if c.status != "D" and self.wanted(c.path)]
+        for start in range(0, len(writes), READ_BATCH):
+            batch = writes[start : start + READ_BATCH]
+            blobs = self.repo.read([c.oid for c in batch if _valid_name(c.path) is None])
+            for c in batch:
+                doc = self._document(c.path, blobs.get(c.oid) if _valid_name(c.path) is None else b"")
+                if doc is not None:
+                    out[c.path] = doc
+                    yield doc
+
+    # ---------------------------------------------------------------------------------- sync
 
     def sync(self, commit: str | None = None, *, full: bool = False) -> SyncReport:
         target = self.repo.resolve(commit or "HEAD")
-        state = self.state()
-        last = state.get("commit") if state else None
-        if not full and last is not None and (last == target or self.repo.is_ancestor(target, last)):
+        state = self.state() or {}
+        last: str | None = state.get("commit")
+        if last is not None and state.get("prefix", "") != self.prefix:
+            raise SourceConflict(
+                f"source {self.source!r} was synced with doc-id prefix {state.get('prefix', '')!r}, not "
+                f"{self.prefix!r}: delete its documents first, or sync it under another source name"
+            )
+        known = last is not None and self.repo.has(last)
+        if (
+            not full
+            and known
+            and last is not None
+            and (last == target or self.repo.is_ancestor(target, last))
+        ):
             # Already there, or past it: triggers arriving out of order never sync backwards.
             return SyncReport(self.source, last, last, "unchanged", recorded=True)
-        if last is not None and not self.repo.has(last):
+        if last is not None and not known:
             log.warning("source %s: commit %s is gone (history rewritten?); reading all", self.source, last)
-        increment = last is not None and not full and self.repo.has(last)
-        report = SyncReport(self.source, last, target, "increment" if increment else "full")
-        if increment:
+        report = SyncReport(self.source, last, target, "increment" if known and not full else "full")
+        if known and not full:
             assert last is not None
             changes = [c for c in self.repo.changes(last, target) if self._relevant(c)]
         else:
-            changes = [Change("A", p) for p in self.repo.files(target) if self.wanted(p)]
-            if last is not None and self.repo.has(last):  # --full after a sync: deletions still count
-                changes += [
-                    c for c in self.repo.changes(last, target) if c.status == "D" and self.wanted(c.path)
-                ]
-        writes = [c for c in changes if c.status != "D"]
-        docs = self._documents(target, [c.path for c in writes if self.wanted(c.path)])
-        moved_from: dict[str, str] = {}
-        renamed = [c for c in writes if c.status == "R" and c.old_path is not None]
-        old_ids = self._doc_ids(last, [c.old_path for c in renamed if c.old_path]) if last else {}
-        for c in renamed:
-            if c.path in docs and c.old_path in old_ids and self.wanted(c.old_path or ""):
-                moved_from[docs[c.path].doc_id] = old_ids[c.old_path or ""]
-        removed = [c.path for c in changes if c.status == "D"]
-        gone = list(self._doc_ids(last, removed).values()) if last and removed else []
-        report.added = sum(
-            c.path in docs
-            and (c.status == "A" or (c.status == "R" and docs[c.path].doc_id not in moved_from))
-            for c in changes
+            changes = [Change("A", p, oid) for p, oid in self.repo.files(target).items() if self.wanted(p)]
+            if known:  # --full after a sync: what the recorded commit had and the target lacks goes
+                assert last is not None
+                gone_files = self.repo.changes(last, target, renames=False)
+                changes += [c for c in gone_files if c.status == "D" and self.wanted(c.path)]
+        # The ids the files had at the recorded commit (renamed, modified, deleted files).
+        before = [c for c in changes if c.old_path is not None and self.wanted(c.old_path)]
+        text_oids = [c.old_oid for c in before if Path(c.old_path or "").suffix.lower() in TEXT_SUFFIXES]
+        old_blobs = self.repo.read(text_oids)
+        old_ids = {c.path: self._old_id(c.old_path or "", c.old_oid, old_blobs) for c in before}
+        # Renamed documents reuse the old one's vectors: the new ids are known before the ingest
+        # (a text file's front matter, else the path; a new path that is no document never comes).
+        renamed = [c for c in changes if c.status == "R" and c.path in old_ids and self.wanted(c.path)]
+        new_blobs = self.repo.read(
+            [
+                c.oid
+                for c in renamed
+                if Path(c.path).suffix.lower() in TEXT_SUFFIXES and _valid_name(c.path) is None
+            ]
         )
-        report.modified = sum(c.status == "M" and c.path in docs for c in changes)
-        report.deleted = len(gone)
-        report.renamed = len(moved_from)
-        ordered = [docs[c.path] for c in writes if c.path in docs]
-        ingest = self.ingestor.ingest(ordered, total=len(ordered), moved_from=moved_from)
+        moved_from = {self._old_id(c.path, c.oid, new_blobs): old_ids[c.path] for c in renamed}
+        docs: dict[str, SourceDocument] = {}
+        ingest = self.ingestor.ingest(
+            self._stream(changes, docs), total=sum(c.status != "D" for c in changes), moved_from=moved_from
+        )
         report.ingest = ingest
-        failed = {f["doc_id"] for f in ingest.failed}
-        unreadable = {d.doc_id for d in ordered if d.error is not None}
-        # A renamed document's old id goes once the new one is written (kept if the write failed).
-        gone += [old for new, old in moved_from.items() if new not in failed and old != new]
-        # A file renamed to a name that is no document (notes.md -> notes.md.bak) leaves its old id.
-        gone += [old_ids[c.old_path] for c in renamed if c.old_path in old_ids and c.path not in docs]
+        written = {d.doc_id for d in docs.values()}
+        transient = {f["doc_id"] for f in ingest.failed if not f.get("permanent")}
+        # Ids no file produces any more: deleted files, the old side of renames and of modified
+        # files whose id changed or that stopped being documents. A renamed document whose new
+        # version failed to embed keeps its old id until the sync that writes it.
+        gone: list[str] = []
+        for c in changes:
+            old = old_ids.get(c.path)
+            new = docs.get(c.path) if c.status != "D" else None
+            if old is None or old in written or (new is not None and new.doc_id in transient):
+                continue
+            if new is None or new.doc_id != old:
+                gone.append(old)
+        if not known and last is not None and self.prefix:  # history rewritten: what the target lacks
+            gone += [d for d in self.ingestor.store.doc_versions() if d.startswith(self.prefix)]
+            gone = [d for d in gone if d not in written]
+        gone = list(dict.fromkeys(gone))
+        report.added = sum(c.path in docs and c.status == "A" for c in changes)
+        report.modified = sum(c.path in docs and c.status == "M" for c in changes)
+        report.renamed = sum(c.path in docs for c in renamed)
+        report.added += sum(c.status == "R" and c.path in docs and c.path not in old_ids for c in changes)
+        report.deleted = sum(c.status == "D" for c in changes)
         if gone:
             deleted = self.ingestor.delete_documents(gone)
             ingest.deleted += deleted.deleted
             ingest.chunks_deleted += deleted.chunks_deleted
-        if not failed - unreadable:
+        report.pending = sorted(transient)
+        if not transient:
             self._record(target, report)
             report.recorded = True
         return report
@@ -314,8 +412,9 @@ class GitSync:
             {
                 "source": self.source,
                 "commit": commit,
+                "prefix": self.prefix,
                 "synced_at": int(time.time()),
                 "run_id": report.ingest.run_id,
-                "report": {k: v for k, v in report.as_dict().items() if k != "ingest"},
+                "report": report.as_dict(),
             },
         )

@@ -113,8 +113,8 @@ def is_document_name(name: str) -> bool:
 
 
 def document_from_bytes(rel: str, data: bytes) -> SourceDocument | None:
-    """One file given by its path relative to the source root and its bytes (a working tree or
-    ``git show``); ``None`` for a file that is not a document (a config YAML). Markdown/text front
+    """One file given by its path relative to the source root and its bytes (a working tree or a
+    git blob); ``None`` for a file that is not a document (a config YAML). Markdown/text front
     matter (doc_id, title, kind, tags, lang, source) wins; a converter's title and kind come next.
     """
     path = Path(rel)
@@ -251,6 +251,7 @@ def _hash(text: str) -> str:
 
 
 KEEP_RUNS = 50  # run records kept for --status
+CHANGED = ("index", "changed")  # meta record every write updates: Searchers re-read corpus statistics
 TOMBSTONE_S = 7 * 86_400  # deletions remembered this long (a re-embed must not resurrect them)
 
 
@@ -590,7 +591,19 @@ class Ingestor:
                 key = self._text_key(passage_text(r))
                 self._donated[key] = (np.asarray(r["dense"], np.float32), dict(r["sparse"]))
 
+    def _changed(self) -> None:
+        """Tell the Searchers the index changed (they rebuild BM25, IDF and the language mix)."""
+        if self.meta is not None:
+            self.meta.put(*CHANGED, {"at": time.time(), "collection": self.store.collection})
+
     def _write(self, pending: list[tuple[SourceDocument, list[Chunk]]], report: IngestReport) -> None:
+        try:
+            self._write_batch(pending, report)
+        finally:
+            if report.chunks_written or report.chunks_deleted:
+                self._changed()
+
+    def _write_batch(self, pending: list[tuple[SourceDocument, list[Chunk]]], report: IngestReport) -> None:
         self._vectors.clear()  # kept for this batch only: a re-write after a switch reuses them
         self._stale.clear()
         target = self.store.resolve()
@@ -649,12 +662,13 @@ class Ingestor:
             report.chunks_written += self.store.upsert(batch, into=target)
         # The new versions are complete and stored; readers take the newest, so the old can go
         # once a search can find the new one (Milvus Lite makes inserts searchable a moment after
-        # they are acknowledged; deleting earlier could hide the document from an ANN). One search
-        # and one delete for the whole batch, not one per document: they are round trips.
-        visible = self._searchable(target, [p for p in good if p.version > 1])
+        # they are acknowledged; deleting earlier could hide the document from an ANN). New
+        # documents are waited for too, so a write is answered when a search can find it. One
+        # search and one delete for the whole batch, not one per document: they are round trips.
+        visible = self._searchable(target, good)
         old_chunks: list[str] = []
         for p in good:
-            if p.doc.doc_id not in visible:
+            if p.version == 1 or p.doc.doc_id not in visible:
                 continue
             if p.doc.doc_id in self._stale or p.doc.doc_id not in stored:  # older versions left over
                 report.chunks_deleted += self.store.delete(
@@ -696,21 +710,23 @@ class Ingestor:
 
     def _searchable(self, target: str, plans: list[_Plan], timeout_s: float = 5.0) -> set[str]:
         """The doc ids of ``plans`` whose new version an ANN search finds, waiting up to ``timeout_s``:
-        a search restricted to each new version's first chunk, repeated for those not found yet."""
+        one request per round with one query per document (its own first chunk's vector, restricted
+        to the new versions' first chunks), repeated for those not found yet."""
         pending = {p.records[0].chunk_id: p for p in plans}
         found: set[str] = set()
         deadline = time.monotonic() + timeout_s
         delay = 0.002
         while pending:
             waiting = list(pending)
-            for start in range(0, len(waiting), 1000):
-                ids = waiting[start : start + 1000]
-                probe = pending[ids[0]].records[0].dense
-                for hit in self.store.search_dense(
-                    probe, limit=len(ids), expr=chunk_ids_filter(ids), on=target
+            for start in range(0, len(waiting), 256):
+                ids = waiting[start : start + 256]
+                vectors = [pending[i].records[0].dense for i in ids]
+                for hits in self.store.search_dense_each(
+                    vectors, limit=1, expr=chunk_ids_filter(ids), on=target
                 ):
-                    if (plan := pending.pop(hit.chunk_id, None)) is not None:
-                        found.add(plan.doc.doc_id)
+                    for hit in hits:
+                        if (plan := pending.pop(hit.chunk_id, None)) is not None:
+                            found.add(plan.doc.doc_id)
             if not pending:
                 break
             if time.monotonic() > deadline:
@@ -753,7 +769,11 @@ class Ingestor:
             for doc in docs:
                 if doc.doc_id in seen:  # a second document under one id would mix their chunks
                     report.failed.append(
-                        {"doc_id": doc.doc_id, "error": "duplicate doc_id in this run; skipped"}
+                        {
+                            "doc_id": doc.doc_id,
+                            "error": "duplicate doc_id in this run; skipped",
+                            "permanent": True,
+                        }
                     )
                     report.documents += 1
                     continue
@@ -764,7 +784,13 @@ class Ingestor:
                     continue
                 chunks = self._chunks(doc)
                 if not chunks:
-                    report.failed.append({"doc_id": doc.doc_id, "error": "document has no text; not written"})
+                    report.failed.append(
+                        {
+                            "doc_id": doc.doc_id,
+                            "error": "document has no text; not written",
+                            "permanent": True,
+                        }
+                    )
                     continue
                 pending.append((doc, chunks))
                 if sum(len(c) for _, c in pending) >= self.batch_size * 4:
@@ -790,7 +816,7 @@ class Ingestor:
         return report
 
     def _unreadable(self, doc: SourceDocument, report: IngestReport) -> None:
-        report.failed.append({"doc_id": doc.doc_id, "error": doc.error})
+        report.failed.append({"doc_id": doc.doc_id, "error": doc.error, "permanent": True})
         if self.meta is not None:
             self.meta.put(
                 "failed",
@@ -867,6 +893,8 @@ class Ingestor:
             report.rewritten_after_switch += 1
             target = now_live
         report.documents = len(ids)
+        if report.chunks_deleted:
+            self._changed()
         if self.meta is not None:
             self.meta.delete("failed", ids)
             # A re-embed running now must not copy these back from the collection it replaces.

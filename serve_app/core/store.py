@@ -48,6 +48,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_check
 
 import numpy as np
 import pymilvus  # noqa: F401  (configures its loggers when imported: ours must come after)
+from pymilvus.client.utils import SciPyHelper
+
+# pymilvus checks for scipy.sparse on its first sparse vector by executing that module's code
+# itself, unguarded: two search threads doing it at once fail with "deadlock detected by
+# _ModuleLock('scipy.sparse')". Do it once here, on import.
+SciPyHelper.is_scipy_sparse(None)
 
 if TYPE_CHECKING:
     from serve_app.settings import DataScope, Settings
@@ -580,15 +586,6 @@ def _plain(entity: dict[str, Any]) -> dict[str, Any]:
 
 _UNAVAILABLE_CODES = {2, 8, 9, 100}  # ConnectFailed, RateLimit, ForceDeny, CollectionNotFound
 _INVALID_CODES = {5, 6, 1100, 1101}  # IllegalArgument, Lite's parse/range errors, ParameterInvalid/Missing
-_UNAVAILABLE_HINTS = (
-    "fail connecting",
-    "server unavailable",
-    "retry timeout",
-    "closed channel",
-    "should create connection first",
-    "deadline exceeded",
-    "connection refused",
-)
 
 
 def _classify(exc: BaseException) -> Literal["unavailable", "invalid", "other"]:
@@ -610,9 +607,8 @@ def _classify(exc: BaseException) -> Literal["unavailable", "invalid", "other"]:
             return "invalid"
         if code in _UNAVAILABLE_CODES:
             return "unavailable"
-        message = str(exc.message or "").lower()
-        if any(hint in message for hint in _UNAVAILABLE_HINTS):
-            return "unavailable"
+        # Any other Milvus failure is the store's, not the caller's: a 503 with its reason.
+        return "unavailable"
     return "other"
 
 
@@ -1180,6 +1176,37 @@ class MilvusStore:
         )
         return _hits(result)
 
+    def search_dense_each(
+        self,
+        vectors: Sequence[Sequence[float] | np.ndarray],
+        *,
+        limit: int,
+        expr: FilterArg = None,
+        on: str | None = None,
+    ) -> list[list[Hit]]:
+        """One ANN request with one query per vector (nq = len(vectors)): hits per vector, in order."""
+        _check_limit(limit)
+        if not vectors:
+            return []
+        target = on or self.collection
+        data = [_normalize(v, self.dim) for v in vectors]
+        text = filter_expr(expr)
+        result = self._call(
+            "search_dense",
+            lambda c: c.search(
+                target,
+                data=data,
+                anns_field=DENSE_FIELD,
+                filter=text,
+                limit=limit,
+                output_fields=["chunk_id"],
+                search_params=self._dense_params(limit),
+                timeout=self.timeout_s,
+            ),
+            target=target,
+        )
+        return [_hits([row]) for row in (result or [[] for _ in data])]
+
     def _dense_params(self, limit: int) -> dict[str, Any]:
         return {"metric_type": "IP", "params": {"ef": max(self.search_ef, limit)}}
 
@@ -1273,6 +1300,53 @@ def make_store(settings: Settings, dim: int) -> MilvusStore:
         search_ef=m.search_ef,
         timeout_s=m.timeout_s,
     )
+
+
+class IndexModelMismatch(RuntimeError):
+    """The collection behind the alias holds vectors of another model than the one embedding the
+    queries (a re-embed with a new model switched the alias): searching would compare vectors of
+    two spaces, so the search is refused (503) until the service runs that model."""
+
+
+class ModelGuard:
+    """Whether the collection behind the alias was built with the model that embeds the queries.
+
+    The physical collection and its recorded model are re-read every ``every_s`` seconds, so an
+    alias switch is noticed within that time; between reads a search costs one comparison. A
+    collection that records no model (built before models were recorded) passes.
+    """
+
+    def __init__(self, store: MilvusStore, every_s: float = 5.0) -> None:
+        self.store, self.every_s = store, every_s
+        self.recorded: tuple[str, str | None] | None = None  # (physical collection, its model)
+        self.read_at = float("-inf")
+
+    def stale(self) -> bool:
+        return time.monotonic() - self.read_at > self.every_s
+
+    def refresh(self) -> None:
+        """Blocking: resolve the alias and read its model (run it off the event loop)."""
+        try:
+            physical = self.store.resolve()
+        except StoreUnavailable as exc:
+            if "does not exist" not in str(exc):
+                raise
+            self.recorded = None  # nothing ingested yet: nothing to compare
+        else:
+            self.recorded = (physical, self.store.model_of(physical))
+        self.read_at = time.monotonic()
+
+    def check(self, model: str | None) -> None:
+        """``IndexModelMismatch`` naming both models when the index's differs from ``model``."""
+        if model is None or self.recorded is None:
+            return
+        physical, recorded = self.recorded
+        if recorded is not None and recorded != model:
+            raise IndexModelMismatch(
+                f"the index {self.store.collection!r} (collection {physical!r}) holds vectors of model "
+                f"{recorded!r}, but this service embeds queries with {model!r}: deploy the service with "
+                f"that model, or switch the alias back (specrag rollback)"
+            )
 
 
 @runtime_checkable

@@ -26,11 +26,11 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.core.encoder import InputTooLong
-from serve_app.core.gitsource import GitError, UnknownRevision
+from serve_app.core.gitsource import GitError, SourceConflict, UnknownRevision
 from serve_app.core.ingest import ModelMismatch, OutOfScope
 from serve_app.core.pipeline import EmbedderUnavailable, QueryNotEmbedded, SearchRejected
 from serve_app.core.rerank import RerankerUnavailable
-from serve_app.core.store import StoreUnavailable
+from serve_app.core.store import IndexModelMismatch, StoreUnavailable
 from serve_app.http.schemas import DifyErrorResponse, ErrorResponse, OpenAIErrorResponse
 
 log = logging.getLogger("ray.serve.specrag.ingress")
@@ -64,12 +64,14 @@ class BackendUnavailable(RuntimeError):
 # The core's errors and how each is answered: status and reason (``detail`` is the error's text).
 CORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
     StoreUnavailable: (503, "vector store unavailable"),
+    IndexModelMismatch: (503, "the index was built with another model than the one this service runs"),
     SearchRejected: (400, "the vector store rejected the search"),
     QueryNotEmbedded: (503, "the embedder failed on the query"),
     EmbedderUnavailable: (503, "embedder unavailable"),
     ModelMismatch: (409, "the index was built with another model"),
     OutOfScope: (403, "outside this caller's write scope"),
     UnknownRevision: (422, "no such commit in the source's repository"),
+    SourceConflict: (409, "the source was synced with another doc-id prefix"),
     GitError: (503, "the source's repository is unavailable"),
     InputTooLong: (413, "input over the model's token limit; shorten it or allow truncation"),
     RerankerUnavailable: (503, "reranker unavailable"),

@@ -371,6 +371,7 @@ class DocumentsResponse(BaseModel):
     chunks_deleted: int
     failed: list[DocumentFailure] = Field(description="Documents not written; their stored version stays.")
     seconds: float
+    embed_seconds: float = Field(default=0.0, description="Of ``seconds``, waiting for the embedder.")
 
 
 class DocumentInfo(BaseModel):
@@ -418,7 +419,7 @@ class SyncFiles(BaseModel):
     renamed: int
 
 
-class SyncReport(BaseModel):
+class SyncOutcome(BaseModel):
     from_commit: str | None = Field(description="The commit synced before (None: the first sync).")
     to_commit: str
     mode: Literal["full", "increment", "unchanged"]
@@ -426,6 +427,9 @@ class SyncReport(BaseModel):
     recorded: bool = Field(
         description="The commit was recorded; false when documents failed to embed (the next sync "
         "redoes them)."
+    )
+    pending: list[str] = Field(
+        default_factory=list, description="Documents whose write failed to embed: the next sync redoes them."
     )
     ingest: DocumentsResponse | None = None
 
@@ -440,7 +444,7 @@ class SourceStatus(BaseModel):
     commit: str | None = Field(description="The last commit synced completely.")
     synced_at: int | None
     last: dict[str, Any] | None = Field(description="The last sync's figures.")
-    report: SyncReport | None = Field(default=None, description="This sync's report (with wait).")
+    report: SyncOutcome | None = Field(default=None, description="This sync's report (with wait).")
 
 
 # --------------------------------------------------------------------------------- errors, health

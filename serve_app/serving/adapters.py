@@ -30,7 +30,7 @@ from serve_app.core.encoder import InputTooLong
 from serve_app.core.fusion import Candidate
 from serve_app.core.pipeline import EmbedderUnavailable, SearchObserver, SearchRejected
 from serve_app.core.rerank import RerankerUnavailable
-from serve_app.core.store import StoreUnavailable
+from serve_app.core.store import IndexModelMismatch, StoreUnavailable
 from serve_app.serving.handles import call_idempotent, find_cause, root_cause
 from serve_app.serving.observability import metric, observe_stages
 from serve_app.settings import DataScope
@@ -155,6 +155,8 @@ class HandleRetriever:
         except Exception as exc:
             if (unavailable := find_cause(exc, StoreUnavailable)) is not None:
                 raise StoreUnavailable(str(unavailable)) from exc
+            if (mismatch := find_cause(exc, IndexModelMismatch)) is not None:
+                raise IndexModelMismatch(str(mismatch)) from exc
             if (rejected := find_cause(exc, ValueError)) is not None:
                 raise SearchRejected(str(rejected)) from exc
             raise

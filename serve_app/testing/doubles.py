@@ -308,8 +308,11 @@ class RecordingIngestor:
         self.moves.append(dict(moved_from or {}))
         for doc in batch:
             report.documents += 1
-            if doc.error is not None or doc.doc_id in self.fail:
-                report.failed.append({"doc_id": doc.doc_id, "error": doc.error or "injected failure"})
+            if doc.error is not None:  # unreadable: failed for good, as the Ingestor reports it
+                report.failed.append({"doc_id": doc.doc_id, "error": doc.error, "permanent": True})
+                continue
+            if doc.doc_id in self.fail:  # as an embedding failure: redone by the next sync
+                report.failed.append({"doc_id": doc.doc_id, "error": "injected failure"})
                 continue
             report.added += doc.doc_id not in self.docs
             report.updated += doc.doc_id in self.docs

@@ -1,7 +1,7 @@
 """Documents in the formats teams keep them: one file's bytes -> text the heading-aware chunker reads.
 
-Every converter takes the file's bytes and its name (not a path: git increments read files at a
-commit with ``git show``, never from a working tree) and returns Markdown whose headings carry the
+Every converter takes the file's bytes and its name (not a path: git increments read blobs at a
+commit from git's object store, never from a working tree) and returns Markdown whose headings carry the
 trail a chunk should keep — sheet and table names for spreadsheets, slide titles for decks, page
 numbers for PDFs — or, for OpenAPI, pre-cut sections (one per operation) the chunker leaves whole.
 

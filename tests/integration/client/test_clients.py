@@ -64,7 +64,8 @@ def service(ray_local, model_dir: Path, milvus: dict, redis_url: str):
     serve.run(build_app(settings), name="clients", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     docs = [
-        {k: v for k, v in dataclasses.asdict(d).items() if k != "fmt"} | {"format": d.fmt}
+        {k: v for k, v in dataclasses.asdict(d).items() if k not in ("fmt", "sections", "error")}
+        | {"format": d.fmt}
         for d in iter_documents(SAMPLE_DOCS)
     ]
     with SpecragClient(url, WRITER_KEY, timeout=300) as client:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.core.gitsource import Change, GitError, GitRepo, GitSync, UnknownRevision
+from serve_app.core.gitsource import GitError, GitRepo, GitSync, UnknownRevision
 from serve_app.testing.doubles import MemoryMeta, RecordingIngestor
 
 ENV = {
@@ -95,7 +95,8 @@ def test_increment_reads_only_what_changed(repo: Repo) -> None:
     assert sorted(index.runs[-1]) == ["archive/notes.md", "spec/new.md", "spec/order.md"]
     assert index.moves[-1] == {"archive/notes.md": "old/notes.md"}, "the move reuses the old vectors"
     assert "old/notes.md" not in index.docs and "custom-id" not in index.docs
-    assert set(index.deleted) == {"old/notes.md", "custom-id"}
+    # config.yaml changed into no document: its id is deleted too (deleting an absent id is a no-op)
+    assert set(index.deleted) == {"old/notes.md", "custom-id", "config.yaml"}
     assert "48 hours" in index.docs["spec/order.md"].text
     assert meta.get("git", "docs")["commit"] == head
 
@@ -145,11 +146,12 @@ def test_repo_plumbing_and_its_errors(repo: Repo, tmp_path: Path) -> None:
     repo.write("a b.md", "x\n")
     repo.git("mv", "spec/auth.md", "spec/認証.md")
     second = repo.commit()
-    assert set(git.changes(first, second)) == {
-        Change("A", "a b.md"),
-        Change("R", "spec/認証.md", "spec/auth.md"),
-    }
-    assert git.read(second, ["a b.md", "missing.md", "spec/認証.md"]).keys() == {"a b.md", "spec/認証.md"}
+    changes = {(c.status, c.path, c.old_path) for c in git.changes(first, second)}
+    assert changes == {("A", "a b.md", None), ("R", "spec/認証.md", "spec/auth.md")}
+    files = git.files(second)
+    assert "spec/認証.md" in files and "spec/auth.md" not in files
+    blobs = git.read([files["a b.md"], "0" * 40, files["spec/認証.md"]])
+    assert blobs[files["a b.md"]] == b"x\n" and len(blobs) == 2, "a missing object is left out"
     assert git.is_ancestor(first, second) and not git.is_ancestor(second, first)
     with pytest.raises(UnknownRevision, match="no commit"):
         git.resolve("0" * 40)
@@ -157,3 +159,62 @@ def test_repo_plumbing_and_its_errors(repo: Repo, tmp_path: Path) -> None:
         git.resolve("--upload-pack=x")
     with pytest.raises(GitError, match="not a git repository"):
         GitRepo(tmp_path / "nowhere").resolve("HEAD")
+
+
+def test_an_id_written_in_a_sync_is_never_deleted_by_it(repo: Repo) -> None:
+    """A move with a rewrite shows as delete + add; the document keeps its front-matter id."""
+    meta, index = MemoryMeta(), RecordingIngestor()
+    _sync(repo, meta, index)
+    repo.git("rm", "-q", "gone.md")
+    repo.write("moved/elsewhere.md", "---\ndoc_id: custom-id\n---\n# Rewritten\nAll new words here.\n")
+    report = _sync(repo, meta, index)
+    assert report.recorded and "custom-id" in index.docs and "custom-id" not in index.deleted
+
+
+def test_ids_no_file_produces_any_more_are_deleted(repo: Repo) -> None:
+    meta, index = MemoryMeta(), RecordingIngestor()
+    _sync(repo, meta, index)
+    repo.write("gone.md", "---\ndoc_id: renamed-id\n---\n# Gone\nSame file, new id.\n")  # M, id changed
+    repo.git("mv", "spec/order.md", "spec/order.pdf")  # renamed into an unreadable file
+    (repo.root / "spec" / "order.pdf").write_bytes(b"not a pdf")
+    repo.commit("second")
+    report = _sync(repo, meta, index)
+    assert report.recorded and "renamed-id" in index.docs
+    assert "custom-id" not in index.docs and "spec/order.md" not in index.docs
+    assert any(f["doc_id"] == "spec/order.pdf" for f in report.ingest.failed)
+
+
+def test_full_sync_after_a_rename_deletes_the_old_path(repo: Repo) -> None:
+    meta, index = MemoryMeta(), RecordingIngestor()
+    _sync(repo, meta, index)
+    repo.git("mv", "spec/auth.md", "spec/authn.md")
+    head = repo.commit("second")
+    report = GitSync(index, meta, GitRepo(repo.root), "docs").sync(head, full=True)  # type: ignore[arg-type]
+    assert report.mode == "full" and "spec/auth.md" not in index.docs and "spec/authn.md" in index.docs
+
+
+def test_empty_documents_odd_paths_and_symlinks_fail_alone(repo: Repo) -> None:
+    meta, index = MemoryMeta(), RecordingIngestor()
+    _sync(repo, meta, index)
+    repo.write("empty.md", "")
+    repo.write("line\nbreak.md", "# x\ny\n")
+    (repo.root / "link.md").symlink_to("spec/auth.md")
+    head = repo.commit("second")
+    ingestor = RecordingIngestor()
+    ingestor.docs = index.docs
+    report = GitSync(ingestor, meta, GitRepo(repo.root), "docs").sync()  # type: ignore[arg-type]
+    assert report.recorded and meta.get("git", "docs")["commit"] == head
+    failed = {f["doc_id"]: f["error"] for f in report.ingest.failed}
+    assert "line\\nbreak.md" in failed and "line break" in failed["line\\nbreak.md"]
+    assert "link.md" not in index.docs and "link.md" not in failed, "a symlink is no document"
+
+
+def test_a_source_synced_under_one_prefix_refuses_another(repo: Repo) -> None:
+    from serve_app.core.gitsource import SourceConflict
+
+    meta, index = MemoryMeta(), RecordingIngestor()
+    _sync(repo, meta, index, prefix="a/")
+    repo.write("spec/new.md", "# New\nAdded.\n")
+    repo.commit("second")
+    with pytest.raises(SourceConflict, match="prefix 'a/'"):
+        _sync(repo, meta, index, prefix="b/")

@@ -303,7 +303,8 @@ class _Rpc(grpc.RpcError):
         (MilvusException(6, "unexpected character '=' at column 12"), "invalid"),
         (MilvusException(1100, "failed to create query plan: cannot parse expression"), "invalid"),
         (ParamError(message="bad"), "invalid"),
-        (MilvusException(1, ""), "other"),
+        # an unexpected Milvus failure is the store's (503 with its reason), never a 500
+        (MilvusException(1, "Unexpected error, message=<'scipy.sparse'>"), "unavailable"),
         (KeyError("x"), "other"),
     ],
 )
@@ -373,9 +374,14 @@ def test_call_maps_errors_and_drops_only_broken_clients():
         store.count()
     assert store._client is missing and not missing.closed
 
-    other = _FakeClient(MilvusException(1, "boom"))
+    other = _FakeClient(MilvusException(1, "boom"))  # an unexpected Milvus error: still a 503
     store._client = other
-    with pytest.raises(MilvusException):
+    with pytest.raises(StoreUnavailable, match="boom"):
+        store.ping()
+
+    bug = _FakeClient(KeyError("x"))  # not Milvus: our bug, raised as itself (a 500, never hidden)
+    store._client = bug
+    with pytest.raises(KeyError):
         store.ping()
 
 
@@ -490,3 +496,45 @@ def test_a_data_scope_says_the_same_to_milvus_and_in_python() -> None:
     assert scope_filter(None) is None and scope_filter(DataScope()) is None
     with pytest.raises(ValueError, match="'%'"):
         scope_filter(DataScope(sources=["50%/"]))
+
+
+class _AliasStub:
+    """``resolve`` and ``model_of`` of a store whose alias a test switches."""
+
+    collection = "specrag"
+
+    def __init__(self) -> None:
+        self.physical, self.models, self.reads = "specrag_1", {"specrag_1": "m3@a"}, 0
+
+    def resolve(self) -> str:
+        from serve_app.core.store import StoreUnavailable
+
+        if self.physical is None:
+            raise StoreUnavailable("collection 'specrag' does not exist (yet)")
+        return self.physical
+
+    def model_of(self, name: str) -> str | None:
+        self.reads += 1
+        return self.models.get(name)
+
+
+def test_model_guard_refuses_a_switched_index_naming_both_models() -> None:
+    from serve_app.core.store import IndexModelMismatch, ModelGuard
+
+    store = _AliasStub()
+    guard = ModelGuard(store, every_s=3600)  # type: ignore[arg-type]
+    assert guard.stale()
+    guard.refresh()
+    guard.check("m3@a")  # same model: passes
+    store.physical, store.models["specrag_2"] = "specrag_2", "m3@b"  # a re-embed switched the alias
+    guard.check("m3@a")  # not re-read yet (every_s): still the old reading
+    assert not guard.stale() and store.reads == 1
+    guard.refresh()
+    with pytest.raises(IndexModelMismatch, match=r"'m3@b'.*'m3@a'"):
+        guard.check("m3@a")
+    store.models["specrag_2"] = None  # a collection from before models were recorded passes
+    guard.refresh()
+    guard.check("m3@a")
+    store.physical = None  # nothing ingested yet: nothing to compare
+    guard.refresh()
+    guard.check("m3@a")

@@ -19,7 +19,7 @@ from serve_app.core.pipeline import (
     SearchPipeline,
     SearchRejected,
 )
-from serve_app.core.store import StoreUnavailable
+from serve_app.core.store import IndexModelMismatch, StoreUnavailable
 from serve_app.http.app import create_app
 from serve_app.http.errors import BackendUnavailable
 from serve_app.settings import SearchSettings, Settings
@@ -144,6 +144,11 @@ def test_search_maps_the_outcome_to_the_wire(app) -> None:
     ("error", "status", "reason"),
     [
         (StoreUnavailable("milvus down"), 503, "vector store unavailable"),
+        (
+            IndexModelMismatch("holds vectors of model 'b', embeds with 'a'"),
+            503,
+            "the index was built with another model than the one this service runs",
+        ),
         (SearchRejected("bad filter"), 400, "the vector store rejected the search"),
     ],
 )
