@@ -1,10 +1,22 @@
-"""``specrag`` command line: up, ingest, eval, model build-offline, lexicon build, settings."""
+"""``specrag`` command line: up, ingest, eval, model build-offline, lexicon build, settings, cluster."""
 
 from __future__ import annotations
 
 import typer
 
-from serve_app.cli import bench, documents, evaluate, lexicon, model, openapi, reindex, reliability, service
+from serve_app.cli import (
+    bench,
+    cluster,
+    deploy,
+    documents,
+    evaluate,
+    lexicon,
+    model,
+    openapi,
+    reindex,
+    reliability,
+    service,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -22,6 +34,8 @@ app.add_typer(lexicon.lexicon_app, name="lexicon")
 app.add_typer(service.keys_app, name="keys")
 app.add_typer(bench.bench_app, name="bench")
 app.add_typer(reliability.reliability_app, name="reliability")
+app.add_typer(deploy.deploy_app, name="deploy")
+app.add_typer(cluster.cluster_app, name="cluster")
 
 
 def main() -> None:

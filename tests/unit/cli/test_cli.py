@@ -21,6 +21,8 @@ GROUPS = {
     "keys": ["create"],
     "bench": ["embed", "reembed", "search", "latency", "load", "freshness", "formats"],
     "reliability": ["run", "soak", "fuzz"],
+    "deploy": ["kuberay"],
+    "cluster": ["up", "down", "bench"],
 }
 
 
