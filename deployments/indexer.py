@@ -121,7 +121,7 @@ class Indexer:
         try:
             return repo.resolve(source.ref)
         except UnknownRevision as exc:
-            raise GitError(f"ingest.sources.{name}.ref {source.ref!r} names no commit: {exc}") from exc
+            raise GitError(f"ingest.sources.{name}.ref {source.ref!r} names no commit: {exc}") from None
 
     def _sync(self, name: str, commit: str, full: bool) -> dict[str, Any]:
         source = self.settings.ingest.sources[name]

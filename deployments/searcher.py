@@ -40,6 +40,7 @@ class Searcher:
         self.embedder = embedder
         self.guard = ModelGuard(self.store, settings.search.model_check_s)
         self._model_key: str | None = None
+        self._guard_task: asyncio.Task[None] | None = None
         self.use_idf = idf_enabled(settings.search.sparse_idf, settings.model.name_or_path)
         self.use_bm25 = "bm25" in settings.search.channels
         self._idf_task: asyncio.Task[None] | None = None
@@ -79,7 +80,6 @@ class Searcher:
         started = time.monotonic()
         try:
             mark = await asyncio.to_thread(self.meta.get, *CHANGED)
-            self._seen_change = mark.get("at") if mark else None
             languages = await asyncio.to_thread(language_counts, self.store)
             table = await asyncio.to_thread(IdfTable.build, self.store) if self.use_idf else None
             bm25 = await asyncio.to_thread(Bm25Index.build, self.store) if self.use_bm25 else None
@@ -88,6 +88,7 @@ class Searcher:
             logging.getLogger("ray.serve.specrag.searcher").warning("corpus statistics failed: %s", exc)
             return
         self._build_s = time.monotonic() - started
+        self._seen_change = mark.get("at") if mark else None  # after success: a failed read retries
         self.retriever.languages = languages
         if table is not None and table.chunks:
             self.retriever.idf = table
@@ -102,13 +103,29 @@ class Searcher:
         if self.embedder is None:
             return
         if self._model_key is None:
-            self._model_key = (await self.embedder.info.remote())["model_key"]
-        if self.guard.stale():
-            before = self.guard.recorded
-            await asyncio.to_thread(self.guard.refresh)
-            if before is not None and self.guard.recorded is not None and before[0] != self.guard.recorded[0]:
-                self._idf_checked = 0.0  # the alias switched: the statistics are another collection's
+            try:
+                self._model_key = (await asyncio.wait_for(self.embedder.info.remote(), 5.0))["model_key"]
+            except Exception:  # unknown for now: this search goes unchecked, the next one asks again
+                return
+        if self.guard.stale() and (self._guard_task is None or self._guard_task.done()):
+            # One re-read at a time, in the background; searches meanwhile use the last reading
+            # (the first one waits for it, so no search is ever unchecked once the key is known).
+            self.guard.read_at = time.monotonic()
+            self._guard_task = asyncio.get_running_loop().create_task(self._refresh_guard())
+            if self.guard.recorded is None:
+                await self._guard_task
         self.guard.check(self._model_key)
+
+    async def _refresh_guard(self) -> None:
+        before = self.guard.recorded
+        try:
+            await asyncio.to_thread(self.guard.refresh)
+        except Exception as exc:  # keep the last reading; a Milvus outage shows on the search itself
+            logging.getLogger("ray.serve.specrag.searcher").warning("index model check failed: %s", exc)
+            return
+        after = self.guard.recorded
+        if before is not None and after is not None and before[0] != after[0]:
+            self._idf_checked = 0.0  # the alias switched: the statistics are another collection's
 
     async def search(self, vectors: Sequence[QueryVector], **kwargs: Any) -> Fanout:
         self._maybe_refresh_idf()

@@ -3,8 +3,8 @@
 A sync of a source to a commit:
 
 * no commit recorded: every document file at the commit is read; unchanged documents are skipped
-  by the ingestor's content hashes. The same when the recorded commit is gone (history rewritten),
-  and then the documents under the source's prefix that the commit no longer has are deleted;
+  by the ingestor's content hashes. The same when the recorded commit is gone (history rewritten);
+  documents of files only the lost commit had cannot be named then, and stay (logged);
 * otherwise ``git diff --raw -M`` between the two commits: added and modified files are read and
   written (the ingestor re-embeds only chunks whose content changed), deleted files deleted,
   renamed files written under their new id with the vectors of the old document's chunks reused
@@ -345,10 +345,16 @@ class GitSync:
             changes = [c for c in self.repo.changes(last, target) if self._relevant(c)]
         else:
             changes = [Change("A", p, oid) for p, oid in self.repo.files(target).items() if self.wanted(p)]
-            if known:  # --full after a sync: what the recorded commit had and the target lacks goes
+            if known:  # --full after a sync: the recorded commit's ids of changed and deleted files count
                 assert last is not None
-                gone_files = self.repo.changes(last, target, renames=False)
-                changes += [c for c in gone_files if c.status == "D" and self.wanted(c.path)]
+                since = {c.path: c for c in self.repo.changes(last, target, renames=False)}
+                changes = [
+                    Change("M", c.path, c.oid, c.path, since[c.path].old_oid)
+                    if c.path in since and since[c.path].status == "M"
+                    else c
+                    for c in changes
+                ]
+                changes += [c for c in since.values() if c.status == "D" and self.wanted(c.path)]
         # The ids the files had at the recorded commit (renamed, modified, deleted files).
         before = [c for c in changes if c.old_path is not None and self.wanted(c.old_path)]
         text_oids = [c.old_oid for c in before if Path(c.old_path or "").suffix.lower() in TEXT_SUFFIXES]
@@ -383,9 +389,16 @@ class GitSync:
                 continue
             if new is None or new.doc_id != old:
                 gone.append(old)
-        if not known and last is not None and self.prefix:  # history rewritten: what the target lacks
-            gone += [d for d in self.ingestor.store.doc_versions() if d.startswith(self.prefix)]
-            gone = [d for d in gone if d not in written]
+        if not known and last is not None:
+            # History rewritten: what the lost commit had and the target lacks cannot be named (a
+            # prefix may be shared with other writers), so it stays; say so.
+            log.warning(
+                "source %s: recorded commit %s is gone; documents of files it had and %s lacks stay "
+                "in the index (delete them by id)",
+                self.source,
+                last,
+                target,
+            )
         gone = list(dict.fromkeys(gone))
         report.added = sum(c.path in docs and c.status == "A" for c in changes)
         report.modified = sum(c.path in docs and c.status == "M" for c in changes)

@@ -218,3 +218,12 @@ def test_a_source_synced_under_one_prefix_refuses_another(repo: Repo) -> None:
     repo.commit("second")
     with pytest.raises(SourceConflict, match="prefix 'a/'"):
         _sync(repo, meta, index, prefix="b/")
+
+
+def test_full_sync_deletes_ids_that_modified_files_no_longer_produce(repo: Repo) -> None:
+    meta, index = MemoryMeta(), RecordingIngestor()
+    _sync(repo, meta, index)
+    repo.write("gone.md", "---\ndoc_id: renamed-id\n---\n# Gone\nSame file, new id.\n")
+    head = repo.commit("second")
+    report = GitSync(index, meta, GitRepo(repo.root), "docs").sync(head, full=True)  # type: ignore[arg-type]
+    assert report.recorded and "renamed-id" in index.docs and "custom-id" not in index.docs
