@@ -19,11 +19,15 @@ The dashboard, Serve's proxy and Milvus Lite listen on 127.0.0.1; Ray's own GCS 
 where ``ray start`` puts them, on the host's address (it resolves 127.0.0.1 to it), as on a real node.
 
 Test figures and ``specrag cluster bench`` come from the same steps: :class:`ClusterApp` (deploy,
-redeploy, wait for RUNNING), :func:`run_job` (submit, follow, logs) and :func:`embedder_steps`.
+redeploy, wait for RUNNING), :func:`run_job` (submit, follow, logs) and :func:`embedder_steps`;
+on a second cluster where the Embedder has its node to itself (:func:`deploy_embedder_alone`),
+:func:`observe_autoscaling` (1 -> 2 -> 1 replicas under and after load) and
+:func:`lose_embedder_node_under_load` (its node killed under a ``LoadRun`` with writes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -32,7 +36,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +49,15 @@ import httpx
 import yaml
 
 from serve_app.devtools.local_stack import LOCAL_RAY_ENV, free_port
+from serve_app.devtools.reliability.load import (
+    BAD_ANSWER,
+    TIMEOUT,
+    TRANSPORT,
+    LoadResult,
+    LoadRun,
+    Mix,
+    Sample,
+)
 
 #: The custom resource of the worker node that stands in for a GPU node.
 ACCELERATOR = "accelerator"
@@ -171,6 +187,7 @@ class LocalCluster:
         self.head: NodeProcess | None = None
         self.workers: list[NodeProcess] = []
         self._procs: dict[int, subprocess.Popen] = {}
+        self._names: set[str] = set()  # every node started by this object, lost ones included
 
     @property
     def gcs_address(self) -> str:
@@ -214,6 +231,7 @@ class LocalCluster:
                 start_new_session=True,  # its own process group: the node, killable as one
             )
         self._procs[proc.pid] = proc
+        self._names.add(name)
         return NodeProcess(name=name, pid=proc.pid, log=str(log), **node)
 
     def start(self, timeout_s: float = 120.0) -> LocalCluster:
@@ -247,8 +265,10 @@ class LocalCluster:
         """Join a worker node with these custom resources (e.g. ``{ACCELERATOR: 1}``)."""
         if self.head is None:
             raise RuntimeError("start() the head node first")
+        # Never a lost node's name: the GCS lists it ALIVE until it misses its health checks, and
+        # _wait_node would take that row (and its node id) for the new node.
         name = f"worker-{len(self.workers) + 1}"
-        while any(w.name == name for w in self.workers):
+        while name in self._names or any(w.name == name for w in self.workers):
             name += "x"
         agent = free_port()
         res = dict(resources or {})
@@ -473,12 +493,18 @@ def cluster_serve_config(
     http_port: int,
     replicas: dict[str, int] | None = None,
     embedder_user_config: dict[str, Any] | None = None,
+    embedder_autoscaling: dict[str, Any] | None = None,
+    embedder_actor_options: dict[str, Any] | None = None,
     source: Path = PRODUCTION_CONFIG,
 ) -> dict[str, Any]:
     """``serve_config.yaml`` made fit for one machine: the same application, runtime_env, logging
     and Embedder ``user_config``, with ``args`` given, one replica per deployment unless
     ``replicas`` says otherwise, and the Embedder placed by :data:`ACCELERATOR` instead of
-    ``num_gpus``. The proxy runs on the head only (every node's would bind the same port here)."""
+    ``num_gpus``. The proxy runs on the head only (every node's would bind the same port here).
+
+    ``embedder_autoscaling`` (an ``autoscaling_config``, replacing the fixed count) and
+    ``embedder_actor_options`` (e.g. half an accelerator, so two replicas fit one node) let a test
+    watch the Embedder scale on this machine's scale; without them it is one replica on a whole one."""
     production = yaml.safe_load(source.read_text())
     app = {k: v for k, v in production["applications"][0].items() if k != "deployments"}
     app["args"] = args
@@ -489,7 +515,13 @@ def cluster_serve_config(
         if name == "Embedder":
             out["max_ongoing_requests"] = spec["max_ongoing_requests"]
             out["user_config"] = {**spec.get("user_config", {}), **(embedder_user_config or {})}
-            out["ray_actor_options"] = {"num_cpus": 0.5, "resources": {ACCELERATOR: 1}}
+            out["ray_actor_options"] = embedder_actor_options or {
+                "num_cpus": 0.5,
+                "resources": {ACCELERATOR: 1},
+            }
+            if embedder_autoscaling:
+                del out["num_replicas"]
+                out["autoscaling_config"] = dict(embedder_autoscaling)
         deployments.append(out)
     app["deployments"] = deployments
     return {
@@ -595,6 +627,8 @@ class ClusterApp:
     app_name: str = "specrag"
     replicas: dict[str, int] = field(default_factory=dict)
     embedder_user_config: dict[str, Any] = field(default_factory=dict)
+    embedder_autoscaling: dict[str, Any] = field(default_factory=dict)
+    embedder_actor_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -606,14 +640,22 @@ class ClusterApp:
             http_port=self.http_port,
             replicas=self.replicas,
             embedder_user_config=self.embedder_user_config,
+            embedder_autoscaling=self.embedder_autoscaling or None,
+            embedder_actor_options=self.embedder_actor_options or None,
         )
 
     def write(self) -> Path:
         return write_serve_config(self.config_path, self.config())
 
+    def submit(self) -> None:
+        """Write the config and ``serve deploy`` it, without waiting: the Serve controller goes on
+        alone (e.g. while the node its Embedder needs is still to join)."""
+        self.write()
+        serve_cli(self.cluster.dashboard_url, "deploy", str(self.config_path))
+
     def deploy(self, timeout_s: float = 300.0) -> float:
         """Write the config, ``serve deploy`` it, wait until it is settled; seconds it took."""
-        self.write()
+        self.write()  # validated before the clock starts: the figure is `serve deploy` to settled
         started = time.perf_counter()
         serve_cli(self.cluster.dashboard_url, "deploy", str(self.config_path))
         expected = {name: n for name, n in self.replicas.items()}
@@ -649,6 +691,344 @@ def embedder_steps(cluster: LocalCluster, app: str, texts: int = 16) -> dict[int
     )
     steps = cluster.run_driver(code, app, str(texts))
     return {int(k): int(v) for k, v in steps.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Autoscaling and node loss: replica counts watched through the dashboard while a load runs
+
+
+@dataclass
+class Reading:
+    """One look at a deployment's replicas: seconds since the watch's ``t0``, RUNNING count, nodes."""
+
+    t_s: float
+    running: int
+    nodes: tuple[str, ...]
+
+
+class ReplicaTimeline:
+    """A thread that reads a deployment's RUNNING replicas from ``/api/serve/applications/`` every
+    ``every_s``: what an operator's dashboard shows, so transitions are timed as one would see them
+    (a replica counts once it is RUNNING, i.e. its model is loaded, not when it is scheduled)."""
+
+    def __init__(self, dashboard_url: str, app: str, deployment: str, t0: float, every_s: float = 0.25):
+        self.dashboard_url, self.app, self.deployment = dashboard_url, app, deployment
+        self.t0, self.every_s = t0, every_s
+        self.readings: list[Reading] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"watch-{deployment}", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                running = running_replicas(serve_details(self.dashboard_url), self.app, self.deployment)
+                nodes = tuple(sorted(r.get("node_id") or "" for r in running))
+                self.readings.append(Reading(round(time.monotonic() - self.t0, 2), len(running), nodes))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> ReplicaTimeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def first(self, predicate: Callable[[Reading], bool], after_s: float = 0.0) -> Reading | None:
+        """The first reading at or after ``after_s`` that satisfies ``predicate``."""
+        return next((r for r in list(self.readings) if r.t_s >= after_s and predicate(r)), None)
+
+    def wait(
+        self, predicate: Callable[[Reading], bool], after_s: float = 0.0, timeout_s: float = 90.0
+    ) -> Reading:
+        """Block until a reading satisfies ``predicate``; raises with the last readings otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while (found := self.first(predicate, after_s)) is None:
+            if time.monotonic() > deadline:
+                last = self.readings[-5:]
+                raise TimeoutError(f"{self.deployment}: not reached in {timeout_s:.0f} s; last: {last}")
+            time.sleep(self.every_s)
+        return found
+
+
+class EmbedLoad:
+    """``POST /v1/embed`` of unique texts (no cache answers them: each reaches the model) from a
+    thread of its own, until stopped: ``every_s=0`` keeps ``concurrency`` requests in flight (closed
+    loop, a steady number of ongoing requests, what Serve's autoscaler targets); ``every_s>0``
+    starts one every ``every_s`` whatever is outstanding (open loop: a probe that a stalled service
+    cannot slow down). Samples are :class:`~serve_app.devtools.reliability.load.Sample`, ``due_s``
+    since ``t0``."""
+
+    FILLER = "the replica under load embeds this sentence about node pools and accelerators "
+
+    def __init__(
+        self,
+        base_url: str,
+        t0: float,
+        *,
+        concurrency: int = 8,
+        every_s: float = 0.0,
+        timeout_s: float = 30.0,
+        texts: int = 4,
+        label: str = "embed",
+    ) -> None:
+        self.base_url, self.t0, self.concurrency, self.every_s = base_url, t0, concurrency, every_s
+        self.timeout_s, self.texts, self.label = timeout_s, texts, label
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name=label, daemon=True)
+
+    async def _one(self, client: httpx.AsyncClient, i: int) -> None:
+        due = time.monotonic() - self.t0
+        texts = [f"{self.label} {uuid.uuid4().hex} {i}.{k} {self.FILLER * 4}" for k in range(self.texts)]
+        body = {"input": texts}
+        status, reason = TRANSPORT, ""
+        try:
+            response = await asyncio.wait_for(client.post("/v1/embed", json=body), self.timeout_s)
+            status, reason = response.status_code, "" if response.is_success else response.text[:200]
+            if response.is_success:
+                data = response.json().get("data") or []
+                failed = [d.get("error") for d in data if d.get("error")]
+                if len(data) != len(texts) or failed:
+                    status, reason = BAD_ANSWER, f"{status} without every vector: {failed[:1]}"
+        except (httpx.TimeoutException, TimeoutError):
+            status, reason = TIMEOUT, f"no answer in {self.timeout_s} s"
+        except httpx.HTTPError as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:200]
+        except ValueError as exc:  # a 2xx whose body is not JSON
+            status, reason = BAD_ANSWER, f"not JSON: {exc}"[:200]
+        self.samples.append(Sample("embed", due, time.monotonic() - self.t0 - due, status, reason))
+
+    async def _run(self) -> None:
+        sem = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s, limits=limits) as client:
+
+            async def fire(i: int) -> None:
+                try:
+                    await self._one(client, i)
+                finally:
+                    sem.release()
+
+            tasks: list[asyncio.Task] = []
+            while not self._stop.is_set():
+                await sem.acquire()
+                tasks.append(asyncio.create_task(fire(len(tasks))))
+                if self.every_s:
+                    await asyncio.sleep(self.every_s)
+            await asyncio.gather(*tasks)
+
+    def start(self) -> EmbedLoad:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Sample]:
+        """Stop starting requests, wait for those in flight; every sample."""
+        self._stop.set()
+        self._thread.join(self.timeout_s + 15)
+        return self.samples
+
+
+def unexplained_failures(samples: list[Sample], outage: tuple[float, float] | None = None) -> list[Sample]:
+    """Failures that are bugs: any non-2xx but a 503 naming its reason (``{"error": ...}``) and,
+    for requests started in the ``outage`` window (seconds, like ``due_s``), a timeout or a
+    transport error (the node they were waiting on is gone)."""
+    out = []
+    for s in samples:
+        if s.ok or (s.status == 503 and '"error"' in s.reason):
+            continue
+        if outage and outage[0] <= s.due_s <= outage[1] and s.status in (TIMEOUT, TRANSPORT):
+            continue
+        out.append(s)
+    return out
+
+
+def replica_nodes(dashboard_url: str, app: str) -> dict[str, set[str]]:
+    """Node ids of each deployment's RUNNING replicas: what a node's loss would take down."""
+    details = serve_details(dashboard_url)
+    deployments = ((details.get("applications") or {}).get(app) or {}).get("deployments") or {}
+    return {
+        name: {r.get("node_id") or "" for r in running_replicas(details, app, name)} for name in deployments
+    }
+
+
+#: The Embedder's autoscaling for the scaling and node-loss steps: serve_config.yaml's production
+#: values shortened to seconds (why: tests/integration/cluster/test_autoscaling.py).
+TEST_AUTOSCALING: dict[str, Any] = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 2,
+    "upscale_delay_s": 2,
+    "downscale_delay_s": 5,
+    "metrics_interval_s": 0.5,
+    "look_back_period_s": 2,
+}
+#: Half the node's accelerator each: two replicas fit one node, a third would not.
+HALF_ACCELERATOR: dict[str, Any] = {"num_cpus": 0.25, "resources": {ACCELERATOR: 0.5}}
+NOT_EMBEDDER = ("Ingress", "QueryExpander", "Searcher", "Reranker", "Indexer")
+
+
+def deploy_embedder_alone(app: ClusterApp, timeout_s: float = 180.0) -> tuple[NodeProcess, float]:
+    """Deploy on the head alone, then join the accelerator node: the other deployments (num_cpus 0)
+    are placed on the head first, so the Embedder is the only thing on its node, as on a GPU node,
+    and losing that node takes the Embedder alone. The node, and seconds to the app settled."""
+    started = time.perf_counter()
+    app.submit()
+
+    def others_placed(details: dict[str, Any]) -> bool:
+        deployments = ((details.get("applications") or {}).get(app.app_name) or {}).get("deployments") or {}
+        return all(
+            (replicas := (deployments.get(name) or {}).get("replicas") or [])
+            and all(r.get("node_id") for r in replicas)
+            for name in NOT_EMBEDDER
+        )
+
+    wait_serve(app.cluster.dashboard_url, others_placed, timeout_s)
+    worker = app.cluster.add_worker({ACCELERATOR: 1})
+    wait_serve(app.cluster.dashboard_url, lambda d: app_settled(d, app.app_name, {"Embedder": 1}), timeout_s)
+    return worker, time.perf_counter() - started
+
+
+@dataclass
+class AutoscaleRun:
+    """The Embedder under a closed-loop embed load, then without it; times in seconds since ``t0``."""
+
+    load_start_s: float
+    load_end_s: float
+    up: Reading
+    down: Reading
+    samples: list[Sample]
+    readings: list[Reading]
+
+    def figures(self) -> dict[str, Any]:
+        errors = sum(1 for s in self.samples if not s.ok)
+        return {
+            "autoscale_up_s": round(self.up.t_s - self.load_start_s, 2),
+            "autoscale_down_s": round(self.down.t_s - self.load_end_s, 2),
+            "autoscale_requests": len(self.samples),
+            "autoscale_errors": errors,
+            "autoscale_ok_per_s": round(
+                (len(self.samples) - errors) / max(self.load_end_s - self.load_start_s, 1e-9), 1
+            ),
+        }
+
+
+def observe_autoscaling(
+    app: ClusterApp, *, concurrency: int = 8, hold_s: float = 3.0, timeout_s: float = 75.0
+) -> AutoscaleRun:
+    """1 -> 2 RUNNING Embedder replicas under ``concurrency`` requests in flight (above the target),
+    the load held ``hold_s`` on both, then back to 1 once it stops; raises if a step never comes."""
+    t0 = time.monotonic()
+    with ReplicaTimeline(app.cluster.dashboard_url, app.app_name, "Embedder", t0) as timeline:
+        timeline.wait(lambda r: r.running == 1, timeout_s=30)
+        load_start = time.monotonic() - t0
+        load = EmbedLoad(app.base_url, t0, concurrency=concurrency).start()
+        try:
+            up = timeline.wait(lambda r: r.running == 2, after_s=load_start, timeout_s=timeout_s)
+            time.sleep(hold_s)
+        finally:
+            samples = load.stop()
+        load_end = time.monotonic() - t0
+        down = timeline.wait(lambda r: r.running == 1, after_s=load_end, timeout_s=timeout_s)
+    return AutoscaleRun(load_start, load_end, up, down, samples, list(timeline.readings))
+
+
+@dataclass
+class NodeLossRun:
+    """A ``LoadRun`` during which the Embedder's node was killed and a replacement joined; ``marks``
+    and the probes' ``due_s`` in seconds since the start, ``load_offset_s`` puts the load's on it."""
+
+    result: LoadResult
+    probes: list[Sample]
+    marks: dict[str, float]
+    lost_node: str
+    replacement: str
+    back: Reading
+    load_offset_s: float
+
+    @property
+    def outage(self) -> tuple[float, float]:
+        """From the kill until the Embedder was RUNNING again (a second's margin each side)."""
+        return self.marks["kill"] - 1.0, self.back.t_s + 1.0
+
+    def unexplained(self) -> list[Sample]:
+        """Failures that are not a 503 with its reason, nor a timeout or transport error in the outage."""
+        start, end = self.outage
+        load_window = (start - self.load_offset_s, end - self.load_offset_s)
+        return unexplained_failures(self.result.samples, load_window) + unexplained_failures(
+            self.probes, self.outage
+        )
+
+    def recovered_s(self) -> float | None:
+        """From the kill to the first successful probe started after it (unique text: the model ran)."""
+        done = [s.due_s + s.latency_s for s in self.probes if s.ok and s.due_s >= self.marks["kill"]]
+        return round(min(done) - self.marks["kill"], 2) if done else None
+
+    def figures(self) -> dict[str, Any]:
+        summary, verify = self.result.summary(), self.result.verify or {}
+        return {
+            "node_loss_recovery_s": self.recovered_s(),
+            "node_loss_embedder_running_s": round(self.back.t_s - self.marks["kill"], 2),
+            "node_loss_replacement_alive_s": round(self.marks["replacement_alive"] - self.marks["kill"], 2),
+            "node_loss_requests": summary["total"]["requests"] + len(self.probes),
+            "node_loss_errors": summary["total"]["errors"] + sum(1 for s in self.probes if not s.ok),
+            "node_loss_errors_by_status": dict(
+                Counter(str(s.status) for s in [*self.result.samples, *self.probes] if not s.ok)
+            ),
+            "node_loss_acknowledged_writes": verify.get("acknowledged_writes", 0),
+            "node_loss_lost_writes": len(verify.get("lost") or []),
+        }
+
+
+def lose_embedder_node_under_load(
+    app: ClusterApp,
+    node: NodeProcess,
+    *,
+    duration_s: float = 40.0,
+    rate: float = 4.0,
+    kill_at_s: float = 6.0,
+    mix: str = "search=6,embed=3,ingest=1",
+) -> NodeLossRun:
+    """A ``LoadRun`` with writes (its ``Ledger`` reads every acknowledged one back at the end); at
+    ``kill_at_s`` ``node`` is killed and a replacement accelerator node joined so Serve can put the
+    Embedder back. Unique-text embed probes every 0.5 s time the recovery."""
+    cluster = app.cluster
+    replacement: dict[str, str] = {}
+    marks: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def lose_the_node() -> dict[str, Any]:
+        marks["kill"] = time.monotonic() - t0
+        killed = cluster.kill_worker(node)
+        marks["killed"] = time.monotonic() - t0
+        replacement["node_id"] = cluster.add_worker({ACCELERATOR: 1}).node_id
+        marks["replacement_alive"] = time.monotonic() - t0
+        return {"killed_processes": len(killed), **replacement}
+
+    run = LoadRun(
+        app.base_url,
+        duration_s=duration_s,
+        rate=rate,
+        mix=Mix.parse(mix),
+        timeout_s=20,
+        seed=11,
+        actions=[(kill_at_s, "lose the accelerator node", lose_the_node)],
+    )
+    with ReplicaTimeline(cluster.dashboard_url, app.app_name, "Embedder", t0) as timeline:
+        probe = EmbedLoad(app.base_url, t0, concurrency=64, every_s=0.5, timeout_s=20, texts=1, label="probe")
+        probe.start()
+        try:
+            result = asyncio.run(run.run())
+        finally:
+            probes = probe.stop()
+        if "replacement_alive" not in marks:
+            raise RuntimeError(f"the node was not lost and replaced: {result.events}")
+        new = replacement["node_id"]
+        back = timeline.wait(
+            lambda r: r.running >= 1 and set(r.nodes) == {new}, after_s=marks["kill"], timeout_s=90
+        )
+    offset = marks["kill"] - result.events[0]["at_s"]  # the load's clock starts when its client opens
+    return NodeLossRun(result, probes, marks, node.node_id, new, back, offset)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -754,9 +1134,49 @@ def write_docs(folder: Path, marker: str) -> Path:
     return folder
 
 
+def _scaling_and_node_loss(
+    home: Path, model_dir: Path, milvus_uri: str, redis_url: str | None, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    """On a second cluster (the Embedder alone on its node, :data:`TEST_AUTOSCALING`): the Embedder
+    1 -> 2 -> 1 under a closed-loop embed load, then its node lost under a ``LoadRun`` with writes.
+    Raises where the test would fail: an unexplained error or a lost acknowledged write."""
+    cluster = LocalCluster(home / "cluster-autoscale").start()
+    try:
+        port = free_port()
+        args = cluster_args(model_dir=model_dir, milvus_uri=milvus_uri, redis_url=redis_url, http_port=port)
+        args["milvus"]["collection"] = "autoscale"
+        app = ClusterApp(
+            cluster,
+            args,
+            port,
+            home / "serve_config.autoscale.yaml",
+            embedder_autoscaling=TEST_AUTOSCALING,
+            embedder_actor_options=HALF_ACCELERATOR,
+        )
+        worker, _took = deploy_embedder_alone(app)
+        scaling = observe_autoscaling(app)
+        if bad := unexplained_failures(scaling.samples):
+            raise RuntimeError(f"autoscaling: unexplained failures {[(s.status, s.reason) for s in bad[:3]]}")
+        figures = scaling.figures()
+        echo(f"autoscaling: {figures}")
+        wait_serve(cluster.dashboard_url, lambda d: app_settled(d, app.app_name, {"Embedder": 1}), 60)
+        loss = lose_embedder_node_under_load(app, worker)
+        lost = (loss.result.verify or {}).get("lost") or []
+        if (bad := loss.unexplained()) or lost:
+            raise RuntimeError(
+                f"node loss: unexplained {[(s.status, s.reason) for s in bad[:3]]}, lost {lost[:3]}"
+            )
+        figures.update(loss.figures())
+        echo(f"node loss: {loss.figures()}")
+        return {**figures, "autoscaling_config": TEST_AUTOSCALING}
+    finally:
+        cluster.stop()
+
+
 def run_cluster_bench(out: Path, model_dir: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Start Milvus Lite, Redis and the cluster, then time: the first deploy to RUNNING, a
-    ``user_config`` change, a replica-count change, an ingest job and a failing job."""
+    ``user_config`` change, a replica-count change, an ingest job and a failing job; then, on a
+    second cluster, the Embedder's autoscaling up and down and the loss of its node under load."""
     from serve_app.devtools.common import command_line, machine_description
     from serve_app.devtools.local_stack import MilvusProcess, RedisProcess
 
@@ -803,6 +1223,7 @@ def run_cluster_bench(out: Path, model_dir: Path, echo: Callable[[str], None] = 
                 )
                 figures["failing_job"] = {"status": bad.status, "submit_to_end_s": bad.total_s}
                 echo(f"failing job: {figures['failing_job']}")
+            figures.update(_scaling_and_node_loss(home, model_dir, milvus.uri, redis.url, echo))
         finally:
             redis.stop()
             milvus.stop()
@@ -811,7 +1232,12 @@ def run_cluster_bench(out: Path, model_dir: Path, echo: Callable[[str], None] = 
         "machine": machine_description(", no GPU (Milvus Lite server, Redis, head + 1 worker on it)"),
         "nodes": {"head": {"num_cpus": 1}, "worker": {"num_cpus": 1, "resources": {ACCELERATOR: 1}}},
         "note": "seconds from the command (serve deploy / JobSubmissionClient.submit_job) to the state "
-        "observed by polling the dashboard every 0.2-0.5 s",
+        "observed by polling the dashboard every 0.2-0.5 s; autoscale_*: from the start (up) / end "
+        "(down) of 8 concurrent POST /v1/embed of unique texts to 2 / 1 RUNNING Embedder replicas "
+        "(autoscaling_config shortened for the test, below); node_loss_*: from the SIGKILL of the "
+        "Embedder's node, under a LoadRun (search=6,embed=3,ingest=1 at 4/s) with a replacement node "
+        "joining at once, to the first successful unique-text embed (recovery) and to the Embedder "
+        "RUNNING on the new node; errors: status -1 is a 20 s client timeout",
         **figures,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
