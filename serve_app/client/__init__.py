@@ -36,6 +36,7 @@ from serve_app.client.models import (
     Readiness,
     SearchResponse,
     SearchResult,
+    SourceStatus,
 )
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "SearchResult",
     "ServerError",
     "ServiceUnavailable",
+    "SourceStatus",
     "SpecragClient",
     "SpecragError",
     "TransportError",

@@ -34,6 +34,7 @@ from serve_app.client.models import (
     Filters,
     Readiness,
     SearchResponse,
+    SourceStatus,
 )
 
 T = TypeVar("T")
@@ -206,6 +207,30 @@ def get_document(doc_id: str) -> Call[DocumentInfo]:
 def delete_document(doc_id: str) -> Call[DeleteResponse]:
     """Deleting twice answers ``deleted: 0`` the second time: a write, not resent once sent."""
     return Call("DELETE", _document_path(doc_id), DeleteResponse.model_validate, safe=False)
+
+
+def _source_path(name: str) -> str:
+    if not name or "/" in name:
+        raise ValueError(f"not a source name: {name!r}")
+    return "/v1/sources/" + quote(name, safe="")
+
+
+def sync_source(
+    name: str, commit: str | None = None, *, full: bool = False, wait: bool = False
+) -> Call[SourceStatus]:
+    """Trigger a sync of a registered git source (what a CI job or a git hook calls): 202 at once,
+    or 200 with the sync's ``report`` when ``wait``. A repeat for a commit already synced changes
+    nothing, but it is a write: resent only when it never reached the server."""
+    body: dict[str, Any] = {"full": full, "wait": wait}
+    if commit is not None:
+        body["commit"] = commit
+    return Call(
+        "POST", _source_path(name) + "/sync", SourceStatus.model_validate, body, safe=False, ok=(200, 202)
+    )
+
+
+def source_status(name: str) -> Call[SourceStatus]:
+    return Call("GET", _source_path(name), SourceStatus.model_validate)
 
 
 def health() -> Call[dict[str, Any]]:

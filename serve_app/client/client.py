@@ -24,6 +24,7 @@ from serve_app.client.models import (
     EmbedResponse,
     Readiness,
     SearchResponse,
+    SourceStatus,
 )
 
 T = TypeVar("T")
@@ -137,6 +138,16 @@ class SpecragClient(_Base):
     def delete_document(self, doc_id: str) -> DeleteResponse:
         return self.send(calls.delete_document(doc_id))
 
+    def sync_source(
+        self, name: str, commit: str | None = None, *, full: bool = False, wait: bool = False
+    ) -> SourceStatus:
+        """``POST /v1/sources/{name}/sync``: a registered git source to ``commit`` (default its ref)."""
+        return self.send(calls.sync_source(name, commit, full=full, wait=wait))
+
+    def source_status(self, name: str) -> SourceStatus:
+        """``GET /v1/sources/{name}``: the last synced commit and the newest trigger's state."""
+        return self.send(calls.source_status(name))
+
     def health(self) -> dict[str, Any]:
         """``GET /healthz``: the ingress answers."""
         return self.send(calls.health())
@@ -238,6 +249,14 @@ class AsyncSpecragClient(_Base):
 
     async def delete_document(self, doc_id: str) -> DeleteResponse:
         return await self.send(calls.delete_document(doc_id))
+
+    async def sync_source(
+        self, name: str, commit: str | None = None, *, full: bool = False, wait: bool = False
+    ) -> SourceStatus:
+        return await self.send(calls.sync_source(name, commit, full=full, wait=wait))
+
+    async def source_status(self, name: str) -> SourceStatus:
+        return await self.send(calls.source_status(name))
 
     async def health(self) -> dict[str, Any]:
         return await self.send(calls.health())

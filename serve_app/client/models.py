@@ -144,6 +144,38 @@ class DeleteResponse(_Response):
     chunks_deleted: int
 
 
+class SyncFiles(_Response):
+    added: int
+    modified: int
+    deleted: int
+    renamed: int
+
+
+class SyncOutcome(_Response):
+    """What a git-source sync did (``POST /v1/sources/{name}/sync`` with ``wait``)."""
+
+    from_commit: str | None
+    to_commit: str
+    mode: Literal["full", "increment", "unchanged"]
+    files: SyncFiles
+    recorded: bool
+    pending: list[str] = Field(default_factory=list)
+    ingest: DocumentsResponse | None = None
+
+
+class SourceStatus(_Response):
+    """A registered git source: its last synced commit and its newest trigger's state."""
+
+    source: str
+    state: Literal["idle", "queued", "running", "done", "failed"]
+    requested: str | None = None
+    error: str | None = None
+    commit: str | None = None
+    synced_at: int | None = None
+    last: dict[str, Any] | None = None
+    report: SyncOutcome | None = None
+
+
 class Readiness(_Response):
     """``GET /readyz``: returned for 200 and 503 alike, since the body says what is wrong."""
 

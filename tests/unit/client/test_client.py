@@ -192,6 +192,37 @@ def test_embed_and_documents_calls() -> None:
         client.upsert_documents([{"doc_id": "x", "text": "t", "kind": "novel"}])
 
 
+def test_source_sync_and_status_calls() -> None:
+    queued = {"source": "handbook", "state": "queued", "requested": "abc", "commit": None}
+    report = {
+        "from_commit": "abc",
+        "to_commit": "def",
+        "mode": "increment",
+        "files": {"added": 1, "modified": 2, "deleted": 0, "renamed": 1},
+        "recorded": True,
+        "ingest": DOCS_REPORT,
+    }
+    server = Server(
+        httpx.Response(202, json=queued),
+        httpx.Response(200, json={**queued, "state": "done", "commit": "def", "report": report}),
+        httpx.Response(200, json={**queued, "state": "done", "commit": "def"}),
+    )
+    client = _client(server)
+    assert client.sync_source("handbook", "abc").state == "queued"
+    assert server.body(0) == {"commit": "abc", "full": False, "wait": False}
+    done = client.sync_source("handbook", wait=True)
+    assert done.report is not None and done.report.files.modified == 2 and done.report.recorded
+    assert server.body(1) == {"full": False, "wait": True}, "no commit: the source's ref"
+    assert client.source_status("handbook").commit == "def"
+    assert [(r.method, r.url.raw_path) for r in server.requests] == [
+        ("POST", b"/v1/sources/handbook/sync"),
+        ("POST", b"/v1/sources/handbook/sync"),
+        ("GET", b"/v1/sources/handbook"),
+    ]
+    with pytest.raises(ValueError, match="source name"):
+        client.sync_source("../etc")
+
+
 @pytest.mark.parametrize(
     ("response", "kind"),
     [

@@ -24,6 +24,9 @@ PAIRS = [
     (models.DocumentInfo, schemas.DocumentInfo),
     (models.DeleteResponse, schemas.DeleteResponse),
     (models.Readiness, schemas.ReadinessResponse),
+    (models.SyncFiles, schemas.SyncFiles),
+    (models.SyncOutcome, schemas.SyncOutcome),
+    (models.SourceStatus, schemas.SourceStatus),
 ]
 
 
