@@ -73,13 +73,15 @@ class Searcher:
             return
         if mark is not None and mark.get("at") != self._seen_change:
             self._idf_checked = time.time()
-            await self._refresh_idf()
+            await self._refresh_idf(mark)
 
-    async def _refresh_idf(self) -> None:
-        """The language mix, and the IDF table where the model needs one."""
+    async def _refresh_idf(self, mark: dict[str, Any] | None = None) -> None:
+        """The language mix, and the IDF table where the model needs one; ``mark``: the writers'
+        change mark when the caller has just read it."""
         started = time.monotonic()
         try:
-            mark = await asyncio.to_thread(self.meta.get, *CHANGED)
+            if mark is None:
+                mark = await asyncio.to_thread(self.meta.get, *CHANGED)
             languages = await asyncio.to_thread(language_counts, self.store)
             table = await asyncio.to_thread(IdfTable.build, self.store) if self.use_idf else None
             bm25 = await asyncio.to_thread(Bm25Index.build, self.store) if self.use_bm25 else None

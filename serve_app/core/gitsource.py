@@ -284,9 +284,7 @@ class GitSync:
         if (why := _valid_name(path)) is not None:
             safe = path.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
             safe = safe.replace("\n", "\\n").replace("\r", "\\r")
-            return SourceDocument(
-                doc_id=f"{self.prefix}{safe}", text="", source=safe, error=f"not read: {why}"
-            )
+            return SourceDocument.unreadable(safe, f"not read: {why}", doc_id=f"{self.prefix}{safe}")
         if data is None:
             return None
         doc = document_from_bytes(path, data)

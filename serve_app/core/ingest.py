@@ -78,6 +78,11 @@ class SourceDocument:
     sections: list[Section] = field(default_factory=list)  # fmt "sections": pre-cut chunks (OpenAPI)
     error: str | None = None  # the file could not be read: reported, never written
 
+    @classmethod
+    def unreadable(cls, path: str, reason: str, doc_id: str | None = None) -> SourceDocument:
+        """The stand-in for a file that could not be read: failed alone, with ``reason``."""
+        return cls(doc_id=doc_id or path, text="", title=Path(path).stem, source=path, error=reason)
+
 
 def _front_matter(text: str) -> tuple[dict, str]:
     if not text.startswith("---"):
@@ -135,7 +140,7 @@ def document_from_bytes(rel: str, data: bytes) -> SourceDocument | None:
     try:
         converted = convert(rel, data)
     except UnreadableDocument as exc:
-        return SourceDocument(doc_id=rel, text="", title=path.stem, source=rel, error=str(exc))
+        return SourceDocument.unreadable(rel, str(exc))
     if converted is None:
         return None
     return SourceDocument(
@@ -156,7 +161,7 @@ def read_file(path: Path, root: Path) -> SourceDocument | None:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return SourceDocument(doc_id=rel, text="", title=path.stem, source=rel, error=f"cannot read: {exc}")
+        return SourceDocument.unreadable(rel, f"cannot read: {exc}")
     return document_from_bytes(rel, data)
 
 
@@ -689,16 +694,9 @@ class Ingestor:
             else:
                 report.updated += 1
         failures: dict[str, dict[str, Any]] = {
-            p.doc.doc_id: {
-                "doc_id": p.doc.doc_id,
-                "source": p.doc.source,
-                "origin": self.origin,
-                "version": p.version,
-                "chunks": len(p.records),
-                "errors": [{"ordinal": o, "error": e} for o, e in sorted(p.errors.items())][:20],
-                "run_id": report.run_id,
-                "at": now,
-            }
+            p.doc.doc_id: self._failure(
+                p.doc, report, sorted(p.errors.items()), version=p.version, chunks=len(p.records)
+            )
             for p in plans
             if p.errors
         }
@@ -815,22 +813,31 @@ class Ingestor:
             progress(report)
         return report
 
+    def _failure(
+        self,
+        doc: SourceDocument,
+        report: IngestReport,
+        errors: Sequence[tuple[int | None, str | None]],
+        *,
+        version: int | None = None,
+        chunks: int = 0,
+    ) -> dict[str, Any]:
+        """The meta store's record of a document that was not written (``--status``, ``--retry-only``)."""
+        return {
+            "doc_id": doc.doc_id,
+            "source": doc.source,
+            "origin": self.origin,
+            "version": version,
+            "chunks": chunks,
+            "errors": [{"ordinal": o, "error": e} for o, e in errors][:20],
+            "run_id": report.run_id,
+            "at": int(time.time()),
+        }
+
     def _unreadable(self, doc: SourceDocument, report: IngestReport) -> None:
         report.failed.append({"doc_id": doc.doc_id, "error": doc.error, "permanent": True})
         if self.meta is not None:
-            self.meta.put(
-                "failed",
-                doc.doc_id,
-                {
-                    "doc_id": doc.doc_id,
-                    "source": doc.source,
-                    "origin": self.origin,
-                    "chunks": 0,
-                    "errors": [{"ordinal": None, "error": doc.error}],
-                    "run_id": report.run_id,
-                    "at": int(time.time()),
-                },
-            )
+            self.meta.put("failed", doc.doc_id, self._failure(doc, report, [(None, doc.error)]))
 
     def check_scope(
         self, scope: DataScope | None, docs: Sequence[SourceDocument] = (), doc_ids: Sequence[str] = ()

@@ -417,16 +417,10 @@ class LocalCluster:
             "from ray import serve\n"
             "ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False)\n"
         )
-        done = subprocess.run(
-            [sys.executable, "-c", prelude + code, self.gcs_address, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env=cluster_env(),
+        out = run_in_cluster_env(
+            [sys.executable, "-c", prelude + code, self.gcs_address, *args], timeout_s, "driver"
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"driver failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        return json.loads(out.strip().splitlines()[-1])
 
 
 def _field(item: Any, name: str) -> Any:
@@ -545,18 +539,19 @@ def write_serve_config(path: Path, config: dict[str, Any]) -> Path:
 # The operator's path: serve deploy / serve status through the dashboard
 
 
+def run_in_cluster_env(cmd: list[str], timeout_s: float, what: str) -> str:
+    """Run ``cmd`` with the cluster's environment; its stdout, or ``RuntimeError`` with its stderr."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=cluster_env())
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
 def serve_cli(dashboard_url: str, *args: str, timeout_s: float = 120.0) -> str:
     """``serve <args> --address <dashboard>``, the command an operator types; its stdout."""
-    done = subprocess.run(
-        [ray_command("serve"), *args, "--address", dashboard_url],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=cluster_env(),
+    return run_in_cluster_env(
+        [ray_command("serve"), *args, "--address", dashboard_url], timeout_s, f"serve {' '.join(args)}"
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"serve {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 def serve_details(dashboard_url: str) -> dict[str, Any]:

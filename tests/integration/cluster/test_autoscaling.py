@@ -11,7 +11,6 @@ Figures are printed at the end of the module (``pytest -s``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,12 @@ from serve_app.devtools.cluster import (
     deploy_embedder_alone,
     lose_embedder_node_under_load,
     observe_autoscaling,
-    process_alive,
     replica_nodes,
     unexplained_failures,
     wait_serve,
 )
 from serve_app.devtools.local_stack import apply_local_env, free_port
+from tests.integration.cluster.support import check_stopped_and_report
 
 pytestmark = pytest.mark.integration
 
@@ -58,12 +57,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, request) -> Iterator[Local
         processes = cluster.processes()
     finally:
         cluster.stop()
-    assert len(processes) > 10  # ray start, GCS, raylets, agents, dashboard, Serve's actors
-    assert not [p.pid for p in processes if process_alive(p)], "a node's processes outlived stop()"
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if capture is not None and FIGURES:
-        with capture.global_and_fixture_disabled():
-            print(f"\nautoscaling / node loss figures: {json.dumps(FIGURES)}")
+    check_stopped_and_report(processes, request, FIGURES, "autoscaling / node loss figures")
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,11 @@ from serve_app.devtools.cluster import (
     ingest_env,
     job_runtime_env,
     package_mib,
-    process_alive,
     run_job,
     write_docs,
 )
 from serve_app.devtools.local_stack import apply_local_env, free_port
+from tests.integration.cluster.support import check_stopped_and_report
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +46,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, request) -> Iterator[tuple
     with accelerator_cluster(tmp_path_factory.mktemp("cluster")) as (cluster, worker):
         yield cluster, worker
         processes = cluster.processes()
-    assert len(processes) > 10  # ray start, GCS, raylets, agents, dashboard, Serve's actors
-    assert not [p.pid for p in processes if process_alive(p)], "a node's processes outlived stop()"
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if capture is not None and FIGURES:
-        with capture.global_and_fixture_disabled():
-            print(f"\ncluster figures (s): {json.dumps(FIGURES)}")
+    check_stopped_and_report(processes, request, FIGURES, "cluster figures (s)")
 
 
 @pytest.fixture(scope="module")
