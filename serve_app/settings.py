@@ -330,6 +330,11 @@ class ReindexSettings(_Section):
 
     actors: int = Field(default=1, ge=1, description="embedding actors in the Ray Data pool")
     num_gpus_per_actor: float = Field(default=0.0, ge=0, description="0 = CPU actors")
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each embedding actor needs, to place actors on nodes"
+        ' started with them (e.g. {"reembed": 1})',
+    )
     sample_queries: int = Field(default=20, ge=0, le=1000, description="same-model check: sampled queries")
     min_top1_agreement: float = Field(default=0.9, ge=0, le=1, description="same model: live vs new top-1")
     min_ndcg_ratio: float = Field(default=1.0, ge=0, description="new model: nDCG@10 new / live, at least")
@@ -493,6 +498,13 @@ class ServeSettings(_Section):
         ge=0,
         description="per Ingress replica: embeddings it received from the Embedder, so a repeated "
         "text (a cached query, a repeated /v1/embed input) skips the hop to it; 0 = off",
+    )
+    reranker_cache_mb: int = Field(
+        default=256,
+        ge=0,
+        description="per Reranker replica: candidates' ColBERT rows it received from the Embedder, so "
+        "a chunk reranked before skips the hop to it (each chunk's rows are ~tokens x dim x 2 bytes); "
+        "0 = off",
     )
     log_encoding: Literal["TEXT", "JSON"] = Field(
         default="JSON", description="Serve's log files: JSON lines with request ids and stage timings"

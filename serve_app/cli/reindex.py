@@ -7,6 +7,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +43,29 @@ def _ray_for_job():
     else:
         with local_ray():
             yield
+
+
+class JobStopped(KeyboardInterrupt):
+    """SIGTERM (``ray job stop``, a pod's shutdown) ends the job like Ctrl-C: the Reindexer records
+    it as interrupted, so a re-run resumes at once instead of waiting out the dead job's lease."""
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm():
+    """Within: SIGTERM raises :class:`JobStopped` in the main thread. Installed after ``ray.init``,
+    which sets its own handler (``sys.exit``) for drivers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise JobStopped(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def reindex(
@@ -109,8 +134,11 @@ def reindex(
             batch_size=batch_size,
             eval_dir=eval_dir,
         )
-        with _ray_for_job() if ray else contextlib.nullcontext():
+        with _ray_for_job() if ray else contextlib.nullcontext(), _stopped_by_sigterm():
             result = Reindexer(settings, options, echo=lambda m: typer.echo(m, err=True)).run()
+    except JobStopped as exc:
+        typer.echo(f"{exc}; the job is recorded as interrupted and a re-run resumes it", err=True)
+        raise typer.Exit(128 + signal.SIGTERM) from None
     except StoreUnavailable as exc:
         raise milvus_down(exc) from None
     except ReindexError as exc:

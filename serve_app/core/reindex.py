@@ -199,11 +199,14 @@ def embed_ray(
     batch_size: int,
     actors: int,
     num_gpus: float,
+    resources: dict[str, float] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Embed and write ``rows`` with a Ray Data actor pool (one model per actor), streaming results.
 
     On GPU nodes each actor takes ``num_gpus``; on CPU each takes an equal share of the cores
-    (torch threads set to match, since Ray starts workers with one thread).
+    (torch threads set to match, since Ray starts workers with one thread). ``resources`` (custom
+    ones) place the actors on the nodes started with them. Ray Data restarts an actor whose node
+    died and retries its batches (writes are upserts by chunk id, so a retried batch is harmless).
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -219,6 +222,7 @@ def embed_ray(
         threads = settings.model.num_threads or max(1, int(os.cpu_count() or 1) // actors)
     else:  # a CPU cluster: one logical CPU per actor, torch threads as configured
         cpus, threads = 1.0, settings.model.num_threads
+    remote_args: dict[str, Any] = {"resources": dict(resources)} if resources else {}
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
     out = ds.map_batches(
         EmbedWriter,
@@ -228,6 +232,7 @@ def embed_ray(
         num_gpus=num_gpus,
         num_cpus=cpus,
         batch_format="numpy",
+        **remote_args,
     )
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
         yield {
@@ -605,6 +610,7 @@ class Reindexer:
             batch_size=self.options.batch_size,
             actors=self.options.actors or rs.actors,
             num_gpus=rs.num_gpus_per_actor if self.options.num_gpus is None else self.options.num_gpus,
+            resources=rs.actor_resources,
         )
 
     # ----------------------------------------------------------------------------- validation

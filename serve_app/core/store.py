@@ -1342,10 +1342,10 @@ class ModelGuard:
             return
         physical, recorded = self.recorded
         if recorded is not None and recorded != model:
+            # Short enough for a client's error line (300 characters) with two full model keys.
             raise IndexModelMismatch(
-                f"the index {self.store.collection!r} (collection {physical!r}) holds vectors of model "
-                f"{recorded!r}, but this service embeds queries with {model!r}: deploy the service with "
-                f"that model, or switch the alias back (specrag rollback)"
+                f"index {self.store.collection!r} ({physical}) holds vectors of model {recorded!r}, queries"
+                f" are embedded with {model!r}: deploy that model, or run specrag rollback"
             )
 
 

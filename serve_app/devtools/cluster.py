@@ -10,9 +10,11 @@ Each node is a ``ray start --block`` process in its own session, the command an 
 rather than ``ray.cluster_utils.Cluster`` (Ray's own tests): that one runs the nodes inside the
 calling process, writes ``/tmp/ray/ray_current_cluster`` (a plain ``ray.init()`` elsewhere on the
 machine would then join this cluster) and dies with its caller, while ``specrag cluster up`` must
-leave the cluster running. Here every node shares a private ``--temp-dir`` (where ``ray start``
-records its address instead), random worker ports, and its own dashboard-agent port (the default
-52365 would collide between nodes); stopping a node is SIGTERM to its ``ray start`` (it stops its
+leave the cluster running. Here the nodes live under a private temp dir (where ``ray start``
+records its address instead), each node in its own ``--temp-dir`` below it as on separate machines
+(a shared one lets one node's runtime-env cleanup delete the working_dir a job on another node runs
+from), with random worker ports and its own dashboard-agent port (the default 52365 would collide
+between nodes); stopping a node is SIGTERM to its ``ray start`` (it stops its
 processes), losing one is SIGKILL to all its processes at once (:meth:`LocalCluster.kill_worker`).
 
 The dashboard, Serve's proxy and Milvus Lite listen on 127.0.0.1; Ray's own GCS and raylets listen
@@ -61,6 +63,9 @@ from serve_app.devtools.reliability.load import (
 
 #: The custom resource of the worker node that stands in for a GPU node.
 ACCELERATOR = "accelerator"
+#: The custom resource of the nodes re-embed actors run on (``reindex.actor_resources``), so losing
+#: one leaves the app's nodes alone.
+REEMBED = "reembed"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION_CONFIG = REPO_ROOT / "serve_config.yaml"
 STATE_FILE = "cluster.json"
@@ -214,7 +219,10 @@ class LocalCluster:
             f"--dashboard-agent-listen-port={agent_port}",
             "--min-worker-port=0",  # random ports: two raylets would share 10002-19999 otherwise
             "--max-worker-port=0",
-            f"--temp-dir={self.temp_dir}",
+            # One temp dir per node, as on separate machines: runtime envs (a job's working_dir)
+            # are unpacked and garbage-collected per node under it; nodes sharing one delete the
+            # files another node's driver is running from.
+            f"--temp-dir={self.temp_dir if name == 'head' else self.temp_dir / name}",
             "--disable-usage-stats",
         ]
 
@@ -1058,16 +1066,22 @@ class JobRun:
     total_s: float
 
 
-def run_job(
-    dashboard_url: str, entrypoint: str, runtime_env: dict[str, Any], timeout_s: float = 300.0
+def submit_job(dashboard_url: str, entrypoint: str, runtime_env: dict[str, Any]) -> str:
+    """``ray job submit --no-wait``: the job's id."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(dashboard_url).submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+
+
+def follow_job(
+    dashboard_url: str, job_id: str, *, started: float | None = None, timeout_s: float = 300.0
 ) -> JobRun:
-    """Submit through the Jobs API, follow its status to the end; submit-to-RUNNING and RUNNING
-    times as the client sees them (the upload of the working_dir is in the first)."""
+    """Follow a submitted job's status to the end (stopping it past ``timeout_s``); submit-to-RUNNING
+    and RUNNING times as the client sees them, from ``started`` (the submission's perf_counter)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(dashboard_url)
-    started = time.perf_counter()
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    started = time.perf_counter() if started is None else started
     running_at: float | None = None
     deadline = time.monotonic() + timeout_s
     while True:
@@ -1092,11 +1106,53 @@ def run_job(
     )
 
 
+def run_job(
+    dashboard_url: str, entrypoint: str, runtime_env: dict[str, Any], timeout_s: float = 300.0
+) -> JobRun:
+    """Submit through the Jobs API and follow it to the end (the working_dir's upload counts in
+    its submit-to-RUNNING time)."""
+    started = time.perf_counter()
+    job_id = submit_job(dashboard_url, entrypoint, runtime_env)
+    return follow_job(dashboard_url, job_id, started=started, timeout_s=timeout_s)
+
+
+def stop_job(dashboard_url: str, job_id: str, timeout_s: float = 60.0) -> JobRun:
+    """``ray job stop``: SIGTERM to the entrypoint (SIGKILL after Ray's grace period), followed to
+    its terminal status."""
+    from ray.job_submission import JobSubmissionClient
+
+    JobSubmissionClient(dashboard_url).stop_job(job_id)
+    return follow_job(dashboard_url, job_id, timeout_s=timeout_s)
+
+
+def job_result(job: JobRun) -> dict[str, Any]:
+    """The JSON line a ``jobs.reembed`` run prints last (its result), from the job's logs."""
+    lines = [line for line in job.logs.splitlines() if line.startswith('{"job_id"')]
+    if not lines:
+        raise AssertionError(f"no result line in the job's logs:\n{job.logs[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def ingest_env(*, model_dir: Path | str, milvus_uri: str, redis_url: str | None) -> dict[str, str]:
     """A job's settings: the flat SPECRAG_* aliases an operator exports (docs/operations.md)."""
     env = {"SPECRAG_MODEL_PATH": str(model_dir), "SPECRAG_MILVUS_URI": milvus_uri}
     if redis_url:
         env["SPECRAG_REDIS_URL"] = redis_url
+    return env
+
+
+def reembed_env(
+    *, model_dir: Path | str, milvus_uri: str, collection: str, **settings: str
+) -> dict[str, str]:
+    """A re-embed job's settings: its alias, actors on :data:`REEMBED` nodes, progress recorded every
+    0.2 s (so a test can stop it mid-build), plus ``settings`` as ``SPECRAG_<SECTION>__<KEY>``."""
+    env = ingest_env(model_dir=model_dir, milvus_uri=milvus_uri, redis_url=None)
+    env.update(
+        SPECRAG_MILVUS__COLLECTION=collection,
+        SPECRAG_REINDEX__ACTOR_RESOURCES=json.dumps({REEMBED: 1}),
+        SPECRAG_INGEST__STATUS_EVERY_S="0.2",
+    )
+    env.update({f"SPECRAG_{k.upper()}": v for k, v in settings.items()})
     return env
 
 

@@ -58,7 +58,9 @@ class CachingEmbedder:
     The Ingress answers a text it has embedded before (a repeated query, its variants, a repeated
     ``/v1/embed`` input) without the hop to the Embedder: that hop is most of a cached
     embedding's latency (measured: cached ``/v1/embed`` 15.4 ms p50 through the hop vs 5.4 ms for
-    ``/healthz``). Byte-bounded (``serve.ingress_cache_mb``); ``truncate="none"`` always goes to
+    ``/healthz``). The Reranker keeps one for its candidates' ColBERT rows, which are megabytes
+    per search to ship. Byte-bounded (``serve.ingress_cache_mb``, ``serve.reranker_cache_mb``);
+    ``truncate="none"`` always goes to
     the Embedder, which checks the window; failed items are never kept. The Embedder's own caches
     (LRU + Redis) stay the shared tiers; this one only saves the hop.
     """

@@ -10,6 +10,7 @@ modules may hold a ``ray.init``): the cluster is separate processes, probes run 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,25 @@ from typing import Any
 import httpx
 import pytest
 
+from serve_app.core.meta import MetaStore
+from serve_app.core.store import MilvusStore
 from serve_app.devtools.cluster import (
+    REEMBED,
     ClusterApp,
     LocalCluster,
     NodeProcess,
     accelerator_cluster,
     cluster_args,
     embedder_steps,
+    follow_job,
     ingest_env,
+    job_result,
     job_runtime_env,
     package_mib,
+    reembed_env,
     run_job,
+    stop_job,
+    submit_job,
     write_docs,
 )
 from serve_app.devtools.local_stack import apply_local_env, free_port
@@ -150,6 +159,182 @@ def test_ingest_job_succeeds_and_its_documents_are_searchable(
     assert {"cluster-runbook.en.md", "cluster-runbook.ja.md"} & {
         Path(d).name for d in _search(app, "zephyrcordon procedure")[:2]
     }
+
+
+TOPICS = ["rate limits", "token lifetime", "inventory holds", "webhook retries", "audit logs"]
+CORPUS = 30  # documents the re-embeds below work through (2 chunks each), long enough to stop one
+
+
+def _tenant_doc(i: int) -> dict[str, str]:
+    topic = TOPICS[i % len(TOPICS)]
+    return {
+        "doc_id": f"tenants/t{i}.md",
+        "title": f"{topic} {i}",
+        "text": f"# {topic.title()} for tenant {i}\n\nThe limit for tenant {i} is {i * 10} units per minute."
+        f" Section {i} describes {topic} for service {i}.\n\n## Changes {i}\n\nOperators change"
+        f" {topic} {i} through the admin API; changes apply within {i} s.",
+    }
+
+
+@pytest.fixture(scope="module")
+def corpus(app: ClusterApp, model_dir: Path, milvus: dict) -> tuple[MilvusStore, MetaStore]:
+    """CORPUS more documents in the app's collection, and the store/meta a data engineer's
+    ``specrag reindex --status`` reads."""
+    docs = [_tenant_doc(i) for i in range(CORPUS)]
+    response = httpx.post(f"{app.base_url}/v1/documents", json={"documents": docs}, timeout=300)
+    assert response.status_code == 200, response.text
+    dim = json.loads((model_dir / "config.json").read_text())["hidden_size"]
+    store = MilvusStore(milvus["uri"], app.args["milvus"]["collection"], dim)
+    return store, MetaStore(store)
+
+
+@pytest.fixture(scope="module")
+def reembed_node(cluster: tuple[LocalCluster, NodeProcess]) -> NodeProcess:
+    """A worker for re-embed actors only (``reindex.actor_resources``), as a GPU node pool would be."""
+    return cluster[0].add_worker({REEMBED: 1})
+
+
+def _wait_state(meta: MetaStore, alias: str, pred, what: str, dashboard: str, job_id: str) -> dict:
+    """The job's recorded state once ``pred`` holds; fails with the job's logs if it ends first."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        state = meta.get("reindex", alias) or {}
+        if pred(state):
+            return state
+        if client.get_job_status(job_id).is_terminal():
+            pytest.fail(f"job ended before {what}: {state}\n{client.get_job_logs(job_id)[-12000:]}")
+        time.sleep(0.1)
+    client.stop_job(job_id)
+    pytest.fail(
+        f"{what} not reached in 240 s: {meta.get('reindex', alias)}\n{client.get_job_logs(job_id)[-3000:]}"
+    )
+
+
+def _labelled(folder: Path) -> Path:
+    """A labelled set (BEIR layout) over the corpus: a model change is validated against it."""
+    (folder / "qrels").mkdir(parents=True)
+    queries = [(f"q{i}", f"What is the limit for tenant {i}?", f"tenants/t{i}.md") for i in range(10)]
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t, "lang": "en"}) + "\n" for q, t, _ in queries)
+    )
+    (folder / "qrels" / "dev.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, _, d in queries)
+    )
+    return folder
+
+
+def test_reembed_job_upgrades_the_model_after_a_stop_and_the_running_app_follows(
+    app: ClusterApp,
+    cluster: tuple[LocalCluster, NodeProcess],
+    corpus: tuple[MilvusStore, MetaStore],
+    reembed_node: NodeProcess,
+    milvus: dict,
+    model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """``ray job submit -- python -m jobs.reembed --eval ...`` with another model (max_length 256 is
+    another vector space, recorded as such), ``ray job stop`` mid-build, submitted again: it resumes,
+    validates against the labelled set and switches the alias. The app, still on the old model,
+    answers 503 naming both until the operator deploys the new one; then it answers from it."""
+    store, meta = corpus
+    alias, dashboard = store.collection, cluster[0].dashboard_url
+    live = store.resolve()
+    env = reembed_env(
+        model_dir=model_dir, milvus_uri=milvus["uri"], collection=alias, model__max_length="256"
+    )
+    entrypoint = f"python -m jobs.reembed --eval {_labelled(tmp_path / 'labelled')} --batch-size 4"
+    first = submit_job(dashboard, entrypoint, job_runtime_env(env))
+    state = _wait_state(
+        meta,
+        alias,
+        lambda s: s.get("phase") == "building" and s.get("done", 0) >= 8,
+        "mid-build",
+        dashboard,
+        first,
+    )
+    stopped = stop_job(dashboard, first)
+    assert stopped.status == "STOPPED", stopped.message
+    state = meta.get("reindex", alias) or {}
+    assert state.get("phase") == "interrupted", state  # recorded: a re-run need not wait out a lease
+    assert "stopped by signal" in " ".join(stopped.logs.split()), stopped.logs[-2000:]
+    target = state["target"]
+    assert store.resolve() == live, "a stopped job never touches the alias"
+    assert 0 < store.count(on=target) < store.count(), "the stop came mid-build"
+    assert _search(app, "quillfeather key rotation")[0] == "ops/quillfeather.md"
+
+    started = time.perf_counter()
+    resumed = follow_job(dashboard, submit_job(dashboard, entrypoint, job_runtime_env(env)))
+    assert resumed.status == "SUCCEEDED", f"{resumed.message}\n{resumed.logs[-3000:]}"
+    assert f"resuming unfinished job {state['job_id']} into {target}" in resumed.logs
+    result = job_result(resumed)
+    assert result["phase"] == "done" and result["target"] == target
+    assert 0 < result["embedded"] < result["chunks"], "chunks written before the stop were kept"
+    assert result["validation"]["ndcg_ratio"] >= 1.0
+    assert store.resolve() == target and store.model_of(target).endswith("|256")
+    FIGURES["reembed_resumed_job_s"] = resumed.total_s
+
+    # The app embeds queries with the old model: refused, naming both, within model_check_s.
+    deadline, response = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        response = httpx.post(f"{app.base_url}/v1/search", json={"query": "tenant 3 limit"}, timeout=60)
+        if response.status_code != 200:
+            break
+        time.sleep(0.5)
+    assert response is not None and response.status_code == 503, response and response.text
+    detail = response.text
+    assert "|256" in detail and "|512" in detail and "specrag rollback" in detail, detail
+    FIGURES["reembed_switch_to_refusal_s"] = round(time.perf_counter() - started - resumed.total_s, 1)
+
+    app.args["model"]["max_length"] = 256  # the operator deploys the new model
+    FIGURES["model_upgrade_redeploy"] = round(app.deploy(), 2)
+    hits = _search(app, "What is the limit for tenant 7?")
+    assert "tenants/t7.md" in hits[:3], hits
+    assert _search(app, "quillfeather key rotation")[0] == "ops/quillfeather.md"
+
+
+def test_reembed_job_survives_losing_its_actor_node(
+    app: ClusterApp,
+    cluster: tuple[LocalCluster, NodeProcess],
+    corpus: tuple[MilvusStore, MetaStore],
+    reembed_node: NodeProcess,
+    milvus: dict,
+    model_dir: Path,
+) -> None:
+    """The node of the job's embedding actor is killed mid-build and another joins: Ray Data restarts
+    the actor there and retries its batches; the job validates and switches, nothing missing."""
+    store, meta = corpus
+    alias, dashboard = store.collection, cluster[0].dashboard_url
+    live = store.resolve()
+    env = reembed_env(
+        model_dir=model_dir, milvus_uri=milvus["uri"], collection=alias, model__max_length="256"
+    )
+    started = time.perf_counter()
+    job_id = submit_job(dashboard, "python -m jobs.reembed --batch-size 4", job_runtime_env(env))
+    state = _wait_state(
+        meta,
+        alias,
+        lambda s: s.get("phase") == "building" and s.get("target") != live and s.get("done", 0) >= 8,
+        "mid-build",
+        dashboard,
+        job_id,
+    )
+    node = next(w for w in reversed(cluster[0].workers) if REEMBED in w.resources)
+    killed_at = time.perf_counter()
+    assert cluster[0].kill_worker(node)
+    cluster[0].add_worker({REEMBED: 1})
+    joined_at = time.perf_counter()
+    job = follow_job(dashboard, job_id, started=started)
+    assert job.status == "SUCCEEDED", f"{job.message}\n{job.logs[-3000:]}"
+    result = job_result(job)
+    assert result["phase"] == "done" and result["target"] == state["target"] and result["failed"] == 0
+    assert store.resolve() == state["target"]
+    assert store.count() == store.count(on=live), "every chunk of the previous collection is there"
+    FIGURES["reembed_node_killed_to_replacement_joined"] = round(joined_at - killed_at, 1)
+    FIGURES["reembed_node_killed_to_job_done"] = round(time.perf_counter() - killed_at, 1)
+    assert _search(app, "quillfeather key rotation")[0] == "ops/quillfeather.md"
 
 
 def test_failing_job_ends_failed_with_the_reason(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
+import pytest
 from typer.testing import CliRunner
 
 from serve_app.cli import app
-from serve_app.cli.reindex import _format_reindex
+from serve_app.cli.reindex import JobStopped, _format_reindex, _stopped_by_sigterm
 
 runner = CliRunner()
 
@@ -59,3 +63,12 @@ def test_reindex_options() -> None:
 def test_rollback_takes_a_collection() -> None:
     result = runner.invoke(app, ["rollback", "--help"])
     assert result.exit_code == 0 and "--collection" in result.output
+
+
+def test_sigterm_stops_the_job_like_ctrl_c_and_the_handler_is_restored() -> None:
+    """``ray job stop`` sends SIGTERM: inside the job it raises (the Reindexer records "interrupted")."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(JobStopped, match="stopped by signal 15"), _stopped_by_sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next line
+        raise AssertionError("SIGTERM did not stop the job")
+    assert signal.getsignal(signal.SIGTERM) is before
