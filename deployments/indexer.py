@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from ray import serve
@@ -24,6 +25,8 @@ from serve_app.core.meta import MetaStore
 from serve_app.core.store import StoreUnavailable, doc_version_filter, make_store
 from serve_app.serving.observability import metric
 from serve_app.settings import DataScope, Settings
+
+T = TypeVar("T")
 
 EMBED_TIMEOUT_S = 300.0  # one embedding call of a write batch; a hung Embedder must not block writes forever
 
@@ -57,11 +60,29 @@ class Indexer:
         self._source_runs: dict[str, dict[str, Any]] = {}  # name -> the newest trigger's state
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking work (Milvus, git, the Ingestor) off the replica's event loop, remembering that
+        loop for the Embedder calls the work makes (``_call_embedder``)."""
+        self._loop = asyncio.get_running_loop()
+        return await asyncio.to_thread(fn, *args)
+
+    def _call_embedder(self, method: str, *args: Any) -> Any:
+        """An Embedder call from a worker thread, made on the replica's event loop and waited for
+        here: a handle whose router runs on that loop (``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0``,
+        part of Serve's throughput-optimised mode) refuses calls from other threads."""
+
+        async def call() -> Any:
+            return await getattr(self.embedder, method).remote(*args)
+
+        if self._loop is None:
+            raise RuntimeError("Embedder calls come from work started by _in_thread")
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=EMBED_TIMEOUT_S)
 
     def _embed(self, texts: list[str]) -> tuple[np.ndarray, list[dict[int, float]]]:
-        # A worker thread (not the replica's event loop), so a blocking .result() is allowed.
         colbert = self.settings.ingest.colbert_rows  # warms the rerank's ColBERT cache (same pass)
-        out = self.embedder.embed.remote(texts, "passage", colbert).result(timeout_s=EMBED_TIMEOUT_S)
+        out = self._call_embedder("embed", texts, "passage", colbert)
         failed = [o["error"] for o in out if o["error"]]
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(texts)} texts failed to embed: {failed[0]}")
@@ -69,7 +90,7 @@ class Indexer:
 
     def _ingestor(self) -> Ingestor:
         if self._model_key is None:
-            self._model_key = self.embedder.info.remote().result(timeout_s=EMBED_TIMEOUT_S)["model_key"]
+            self._model_key = self._call_embedder("info")["model_key"]
         return Ingestor(
             self._embed,
             self.store,
@@ -103,10 +124,10 @@ class Indexer:
 
     async def upsert(self, docs: list[dict[str, Any]], scope: DataScope | None = None) -> dict[str, Any]:
         """``scope``: the caller's write scope (``OutOfScope`` before anything is written)."""
-        return await asyncio.to_thread(self._upsert, docs, scope)
+        return await self._in_thread(self._upsert, docs, scope)
 
     async def delete(self, doc_ids: list[str], scope: DataScope | None = None) -> dict[str, Any]:
-        return await asyncio.to_thread(self._delete, doc_ids, scope)
+        return await self._in_thread(self._delete, doc_ids, scope)
 
     def _resolve(self, name: str, commit: str | None) -> str:
         """Fetch the registered remote (one fetch per source at a time) and resolve the commit; a
@@ -143,7 +164,7 @@ class Indexer:
             if mine():
                 run["state"] = "running"
             try:
-                result = await asyncio.to_thread(self._sync, name, commit, full)
+                result = await self._in_thread(self._sync, name, commit, full)
             except BaseException as exc:
                 if mine():
                     run.update(state="failed", error=f"{type(exc).__name__}: {exc}"[:1000])

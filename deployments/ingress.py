@@ -24,6 +24,7 @@ from serve_app.http.app import create_app
 from serve_app.http.errors import BackendUnavailable, one_line
 from serve_app.serving.adapters import (
     CachingEmbedder,
+    CachingExpander,
     HandleEmbedder,
     HandleExpander,
     HandleReranker,
@@ -56,9 +57,13 @@ class Ingress:
         # A repeated text skips the hop to the Embedder (serving/adapters.py: CachingEmbedder).
         self._embed_port = CachingEmbedder(handle_embedder, mb * 2**20) if mb else handle_embedder
         self._rerank_port = HandleReranker(reranker)
+        # A repeated query skips the hop to the QueryExpander and its LLM call (CachingExpander),
+        # never past the expander's next glossary refresh: new terms reach remembered queries too.
+        ttl = min(settings.serve.expansion_cache_s, settings.expander.glossary_refresh_s)
+        expand_port = CachingExpander(HandleExpander(expander), ttl) if ttl else HandleExpander(expander)
         self.pipeline = SearchPipeline(
             settings.search,
-            expander=HandleExpander(expander),
+            expander=expand_port,
             embedder=self._embed_port,
             retriever=HandleRetriever(searcher),
             reranker=self._rerank_port,

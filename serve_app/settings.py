@@ -499,6 +499,13 @@ class ServeSettings(_Section):
         description="per Ingress replica: embeddings it received from the Embedder, so a repeated "
         "text (a cached query, a repeated /v1/embed input) skips the hop to it; 0 = off",
     )
+    expansion_cache_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="per Ingress replica: how long a query's expansion is reused for the same query "
+        "(no hop to the QueryExpander, no second LLM call), at most expander.glossary_refresh_s; "
+        "answers that fell back to the glossary are not kept; 0 = off",
+    )
     reranker_cache_mb: int = Field(
         default=256,
         ge=0,

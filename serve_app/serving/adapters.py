@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from cachetools import TTLCache
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.core.cache import EmbeddingCache
@@ -50,6 +51,35 @@ class HandleExpander:
 
     async def expand(self, query: str, enabled: bool = True, scope: DataScope | None = None) -> Expansion:
         return await self.handle.expand.remote(query, enabled, scope)
+
+
+class CachingExpander:
+    """An ``Expander`` port that remembers its inner port's answers for ``ttl_s``, in this process.
+
+    A repeated query (with the same ``enabled`` and data scope) is expanded without the hop to the
+    QueryExpander and without a second LLM call, which with a real LLM is hundreds of milliseconds
+    per search. Only complete answers are kept: a fallback to glossary variants (the LLM failing)
+    or an error is asked again next time, so a recovered LLM is used at once. The Ingress sets
+    ``ttl_s`` no longer than the expander's glossary refresh (``expander.glossary_refresh_s``), so
+    newly learned terms reach remembered queries within one refresh period; ``MAX_ITEMS``
+    bounds the memory (an entry is a few variants, well under a kilobyte).
+    """
+
+    MAX_ITEMS = 10_000
+    KEEP = frozenset({"off", "skipped", "ok", "empty"})  # Expansion["llm"] of a complete answer
+
+    def __init__(self, inner: Any, ttl_s: float) -> None:
+        self.inner = inner
+        self.memo: TTLCache[tuple[str, bool, DataScope | None], Expansion] = TTLCache(self.MAX_ITEMS, ttl_s)
+
+    async def expand(self, query: str, enabled: bool = True, scope: DataScope | None = None) -> Expansion:
+        key = (query, enabled, scope)
+        hit = self.memo.get(key)
+        if hit is None:
+            hit = await self.inner.expand(query, enabled, scope)
+            if hit.get("llm") in self.KEEP and "error" not in hit:
+                self.memo[key] = hit
+        return {**hit, "variants": list(hit["variants"])}  # callers may reorder their copy
 
 
 class CachingEmbedder:

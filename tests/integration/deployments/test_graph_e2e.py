@@ -189,8 +189,11 @@ def test_filters_restrict_results(service) -> None:
 
 def test_explain_shows_variants_channels_and_stage_timings(service, llm: FakeLLM) -> None:
     llm.mode = "ok"  # answers 1 ja + 3 en variants
+    # A query no other test sends: the Ingress remembers expansions (serve.expansion_cache_s),
+    # and one made while the LLM answered nothing would be reused here.
+    query = "認証トークンの有効期限はいつまで？"
     try:
-        body = _top(service["client"], "認証トークンの有効期限は？", explain=True, rerank=False)
+        body = _top(service["client"], query, explain=True, rerank=False)
     finally:
         llm.mode = "empty"
     origins = [v["origin"] for v in body["variants"]]
@@ -204,14 +207,15 @@ def test_explain_shows_variants_channels_and_stage_timings(service, llm: FakeLLM
     assert all(r["found_by"] for r in body["results"])
     assert {f["variant"] for r in body["results"] for f in r["found_by"]} - {0}, "variants found results"
     # without explain: no per-search detail
-    plain = _top(service["client"], "認証トークンの有効期限は？", rerank=False)
+    plain = _top(service["client"], query, rerank=False)  # its expansion is remembered: same variants
+    assert plain["variants"] == body["variants"]
     assert plain["explain"] is None and not any(r["found_by"] for r in plain["results"])
 
 
 @pytest.mark.parametrize("mode", ["garbage", "slow", "error", "down"])
 def test_expander_faults_fall_back_without_failing_the_search(service, llm: FakeLLM, mode: str) -> None:
     """Invalid JSON, a slow endpoint (over the 1 s budget), HTTP 503, nothing listening."""
-    query = "What happens when the idempotency key is reused?"
+    query = f"What happens when the idempotency key is reused ({mode})?"  # never expanded before
     started = time.perf_counter()
     if mode == "down":
         llm.stop()

@@ -1,14 +1,16 @@
-"""The Ingress's embedding memory in front of the Embedder's handle (with an honest fake behind it)."""
+"""The Ingress's embedding and expansion memories in front of the handles (honest fakes behind them)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
 
 from serve_app.core.contracts import EmbedOutput
-from serve_app.serving.adapters import CachingEmbedder
+from serve_app.serving.adapters import CachingEmbedder, CachingExpander
+from serve_app.settings import DataScope
 
 
 class FakeHandleEmbedder:
@@ -74,3 +76,45 @@ def test_failures_truncations_and_window_checks_always_go_to_the_embedder() -> N
     assert again[0]["error"] == "model failed" and again[1]["truncated"] is True
     _embed(port, ["fits"], truncate="none")
     assert inner.calls[-1] == (["fits"], "query", False, "none"), "the Embedder checks the window"
+
+
+class FakeHandleExpander:
+    """Answers with the given ``llm`` state; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool, Any]] = []
+        self.llm = "ok"
+
+    async def expand(self, query: str, enabled: bool = True, scope: Any = None) -> Any:
+        self.calls.append((query, enabled, scope))
+        variants = [{"text": query, "lang": "en", "origin": "original"}]
+        if self.llm == "ok":
+            variants.append({"text": f"{query} (rewritten)", "lang": "en", "origin": "llm"})
+        return {"variants": variants, "llm": self.llm}
+
+
+def test_a_repeated_query_is_expanded_once_until_its_ttl_and_per_scope() -> None:
+    inner = FakeHandleExpander()
+    port = CachingExpander(inner, ttl_s=0.3)
+    first = asyncio.run(port.expand("q"))
+    again = asyncio.run(port.expand("q"))
+    assert len(inner.calls) == 1 and again == first and len(again["variants"]) == 2
+    again["variants"].pop()
+    assert len(asyncio.run(port.expand("q"))["variants"]) == 2, "a caller's change stays in its copy"
+    asyncio.run(port.expand("q", enabled=False))
+    asyncio.run(port.expand("q", scope=DataScope(sources=("team-a/",))))
+    assert len(inner.calls) == 3, "enabled and the data scope are part of the key"
+    time.sleep(0.35)
+    asyncio.run(port.expand("q"))
+    assert len(inner.calls) == 4, "asked again after the TTL"
+
+
+def test_fallback_answers_are_not_remembered() -> None:
+    inner = FakeHandleExpander()
+    port = CachingExpander(inner, ttl_s=60)
+    inner.llm = "fallback"  # the LLM failed: glossary variants only
+    asyncio.run(port.expand("q"))
+    inner.llm = "ok"
+    assert asyncio.run(port.expand("q"))["llm"] == "ok", "the recovered LLM is asked at once"
+    asyncio.run(port.expand("q"))
+    assert len(inner.calls) == 2
