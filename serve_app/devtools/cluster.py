@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 import yaml
 
-from serve_app.devtools.local_stack import LOCAL_RAY_ENV, free_port
+from serve_app.devtools.local_stack import LOCAL_RAY_ENV, free_port, log_tail
 from serve_app.devtools.reliability.load import (
     BAD_ANSWER,
     TIMEOUT,
@@ -108,13 +108,6 @@ def cluster_env() -> dict[str, str]:
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
-
-
-def _tail(path: Path, limit: int = 3000) -> str:
-    try:
-        return path.read_bytes()[-limit:].decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 def node_processes(pid: int) -> list[Any]:
@@ -297,7 +290,7 @@ class LocalCluster:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(
-                    f"ray start ({node.name}) exited with {proc.returncode}:\n{_tail(Path(node.log))}"
+                    f"ray start ({node.name}) exited with {proc.returncode}:\n{log_tail(Path(node.log))}"
                 )
             with contextlib.suppress(Exception):
                 if httpx.get(f"{self.dashboard_url}/api/version", timeout=2).status_code == 200:
@@ -306,7 +299,7 @@ class LocalCluster:
                             node.node_id = _field(row, "node_id")
                             return
             time.sleep(0.5)
-        raise TimeoutError(f"node {node.name} not ALIVE in {timeout_s:.0f} s:\n{_tail(Path(node.log))}")
+        raise TimeoutError(f"node {node.name} not ALIVE in {timeout_s:.0f} s:\n{log_tail(Path(node.log))}")
 
     def _ours(self, pid: int) -> bool:
         """Guard against a recycled pid: the process must be this cluster's ``ray start``."""
@@ -460,7 +453,7 @@ def start_milvus_detached(data_dir: Path, timeout_s: float = 60.0) -> tuple[str,
     while not port_open("127.0.0.1", port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"milvus-lite server did not start on port {port}:\n{_tail(log)}")
+            raise RuntimeError(f"milvus-lite server did not start on port {port}:\n{log_tail(log)}")
         time.sleep(0.2)
     return f"http://127.0.0.1:{port}", proc.pid
 

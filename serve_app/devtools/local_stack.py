@@ -99,7 +99,8 @@ def _milvus_answers(uri: str) -> bool:
         return False
 
 
-def _tail(path: Path, limit: int = 4000) -> str:
+def log_tail(path: Path, limit: int = 4000) -> str:
+    """The end of a process's log file for an error message ('' when it cannot be read)."""
     try:
         return path.read_bytes()[-limit:].decode("utf-8", errors="replace")
     except OSError:
@@ -137,10 +138,10 @@ def milvus_lite_server(
         deadline = time.monotonic() + timeout_s
         while not (port_open(host, port) and _milvus_answers(uri)):
             if proc.poll() is not None:
-                raise RuntimeError(f"milvus-lite server exited ({proc.returncode}):\n{_tail(log_path)}")
+                raise RuntimeError(f"milvus-lite server exited ({proc.returncode}):\n{log_tail(log_path)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"milvus-lite server not ready on {uri} in {timeout_s:.0f} s:\n{_tail(log_path)}"
+                    f"milvus-lite server not ready on {uri} in {timeout_s:.0f} s:\n{log_tail(log_path)}"
                 )
             time.sleep(0.1)
         log.info("Milvus Lite server on %s (data in %s)", uri, data_dir)

@@ -40,6 +40,7 @@ from serve_app.devtools.cluster import (
     write_docs,
 )
 from serve_app.devtools.local_stack import apply_local_env, free_port
+from serve_app.testing.labelled import write_labelled_set
 from tests.integration.cluster.support import check_stopped_and_report
 
 pytestmark = pytest.mark.integration
@@ -194,36 +195,30 @@ def reembed_node(cluster: tuple[LocalCluster, NodeProcess]) -> NodeProcess:
     return cluster[0].add_worker({REEMBED: 1})
 
 
-def _wait_state(meta: MetaStore, alias: str, pred, what: str, dashboard: str, job_id: str) -> dict:
-    """The job's recorded state once ``pred`` holds; fails with the job's logs if it ends first."""
+def _mid_build(store: MilvusStore, meta: MetaStore, dashboard: str, job_id: str) -> dict:
+    """The job's recorded state once it has built part of a new collection (8 chunks: a stop or a
+    kill now comes mid-build); fails with the job's logs if it ends first."""
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(dashboard)
+    client, live = JobSubmissionClient(dashboard), store.resolve()
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        state = meta.get("reindex", alias) or {}
-        if pred(state):
+        state = meta.get("reindex", store.collection) or {}
+        if state.get("phase") == "building" and state.get("target") != live and state.get("done", 0) >= 8:
             return state
         if client.get_job_status(job_id).is_terminal():
-            pytest.fail(f"job ended before {what}: {state}\n{client.get_job_logs(job_id)[-12000:]}")
+            pytest.fail(f"job ended before mid-build: {state}\n{client.get_job_logs(job_id)[-12000:]}")
         time.sleep(0.1)
     client.stop_job(job_id)
-    pytest.fail(
-        f"{what} not reached in 240 s: {meta.get('reindex', alias)}\n{client.get_job_logs(job_id)[-3000:]}"
-    )
+    pytest.fail(f"mid-build not reached in 240 s: {state}\n{client.get_job_logs(job_id)[-3000:]}")
 
 
-def _labelled(folder: Path) -> Path:
-    """A labelled set (BEIR layout) over the corpus: a model change is validated against it."""
-    (folder / "qrels").mkdir(parents=True)
-    queries = [(f"q{i}", f"What is the limit for tenant {i}?", f"tenants/t{i}.md") for i in range(10)]
-    (folder / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q, "text": t, "lang": "en"}) + "\n" for q, t, _ in queries)
+def _upgraded_env(store: MilvusStore, milvus: dict, model_dir: Path) -> dict[str, str]:
+    """The re-embed jobs' settings: the app's alias, another model (max_length 256 is another vector
+    space, recorded as such: the first job upgrades to it, the second re-embeds with it)."""
+    return reembed_env(
+        model_dir=model_dir, milvus_uri=milvus["uri"], collection=store.collection, model__max_length="256"
     )
-    (folder / "qrels" / "dev.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, _, d in queries)
-    )
-    return folder
 
 
 def test_reembed_job_upgrades_the_model_after_a_stop_and_the_running_app_follows(
@@ -242,19 +237,15 @@ def test_reembed_job_upgrades_the_model_after_a_stop_and_the_running_app_follows
     store, meta = corpus
     alias, dashboard = store.collection, cluster[0].dashboard_url
     live = store.resolve()
-    env = reembed_env(
-        model_dir=model_dir, milvus_uri=milvus["uri"], collection=alias, model__max_length="256"
+    env = _upgraded_env(store, milvus, model_dir)
+    # A labelled set over the corpus: a model change is validated against it.
+    labelled = write_labelled_set(
+        tmp_path / "labelled",
+        [(f"q{i}", f"What is the limit for tenant {i}?", f"tenants/t{i}.md") for i in range(10)],
     )
-    entrypoint = f"python -m jobs.reembed --eval {_labelled(tmp_path / 'labelled')} --batch-size 4"
+    entrypoint = f"python -m jobs.reembed --eval {labelled} --batch-size 4"
     first = submit_job(dashboard, entrypoint, job_runtime_env(env))
-    state = _wait_state(
-        meta,
-        alias,
-        lambda s: s.get("phase") == "building" and s.get("done", 0) >= 8,
-        "mid-build",
-        dashboard,
-        first,
-    )
+    state = _mid_build(store, meta, dashboard, first)
     stopped = stop_job(dashboard, first)
     assert stopped.status == "STOPPED", stopped.message
     state = meta.get("reindex", alias) or {}
@@ -306,21 +297,12 @@ def test_reembed_job_survives_losing_its_actor_node(
     """The node of the job's embedding actor is killed mid-build and another joins: Ray Data restarts
     the actor there and retries its batches; the job validates and switches, nothing missing."""
     store, meta = corpus
-    alias, dashboard = store.collection, cluster[0].dashboard_url
+    dashboard = cluster[0].dashboard_url
     live = store.resolve()
-    env = reembed_env(
-        model_dir=model_dir, milvus_uri=milvus["uri"], collection=alias, model__max_length="256"
-    )
+    env = _upgraded_env(store, milvus, model_dir)
     started = time.perf_counter()
     job_id = submit_job(dashboard, "python -m jobs.reembed --batch-size 4", job_runtime_env(env))
-    state = _wait_state(
-        meta,
-        alias,
-        lambda s: s.get("phase") == "building" and s.get("target") != live and s.get("done", 0) >= 8,
-        "mid-build",
-        dashboard,
-        job_id,
-    )
+    state = _mid_build(store, meta, dashboard, job_id)
     node = next(w for w in reversed(cluster[0].workers) if REEMBED in w.resources)
     killed_at = time.perf_counter()
     assert cluster[0].kill_worker(node)

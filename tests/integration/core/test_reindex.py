@@ -23,6 +23,7 @@ from serve_app.core.reindex import sync_documents
 from serve_app.core.store import MilvusStore
 from serve_app.settings import ChunkSettings, Settings
 from serve_app.testing.doubles import HashEncoder
+from serve_app.testing.labelled import write_labelled_set
 
 pytestmark = pytest.mark.integration
 
@@ -162,14 +163,8 @@ def test_model_change_needs_a_labelled_comparison(
     assert store.resolve() == original, "no switch without the comparison"
 
     # A labelled set in BEIR layout whose doc ids are in the collection.
-    data = tmp_path / "labelled"
-    (data / "qrels").mkdir(parents=True)
-    queries = [(f"q{i}", f"What is the limit for tenant {i}?", f"doc{i}") for i in range(10)]
-    (data / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q, "text": t, "lang": "en", "type": "fact"}) + "\n" for q, t, _ in queries)
-    )
-    (data / "qrels" / "dev.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, _, d in queries)
+    data = write_labelled_set(
+        tmp_path / "labelled", [(f"q{i}", f"What is the limit for tenant {i}?", f"doc{i}") for i in range(10)]
     )
     upgraded = subprocess.run(
         [sys.executable, "-m", "jobs.reembed", "--local", "--eval", str(data)],
