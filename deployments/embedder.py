@@ -58,6 +58,7 @@ class Embedder:
         self.batch_sizes: Counter[int] = Counter()  # model steps by size (merged @serve.batch groups)
         self.forward_sizes: Counter[int] = Counter()  # forward passes by size
         self._last_ok = 0.0
+        self.busy_s = 0.0  # time in model steps: against wall time, the model's utilisation
         self._cache_seen: dict[str, dict[str, int]] = {"dense+sparse": {}, "colbert": {}}
         self._count_lock = threading.Lock()
         self.m_batch = metrics.Histogram(
@@ -110,6 +111,7 @@ class Embedder:
         return results
 
     def _record(self, size: int, elapsed_ms: float, results: list[EmbedOutput]) -> None:
+        self.busy_s += elapsed_ms / 1000
         self.batch_sizes[size] += 1
         self.m_batch.observe(size)
         self.m_batch_ms.observe(elapsed_ms)
@@ -189,6 +191,7 @@ class Embedder:
             "pid": os.getpid(),  # fault-injection scenarios kill a replica by it
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
             "forward_batches": dict(sorted(self.forward_sizes.items())),
+            "busy_s": round(self.busy_s, 3),
             "cache": cache_stats(self.service.cache),
             "colbert_cache": cache_stats(self.service.colbert_cache),
         }
@@ -198,7 +201,7 @@ class Embedder:
         (the model itself, not the cache), and whether Redis answers."""
         out: dict[str, Any] = {}
         started = time.perf_counter()
-        if time.monotonic() - self._last_ok < 10 or self.encoder._lock.locked():
+        if time.monotonic() - self._last_ok < 10 or self.encoder.busy:
             # Just worked, or working now: a probe would only queue behind real requests.
             out["model"] = {"status": "ok", "dim": self.service.dim, "detail": "recent or running batch"}
             cache = self.service.cache
@@ -228,7 +231,7 @@ class Embedder:
         The probe runs off the event loop and waits behind a running batch, so a busy replica
         is never declared dead for being busy.
         """
-        if time.monotonic() - self._last_ok < 60 or self.encoder._lock.locked():
+        if time.monotonic() - self._last_ok < 60 or self.encoder.busy:
             return  # recently worked, or working right now: busy is not dead
         out = await asyncio.to_thread(self.encoder.encode, ["health"], input_type="query", sparse=False)
         if out.dense is None or out.dense.shape != (1, self.service.dim) or out.errors[0]:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from serve_app.core.batching import (
     truncate_start_at_sentence,
 )
 from serve_app.core.contracts import Truncate
+from serve_app.core.torch_thread import on_torch_thread
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,6 @@ class M3Encoder:
         query_prefix: str | None = None,
         passage_prefix: str | None = None,
     ) -> None:
-        import torch
-        from FlagEmbedding import BGEM3FlagModel  # 5-9 s import: only where a model is really loaded
-
-        if num_threads > 0:
-            torch.set_num_threads(num_threads)
         meta = self._sidecar(name_or_path)
         self.device = _resolve_device(device)
         on_gpu = self.device.startswith("cuda")
@@ -162,21 +158,9 @@ class M3Encoder:
         # Everything that changes a vector bit for bit: cache keys carry it.
         self.fingerprint = f"{self.model_key}|{dtype}"
 
-        flag = BGEM3FlagModel(
-            name_or_path,
-            use_fp16=dtype == "float16",
-            use_bf16=dtype == "bfloat16",
-            devices=self.device,
-            pooling_method=self.pooling,
-            normalize_embeddings=True,
-            query_max_length=self.max_length,
-            passage_max_length=self.max_length,
-        )
+        flag = on_torch_thread(self._load, name_or_path, num_threads)
         self.tokenizer = flag.tokenizer
         self.model = flag.model
-        torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-        self.model.to(device=self.device, dtype=torch_dtype)
-        self.model.eval()
         self.dim = int(self.model.model.config.hidden_size)
         tok = self.tokenizer
         self._special_ids = {
@@ -184,7 +168,7 @@ class M3Encoder:
             for t in (tok.cls_token, tok.eos_token, tok.pad_token, tok.unk_token)
             if t is not None
         }
-        self._lock = threading.Lock()  # one forward at a time per replica; torch uses the cores
+        self._lock = threading.Lock()  # held while a plan runs (``busy``); the torch thread serialises
         log.info(
             "loaded %s on %s (%s, pooling=%s, dim=%d)",
             name_or_path,
@@ -193,6 +177,33 @@ class M3Encoder:
             self.pooling,
             self.dim,
         )
+
+    def _load(self, name_or_path: str, num_threads: int) -> Any:
+        """FlagEmbedding's model on ``self.device`` in ``self.dtype`` (on the torch thread)."""
+        import torch
+        from FlagEmbedding import BGEM3FlagModel  # 5-9 s import: only where a model is really loaded
+
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        flag = BGEM3FlagModel(
+            name_or_path,
+            use_fp16=self.dtype == "float16",
+            use_bf16=self.dtype == "bfloat16",
+            devices=self.device,
+            pooling_method=self.pooling,
+            normalize_embeddings=True,
+            query_max_length=self.max_length,
+            passage_max_length=self.max_length,
+        )
+        torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        flag.model.to(device=self.device, dtype=torch_dtype[self.dtype])
+        flag.model.eval()
+        return flag
+
+    @property
+    def busy(self) -> bool:
+        """A forward plan is running (health checks do not queue a probe behind it)."""
+        return self._lock.locked()
 
     @staticmethod
     def _revision(name_or_path: str, meta: dict) -> str:
@@ -330,9 +341,13 @@ class M3Encoder:
             self._release_memory()
 
         plan = plan_batches(out.token_counts, max_items=self.batch_size, max_tokens=self.max_tokens_per_batch)
-        with self._lock:
-            for batch in plan:
-                run_isolating_failures(batch, run, failed, split)
+
+        def run_plan() -> None:
+            with self._lock:
+                for batch in plan:
+                    run_isolating_failures(batch, run, failed, split)
+
+        on_torch_thread(run_plan)
         return out
 
     def _release_memory(self) -> None:

@@ -22,6 +22,7 @@ from serve_app.core.encoder import InputTooLong
 from serve_app.core.fusion import Candidate
 from serve_app.core.pipeline import Embedder
 from serve_app.core.retrieval import passage_text, relevance, rerank, rerank_scores
+from serve_app.core.torch_thread import on_torch_thread
 from serve_app.settings import SearchSettings
 
 
@@ -37,12 +38,12 @@ def load_cross_encoder(name_or_path: str, device: str = "auto") -> Any:
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return FlagReranker(name_or_path, use_fp16=device.startswith("cuda"), devices=device)
+    return on_torch_thread(FlagReranker, name_or_path, use_fp16=device.startswith("cuda"), devices=device)
 
 
 def cross_encoder_scores(model: Any, query: str, passages: list[str]) -> list[float]:
     """Relevance in [0, 1] (sigmoid of the logit), one per passage."""
-    scores = model.compute_score([[query, p] for p in passages], normalize=True)
+    scores = on_torch_thread(model.compute_score, [[query, p] for p in passages], normalize=True)
     return [float(x) for x in (scores if isinstance(scores, list) else [scores])]
 
 

@@ -315,7 +315,20 @@ TABLE_HEADER = (
     "p99 ms",
     "errors",
     "mean batch",
+    "model ms/text",
 )
+
+
+def model_ms_per_text(seconds: Any, texts: Any) -> float | None:
+    """Model time per text: the in-process run's time, or the Embedder's time in model steps
+    (``busy_s``) for a Serve level; against each other they show what the replica's model
+    steps lose to the request path sharing the cores."""
+    return round(seconds * 1000 / texts, 1) if _is_number(seconds) and texts else None
+
+
+def busy_s(level: Mapping[str, Any]) -> Any:
+    """The Embedder's seconds in model steps during a level (``Embedder.stats`` delta)."""
+    return ((level.get("batch") or {}).get("other_stats") or {}).get("busy_s")
 
 
 def table_rows(report: Mapping[str, Any]) -> list[list[str]]:
@@ -333,6 +346,7 @@ def table_rows(report: Mapping[str, Any]) -> list[list[str]]:
             "–",
             "0",
             _fmt(ip.get("mean_batch")),
+            _fmt(model_ms_per_text(ip.get("seconds"), ip.get("texts"))),
         ]
     ]
     for lv in report["serve"]["levels"]:
@@ -350,6 +364,7 @@ def table_rows(report: Mapping[str, Any]) -> list[list[str]]:
                 _fmt(lat["p99"]),
                 errors,
                 _fmt((lv.get("batch") or {}).get("mean")),
+                _fmt(model_ms_per_text(busy_s(lv), lv.get("texts"))),
             ]
         )
     return rows
@@ -647,6 +662,7 @@ def measure_in_process(settings: Settings, workload: Workload, warmup: int) -> t
     import torch
 
     from serve_app.core.embedding import EmbeddingService, EmbedItem, load_encoder
+    from serve_app.core.torch_thread import on_torch_thread
 
     t0 = time.perf_counter()
     service = EmbeddingService(load_encoder(settings))
@@ -659,7 +675,7 @@ def measure_in_process(settings: Settings, workload: Workload, warmup: int) -> t
         "max_length": getattr(encoder, "max_length", settings.model.max_length),
         "device": str(getattr(encoder, "device", settings.model.device)),
         "dtype": str(getattr(encoder, "dtype", settings.model.dtype)),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": on_torch_thread(torch.get_num_threads),
         "load_s": round(load_s, 2),
     }
     size = settings.batch.max_batch_size
@@ -770,6 +786,7 @@ class LevelResult:
             "concurrency": self.concurrency,
             "planned": self.planned,
             "requests": ok + sum(self.errors.values()),
+            "texts": self.texts,
             "ok": ok,
             "errors": sum(self.errors.values()),
             "error_kinds": dict(self.errors),

@@ -11,16 +11,17 @@ from serve_app.http.security import OPEN, Principal
 from serve_app.settings import Settings
 
 
-def backend(request: Request) -> Any:
-    """The app's backend (FastAPI dependency)."""
+async def backend(request: Request) -> Any:
+    """The app's backend (FastAPI dependency). The dependencies are ``async`` because FastAPI runs a
+    plain ``def`` dependency in its thread pool: a thread hop each, per request."""
     return request.app.state.backend
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
     """Who the request acts for (set by the auth middleware; the open principal without auth)."""
     value = getattr(request.state, "principal", None)
     return value if isinstance(value, Principal) else OPEN

@@ -172,3 +172,22 @@ def test_rerank_colbert_vectors_are_shared_through_redis(encoder: M3Encoder, red
         assert colbert_maxsim(q, a["colbert"]) == colbert_maxsim(q, b["colbert"])
     plain = second.embed_items([EmbedItem(texts[0], "passage")])[0]
     assert plain["cached"] is None, "a ColBERT entry is not the dense + sparse cache's"
+
+
+def test_forward_passes_run_on_the_torch_thread_whoever_calls(encoder: M3Encoder, monkeypatch) -> None:
+    """One OpenMP team per process: a forward from a second thread would make every op slower."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads: set[str] = set()
+    forward = encoder._forward
+
+    def spy(*args: object, **kwargs: object) -> None:
+        threads.add(threading.current_thread().name)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(encoder, "_forward", spy)
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(lambda t: encoder.encode([t]), ["一つ目", "second", "三つ目の文"]))
+    assert all(o.errors == [None] for o in outs)
+    assert len(threads) == 1 and threads.pop().startswith("specrag-torch")

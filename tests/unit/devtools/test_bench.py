@@ -134,7 +134,8 @@ def _level(concurrency: int, rate: float | None, errors: int = 0) -> dict:
         "tokens_per_s": None if rate is None else rate * 100,
         "errors": errors,
         "latency_ms": {"p50": 12.0, "p95": 30.5, "p99": 41.25},
-        "batch": {"source": "stats", "mean": 7.5},
+        "batch": {"source": "stats", "mean": 7.5, "other_stats": {"busy_s": 4.8}},
+        "texts": 96,
     }
 
 
@@ -153,7 +154,13 @@ def _report() -> dict:
             "mean_tokens": 90.0,
             "source": "samples",
         },
-        in_process={"texts_per_s": 40.0, "tokens_per_s": 3600.0, "mean_batch": 32.0},
+        in_process={
+            "texts_per_s": 40.0,
+            "tokens_per_s": 3600.0,
+            "mean_batch": 32.0,
+            "seconds": 2.4,
+            "texts": 96,
+        },
         levels=[_level(1, 10.0), _level(16, 34.0, errors=1), _level(64, None)],
         cache_hit={
             "serve": {"hit_ms": None, "reason": "no redis"},
@@ -180,8 +187,9 @@ def test_tables_have_a_row_per_level_and_the_baseline() -> None:
     assert table[0].split()[0] == "path" and "in-process" in table[2]
     md = bench.markdown_table(report).splitlines()
     assert md[0].startswith("| path | concurrency | texts/s")
-    assert md[4] == "| Serve HTTP | 16 | 34.0 | 3,400 | 0.85 | 12.0 | 30.5 | 41.2 | 1 | 7.5 |"
+    assert md[4] == "| Serve HTTP | 16 | 34.0 | 3,400 | 0.85 | 12.0 | 30.5 | 41.2 | 1 | 7.5 | 50.0 |"
     assert md[5].startswith("| Serve HTTP | 64 | – |")
+    assert md[2].endswith("| 32.0 | 25.0 |"), "in-process: its seconds per text"
 
 
 def test_markdown_section_carries_command_table_and_markers() -> None:

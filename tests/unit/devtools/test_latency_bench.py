@@ -11,7 +11,15 @@ import httpx
 import pytest
 
 from serve_app.core.pipeline import SearchOutcome, SearchQuery
-from serve_app.devtools.bench.latency import STAGES, LatencyBenchOptions, measure, section, write
+from serve_app.devtools.bench.latency import (
+    STAGES,
+    LatencyBenchOptions,
+    client_process,
+    measure,
+    over_httpx,
+    section,
+    write,
+)
 
 TIMINGS = {
     "expand": 1.0,
@@ -52,7 +60,7 @@ def app(requests: list[tuple[str, Any]], fail_path: str | None = None) -> httpx.
 
 async def _measure(requests: list[tuple[str, Any]], pipeline: FakePipeline, fail: str | None = None) -> Any:
     async with httpx.AsyncClient(transport=app(requests, fail), base_url="http://t") as client:
-        return await measure(client, pipeline, 6, echo=lambda _: None)
+        return await measure(over_httpx(client), pipeline, 6, echo=lambda _: None)
 
 
 def test_every_required_figure_and_the_floor_as_the_sum_of_stage_medians() -> None:
@@ -91,3 +99,40 @@ def test_report_and_section_are_written(tmp_path: Path) -> None:
         text.startswith("# Benchmarks") and "bench:latency:start" in text and "specrag bench latency" in text
     )
     assert section(report, str(options.out)) in text
+
+
+def test_the_client_process_sends_and_times_each_request() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._answer(404 if self.path == "/missing" else 200)
+
+        def do_POST(self) -> None:
+            self._answer(200)
+
+        def _answer(self, status: int) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            seen.append((self.command, self.path, self.headers.get("x-key")))
+            body = json.dumps({"echo": json.loads(self.rfile.read(length)) if length else None}).encode()
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with client_process(f"http://127.0.0.1:{server.server_port}", {"x-key": "k"}) as request:
+            ms, status, text = asyncio.run(request("POST", "/v1/search", {"query": "q"}))
+            assert status == 200 and json.loads(text) == {"echo": {"query": "q"}} and ms > 0
+            assert asyncio.run(request("GET", "/missing", None))[1] == 404
+    finally:
+        server.shutdown()
+    assert seen == [("POST", "/v1/search", "k"), ("GET", "/missing", "k")]
