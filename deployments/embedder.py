@@ -1,10 +1,12 @@
 """Embedder: BGE-M3 behind ``@serve.batch``; the engine does the work, this shell batches and reports.
 
-Requests join the replica's dynamic batch one text at a time: ``@serve.batch`` hands each
-text over as it arrives (groups of one, as many in flight as the replica takes requests, so
-Ray's ``max_batch_size x max_concurrent_batches`` never exceeds ``max_ongoing_requests``), and a
-``ContinuousBatcher`` forms the model steps: a text that finds the model idle runs at once,
-texts that arrive during a step join the next one, up to ``batch.max_batch_size``. The engine
+A request's texts join the replica's dynamic batch together: ``@serve.batch`` hands each
+request's group over as it arrives (groups of at most one model step, as many in flight as the
+replica takes requests, so Ray's ``max_batch_size x max_concurrent_batches`` never exceeds
+``max_ongoing_requests``), and a ``ContinuousBatcher`` forms the model steps: a group that finds
+the model idle runs at once, groups that arrive during a step join the next one, up to
+``batch.max_batch_size`` texts. One group per request matters for a search: its query variants
+handed over one by one started a step with the first alone and ran the rest in a second. The engine
 splits each step into forward passes by tokens, longest first, so a long text never pads
 dozens of short ones. Batch knobs change at run time via ``user_config``.
 """
@@ -32,7 +34,7 @@ _BATCH_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 _BATCH_MS_BOUNDARIES: list[float] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
 
 
-#: Texts a replica hands to the batcher at once: its ``max_ongoing_requests`` floor (``app.py``).
+#: Groups a replica hands to the batcher at once: its ``max_ongoing_requests`` floor (``app.py``).
 HANDOFF = 64
 
 
@@ -96,10 +98,18 @@ class Embedder:
         if "encode_batch_size" in user_config and hasattr(encoder, "batch_size"):
             encoder.batch_size = int(user_config["encode_batch_size"])
 
-    # Groups of one, handed over at once: the continuous batcher forms the steps.
+    # One group per call, handed over at once: the continuous batcher forms the steps.
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0, max_concurrent_batches=HANDOFF)
-    async def _embed_one(self, items: list[EmbedItem]) -> list[EmbedOutput]:
-        return await self._batcher.submit(items)
+    async def _embed_group(self, groups: list[list[EmbedItem]]) -> list[list[EmbedOutput]]:
+        return [await self._batcher.submit(groups[0])]
+
+    async def _embed_items(self, items: list[EmbedItem]) -> list[EmbedOutput]:
+        """``items`` in groups of at most one model step (a large request still interleaves with
+        others step by step), their outputs in order."""
+        size = max(1, self._batcher.max_items)
+        groups = [items[i : i + size] for i in range(0, len(items), size)]
+        done = await asyncio.gather(*(self._embed_group(group) for group in groups))
+        return [output for outputs in done for output in outputs]
 
     def _work(self, items: list[EmbedItem]) -> list[EmbedOutput]:
         """One model step (in the batcher's worker thread): cache, forward passes, bookkeeping."""
@@ -149,7 +159,7 @@ class Embedder:
         colbert: bool = False,
         truncate: Truncate = "end",
     ) -> list[EmbedOutput]:
-        """Each text joins the replica's dynamic batch on its own, so concurrent requests share passes.
+        """A request's texts join the replica's dynamic batch together; concurrent requests share steps.
 
         ``truncate="none"`` is checked here, per request, before any text joins the batch: a text
         over the window raises ``InputTooLong`` for this request only.
@@ -163,7 +173,7 @@ class Embedder:
         out = self.service.from_memory(items)
         if any(o is not None for o in out):
             self._count_cache()
-        return await fill_gaps(out, lambda todo: asyncio.gather(*(self._embed_one(items[i]) for i in todo)))
+        return await fill_gaps(out, lambda todo: self._embed_items([items[i] for i in todo]))
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         return self.encoder.tokenizer.convert_ids_to_tokens(token_ids)

@@ -46,7 +46,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         num_replicas=sv.embedder_replicas,
         ray_actor_options={"num_cpus": sv.embedder_num_cpus, "num_gpus": sv.embedder_num_gpus},
         # Room for a full model step and the next one collecting; never below the Embedder's
-        # hand-off of 64 single-text groups (Ray warns when groups x in flight exceed it).
+        # hand-off of 64 groups (Ray warns when groups x in flight exceed it).
         max_ongoing_requests=max(64, 2 * settings.batch.max_batch_size),
     ).bind(settings)
     expander = QueryExpander.options(ray_actor_options={"num_cpus": 0}).bind(settings, model_dim(settings))

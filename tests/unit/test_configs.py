@@ -28,7 +28,7 @@ def test_serve_config_validates(name: str) -> None:
     embedder = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Embedder")
     batch = embedder.get("user_config", {}).get("max_batch_size", settings.batch.max_batch_size)
     # Room for a full model step and the next one collecting, and for the Embedder's hand-off of
-    # 64 single-text groups (Ray warns when max_batch_size x max_concurrent_batches exceeds it).
+    # 64 groups (Ray warns when max_batch_size x max_concurrent_batches exceeds it).
     assert embedder["max_ongoing_requests"] >= max(64, 2 * batch), "a full step and the next one"
 
 

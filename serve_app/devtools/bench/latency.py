@@ -7,8 +7,7 @@ server's stage split, and the same searches through the same ``SearchPipeline`` 
 in-process engines on the same Milvus and Redis (``search_stage_floor_ms``: the sum of those
 stages' medians). HTTP and in-process searches alternate request by request, so the drift of a
 noisy machine hits both alike. The HTTP client runs in a process of its own, as an external
-client does: sharing the process that holds the Ray driver and the in-process engines added
-~9 ms to every timed request.
+client does, apart from the Ray driver and the in-process engines this process holds.
 """
 
 from __future__ import annotations

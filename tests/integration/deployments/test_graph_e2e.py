@@ -417,6 +417,21 @@ def test_concurrent_requests_share_dynamic_batches(service) -> None:
     assert max(stats["forward_batches"]) > 1, stats
 
 
+def test_a_requests_texts_share_one_model_step(service) -> None:
+    """A search's query variants reach the model together: one step, not the first text alone."""
+    import time
+
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Embedder", app_name="e2e")
+    before = handle.stats.remote().result()["batch_sizes"]
+    texts = [f"one step {i} 在庫引当 {time.time_ns()}" for i in range(4)]
+    out = handle.embed.remote(texts, "query", True).result()
+    assert [o["error"] for o in out] == [None] * 4 and all(o["colbert"] is not None for o in out)
+    after = handle.stats.remote().result()["batch_sizes"]
+    assert {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)} == {4: 1}
+
+
 def test_killing_redis_under_load_fails_no_request(service, redis_server: dict) -> None:
     """Unique texts so every lookup goes to Redis; Redis is killed a third of the way in."""
     import asyncio
