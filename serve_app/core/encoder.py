@@ -28,8 +28,8 @@ from serve_app.core.batching import (
     truncate_at_sentence,
     truncate_start_at_sentence,
 )
+from serve_app.core.compute_threads import on_torch_thread
 from serve_app.core.contracts import Truncate
-from serve_app.core.torch_thread import on_torch_thread
 
 log = logging.getLogger(__name__)
 

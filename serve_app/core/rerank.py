@@ -17,12 +17,12 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from serve_app.core.compute_threads import on_torch_thread, one_blas_thread
 from serve_app.core.contracts import EmbedOutput, InputType, TextScore, Truncate
 from serve_app.core.encoder import InputTooLong
 from serve_app.core.fusion import Candidate
 from serve_app.core.pipeline import Embedder
 from serve_app.core.retrieval import passage_text, relevance, rerank, rerank_scores
-from serve_app.core.torch_thread import on_torch_thread
 from serve_app.settings import SearchSettings
 
 
@@ -51,6 +51,7 @@ class ColbertReranker:
     """The ``Reranker`` port: one ColBERT pass for the query and one for the candidates' passages."""
 
     def __init__(self, embedder: Embedder, settings: SearchSettings, cross_encoder: Any = None) -> None:
+        one_blas_thread()  # the MaxSim's matmuls: spinning BLAS threads would take the model's cores
         self.embedder = embedder
         self.settings = settings
         self.cross = cross_encoder

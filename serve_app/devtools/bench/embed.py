@@ -661,8 +661,8 @@ def measure_in_process(settings: Settings, workload: Workload, warmup: int) -> t
     """Baseline: ``EmbeddingService(load_encoder(settings))`` without cache, chunks of max_batch_size."""
     import torch
 
+    from serve_app.core.compute_threads import on_torch_thread
     from serve_app.core.embedding import EmbeddingService, EmbedItem, load_encoder
-    from serve_app.core.torch_thread import on_torch_thread
 
     t0 = time.perf_counter()
     service = EmbeddingService(load_encoder(settings))

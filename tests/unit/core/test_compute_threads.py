@@ -1,4 +1,4 @@
-"""Every torch call of a process runs on one thread, whoever calls."""
+"""Every torch call of a process runs on one thread, whoever calls; numpy's BLAS runs on one."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serve_app.core.torch_thread import on_torch_thread
+from serve_app.core.compute_threads import on_torch_thread
 
 
 def _name() -> str:
@@ -33,3 +33,17 @@ def test_errors_reach_the_caller() -> None:
     with pytest.raises(ValueError, match="model failed"):
         on_torch_thread(boom)
     assert on_torch_thread(lambda: 2 + 2) == 4, "the thread survives a failed call"
+
+
+def test_numpy_blas_runs_on_one_thread_after_the_limit() -> None:
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    from serve_app.core.compute_threads import one_blas_thread
+
+    one_blas_thread()
+    one_blas_thread()  # idempotent
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    assert blas and all(p["num_threads"] == 1 for p in blas), blas
+    a = np.ones((64, 384), np.float32)
+    assert float((a @ a.T)[0, 0]) == 384.0
