@@ -8,8 +8,8 @@ thread and 390 µs from a second thread once the first had run one; the Embedder
 steps ran on ``asyncio.to_thread``'s pool (a different thread from step to step, and another than
 the one that loaded the model), spent 1.55 x the in-process engine's time on the same texts.
 ``on_torch_thread`` passes every torch call to one thread, whoever calls (a replica's loop, a
-worker thread, a Ray Data actor, the CLI): a ``ThreadPoolExecutor`` of one thread, re-entrant for
-calls made from that thread.
+worker thread, a Ray Data actor, the CLI): the standard library's ``ThreadPoolExecutor`` of one
+thread, re-entrant for calls made from that thread (no library offers this; it is ten lines).
 
 **numpy.** The ColBERT MaxSim (a few small matmuls per rerank) is numpy's only BLAS work here.
 OpenBLAS runs it on a thread per core and its threads then spin, waiting for more work, for
