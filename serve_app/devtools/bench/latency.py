@@ -74,23 +74,18 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
     return (time.perf_counter() - started) * 1000, out
 
 
-def over_httpx(client: httpx.AsyncClient) -> Request:
-    """Requests through ``client`` in this process (the unit tests' mock transport)."""
-
-    async def request(method: str, path: str, payload: Any) -> tuple[float, int, str]:
-        ms, response = await timed(lambda: client.request(method, path, json=payload))
-        return ms, response.status_code, response.text
-
-    return request
-
-
 def _client_main(conn: Any, base_url: str, headers: dict[str, str]) -> None:
-    """The client process: one keep-alive connection, each request timed here."""
+    """The client process: one keep-alive connection, each request timed here; a request that got
+    no answer comes back as status 0 with the reason (``http_series`` refuses it, naming it)."""
     with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
         while (message := conn.recv()) is not None:
             method, path, payload = message
             started = time.perf_counter()
-            response = client.request(method, path, json=payload)
+            try:
+                response = client.request(method, path, json=payload)
+            except httpx.HTTPError as exc:
+                conn.send(((time.perf_counter() - started) * 1000, 0, f"{type(exc).__name__}: {exc}"))
+                continue
             conn.send(((time.perf_counter() - started) * 1000, response.status_code, response.text))
 
 

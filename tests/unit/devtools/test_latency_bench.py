@@ -14,10 +14,11 @@ from serve_app.core.pipeline import SearchOutcome, SearchQuery
 from serve_app.devtools.bench.latency import (
     STAGES,
     LatencyBenchOptions,
+    Request,
     client_process,
     measure,
-    over_httpx,
     section,
+    timed,
     write,
 )
 
@@ -56,6 +57,16 @@ def app(requests: list[tuple[str, Any]], fail_path: str | None = None) -> httpx.
         return httpx.Response(200, json={"status": "ok"})
 
     return httpx.MockTransport(handler)
+
+
+def over_httpx(client: httpx.AsyncClient) -> Request:
+    """Requests through ``client`` in this process (the mock transport), timed here."""
+
+    async def request(method: str, path: str, payload: Any) -> tuple[float, int, str]:
+        ms, response = await timed(lambda: client.request(method, path, json=payload))
+        return ms, response.status_code, response.text
+
+    return request
 
 
 async def _measure(requests: list[tuple[str, Any]], pipeline: FakePipeline, fail: str | None = None) -> Any:
@@ -136,3 +147,14 @@ def test_the_client_process_sends_and_times_each_request() -> None:
     finally:
         server.shutdown()
     assert seen == [("POST", "/v1/search", "k"), ("GET", "/missing", "k")]
+
+
+def test_a_request_without_an_answer_stops_the_run_with_its_reason() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with client_process(f"http://127.0.0.1:{port}", {}) as request, pytest.raises(RuntimeError) as err:
+        asyncio.run(measure(request, FakePipeline(), 6, echo=lambda _: None))
+    assert "answered 0: ConnectError" in str(err.value)
