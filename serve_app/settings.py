@@ -486,6 +486,13 @@ class ServeSettings(_Section):
         pattern=r"^/$|^(/[A-Za-z0-9._~-]+)+$",
         description="where Serve mounts the app, e.g. /specrag: routes, auth and /docs are under it",
     )
+    ingress: Literal["haproxy", "proxy"] = Field(
+        default="haproxy",
+        description="what listens on host:port when specrag starts Ray itself: Ray's HAProxy "
+        "ingress, which forwards each request straight to an Ingress replica's own HTTP server, or "
+        "Serve's Python proxy (a Ray call per request, and another for its body). On a cluster "
+        "the cluster's environment decides (RAY_SERVE_ENABLE_HA_PROXY, docs/operations.md)",
+    )
     embedder_replicas: int = Field(default=1, ge=1)
     embedder_num_gpus: float = Field(default=0.0, ge=0)
     embedder_num_cpus: float = Field(default=1.0, ge=0)

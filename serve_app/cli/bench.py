@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -151,12 +151,20 @@ def bench_latency(
     home: HomeOpt = DEFAULT_HOME / "reliability",
     out: OutOpt = Path("docs/benchmarks/latency.json"),
     markdown: MdOpt = Path("docs/BENCHMARKS.md"),
+    ingress: Annotated[
+        Literal["haproxy", "proxy"] | None,
+        typer.Option(help="The HTTP entry to measure (serve.ingress; default: the setting's)."),
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Request path vs its floor: /healthz, embeddings, searches over HTTP; the stages in-process."""
     from serve_app.devtools.bench.latency import LatencyBenchOptions, run_latency_bench
 
     settings = prepare(verbose)
+    if ingress is not None:
+        settings = settings.model_copy(
+            update={"serve": settings.serve.model_copy(update={"ingress": ingress})}
+        )
     ensure_model(settings)
     options = LatencyBenchOptions(
         requests=requests,

@@ -49,7 +49,7 @@ def up(
     milvus_port = milvus_port or host_port(settings.milvus.uri)[1]
     with milvus_lite_server(settings.home / "milvus", port=milvus_port) as uri:
         settings = settings.model_copy(update={"milvus": settings.milvus.model_copy(update={"uri": uri})})
-        with local_ray(dashboard=dashboard):
+        with local_ray(dashboard=dashboard, ingress=settings.serve.ingress):
             # After ray.init: Ray's core worker installs its own SIGTERM handler, which would
             # kill this process before Serve and Milvus are stopped.
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -827,13 +827,16 @@ class EmbedLoad:
 
 def unexplained_failures(samples: list[Sample], outage: tuple[float, float] | None = None) -> list[Sample]:
     """Failures that are bugs: any non-2xx but a 503 naming its reason (``{"error": ...}``) and,
-    for requests started in the ``outage`` window (seconds, like ``due_s``), a timeout or a
-    transport error (the node they were waiting on is gone)."""
+    for requests in flight during the ``outage`` window (seconds, like ``due_s``), a timeout or a
+    transport error (the node they were waiting on is gone). In flight, not only started: on a
+    loaded machine a request sent seconds before the kill may still wait in the lost replica's
+    queue when its node dies, and nothing answers it until Ray declares the node dead."""
     out = []
     for s in samples:
         if s.ok or (s.status == 503 and '"error"' in s.reason):
             continue
-        if outage and outage[0] <= s.due_s <= outage[1] and s.status in (TIMEOUT, TRANSPORT):
+        in_flight = outage and s.due_s <= outage[1] and s.due_s + s.latency_s >= outage[0]
+        if in_flight and s.status in (TIMEOUT, TRANSPORT):
             continue
         out.append(s)
     return out

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from serve_app.settings import RAY_WORKER_PORTS
 
@@ -161,25 +161,89 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         proc.wait(5)
 
 
-@contextlib.contextmanager
-def local_ray(num_cpus: int | None = None, dashboard: bool = False) -> Iterator[None]:
-    """A private Ray instance on loopback (``address="local"``: never joins another driver's)."""
-    import ray
+IngressMode = Literal["haproxy", "proxy"]
 
-    apply_local_env()
-    ray.init(
-        address="local",
-        num_cpus=num_cpus or max(os.cpu_count() or 2, 2),
-        include_dashboard=dashboard,
-        object_store_memory=256 * 1024 * 1024,
-        _node_ip_address="127.0.0.1",  # loopback only: nothing of the embedded default is exposed
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+# How long a stopping Ingress replica keeps its own port open (Ray's default, 30 s, gives an
+# external load balancer time to deregister it). The embedded default's only balancer is the
+# HAProxy on the same node, which the controller reconfigures within ~0.1 s, and every redeploy
+# and shutdown would wait out the full period.
+LOCAL_DRAIN_S = 2
+
+
+def ingress_env(mode: IngressMode, scratch: Path) -> dict[str, str]:
+    """What Ray's processes must find in their environment at start for ``mode``
+    (``serve.ingress``): Ray reads these switches once, when each process imports Serve.
+
+    ``haproxy`` is Ray's HAProxy ingress: an HAProxy on ``serve.host:port`` forwards each request
+    to an Ingress replica's own HTTP server. Serve's Python proxy instead makes a Ray call per
+    request and the replica a second one back for the body (measured: ``GET /healthz`` 6 ms
+    through it vs 1.7 ms through HAProxy, docs/BENCHMARKS.md). Its files and status ports are
+    per instance (``scratch``, free ports), so two stacks on one machine do not share them.
+    """
+    if mode == "proxy":
+        return {}
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAIN_S),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(scratch / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(scratch / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(scratch),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(scratch / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
+
+
+@contextlib.contextmanager
+def started_with(env: dict[str, str]) -> Iterator[None]:
+    """``env`` in this process's environment while Ray starts its processes (they inherit it),
+    then the environment as it was; a variable the caller already set wins over ``env``."""
+    added = {key: value for key, value in env.items() if key not in os.environ}
+    os.environ.update(added)
     try:
         yield
     finally:
-        ray.shutdown()
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def ray_scratch(mode: IngressMode) -> Iterator[dict[str, str]]:
+    """:func:`ingress_env` over a temporary directory removed afterwards."""
+    if mode == "proxy":
+        yield {}
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="specrag-ingress-"))
+    try:
+        yield ingress_env(mode, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_ray(
+    num_cpus: int | None = None, dashboard: bool = False, ingress: IngressMode = "haproxy"
+) -> Iterator[None]:
+    """A private Ray instance on loopback (``address="local"``: never joins another driver's);
+    ``ingress`` is ``serve.ingress``, what will listen for HTTP once Serve starts in it."""
+    import ray
+
+    apply_local_env()
+    with ray_scratch(ingress) as env:
+        with started_with(env):
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or max(os.cpu_count() or 2, 2),
+                include_dashboard=dashboard,
+                object_store_memory=256 * 1024 * 1024,
+                _node_ip_address="127.0.0.1",  # loopback only: nothing of the embedded default is exposed
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 class MilvusProcess:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.devtools.local_stack import MilvusProcess, RedisProcess, free_port
+from serve_app.devtools.local_stack import MilvusProcess, RedisProcess, free_port, ray_scratch, started_with
 from serve_app.devtools.model_build import SIDECAR, build_offline_model
-from serve_app.settings import ModelSettings
+from serve_app.settings import ModelSettings, Settings
 
 
 @pytest.fixture(scope="session")
@@ -65,16 +65,19 @@ def ray_local() -> Iterator[dict]:
     import ray
 
     metrics_port = free_port()
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=256 * 1024 * 1024,
-        _node_ip_address="127.0.0.1",
-        _metrics_export_port=metrics_port,
-        logging_level="WARNING",
-    )
-    yield {"metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"}
-    from ray import serve
+    # Serve's HTTP entry as the embedded default runs it (``serve.ingress``: Ray's HAProxy).
+    with ray_scratch(Settings().serve.ingress) as env:
+        with started_with(env):
+            ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                object_store_memory=256 * 1024 * 1024,
+                _node_ip_address="127.0.0.1",
+                _metrics_export_port=metrics_port,
+                logging_level="WARNING",
+            )
+        yield {"metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"}
+        from ray import serve
 
-    serve.shutdown()
-    ray.shutdown()
+        serve.shutdown()
+        ray.shutdown()

@@ -974,7 +974,7 @@ def run_embed_bench(
         http_port = free_port()
         url = f"http://127.0.0.1:{http_port}/v1/embed"
         echo(f"starting Ray + Serve on 127.0.0.1:{http_port} ...")
-        with local_ray(), serve_http("127.0.0.1", http_port, QUIET_SERVE_LOGS):
+        with local_ray(ingress=settings.serve.ingress), serve_http("127.0.0.1", http_port, QUIET_SERVE_LOGS):
             _deploy(plain)
             warm = tag(workload.texts[: options.warmup], PHASE_SERVE_WARM)
             _wait_ready(url, warm[0])

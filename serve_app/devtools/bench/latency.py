@@ -217,10 +217,15 @@ async def measure(request: Request, pipeline: Any, n: int, echo: Callable[[str],
     }
 
 
+# What listens on the app's port, by ``serve.ingress``.
+ENTRY_NAMES = {"haproxy": "HAProxy", "proxy": "Serve's proxy"}
+
+
 def section(report: dict[str, Any], json_path: str) -> str:
     s = report["series"]
+    entry = ENTRY_NAMES.get(report.get("ingress", ""), "Serve's proxy")
     named = [
-        ("`GET /healthz` (proxy + Ingress: the floor)", "http_noop"),
+        (f"`GET /healthz` ({entry} + Ingress: the floor)", "http_noop"),
         ("`POST /v1/embed`, cached text", "embed_cache_hit"),
         ("`POST /v1/embed`, new text", "embed_uncached"),
         ("`POST /v1/search`, cached", "search_cached"),
@@ -293,6 +298,7 @@ def run_latency_bench(
         figures = asyncio.run(measure(request, pipeline, options.requests, echo))
     report = {
         **figures,
+        "ingress": stack.settings.serve.ingress,
         "requests": options.requests,
         "machine": options.machine,
         "command": options.command,

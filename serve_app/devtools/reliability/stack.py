@@ -149,9 +149,10 @@ def local_stack(home: Path, base: Settings | None = None) -> Iterator[Stack]:
     milvus.start()
     try:
         redis.start()
-        with FakeLLM(mode="ok") as llm, local_ray(num_cpus=os.cpu_count() or 2):
+        base = base or Settings()
+        with FakeLLM(mode="ok") as llm, local_ray(num_cpus=os.cpu_count() or 2, ingress=base.serve.ingress):
             settings = stack_settings(
-                base or Settings(),
+                base,
                 milvus_uri=milvus.uri,
                 redis_url=redis.url,
                 llm_url=llm.url,

@@ -160,6 +160,32 @@ def test_first_place_covers_ja_en_and_cross_lingual() -> None:
     assert {("ja", "ja"), ("en", "en"), ("ja", "en"), ("en", "ja")} <= set(first)
 
 
+def test_the_port_is_rays_haproxy_forwarding_to_the_ingress_replicas_own_server(service) -> None:
+    """``serve.ingress: haproxy`` (the default): what listens on the app's port is HAProxy, and
+    the port it forwards to is the Ingress replica's own HTTP server, no Serve proxy between."""
+    import psutil
+    import ray
+    from ray.serve.context import _get_global_client
+
+    port = service["client"].base_url.port
+    listeners = {
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+    assert listeners and {psutil.Process(pid).name() for pid in listeners} == {"haproxy"}
+    # What the controller hands HAProxy (its public details name HAProxy itself as the target).
+    controller = _get_global_client()._controller
+    groups = ray.get(controller.get_target_groups.remote(app_name="e2e", from_proxy_manager=True))
+    targets = [t for g in groups if g.protocol == "HTTP" for t in g.targets]
+    assert targets, groups
+    for target in targets:
+        assert target.port != port
+        direct = httpx.get(f"http://{target.ip}:{target.port}/healthz", timeout=10)
+        assert direct.status_code == 200, direct.text
+    assert service["client"].get("/healthz").json() == direct.json()
+
+
 def test_response_carries_scores_metadata_and_timings(service) -> None:
     body = _top(service["client"], "注文のキャンセルはいつまで可能ですか？", rerank=True)
     first = body["results"][0]

@@ -36,16 +36,18 @@ def test_autoscaling_replaces_the_fixed_count_and_passes_serves_schema() -> None
     ServeDeploySchema.model_validate(config)  # what `serve deploy` checks
 
 
-def test_only_reasoned_503s_and_outage_timeouts_are_explained() -> None:
+def test_only_reasoned_503s_and_timeouts_in_flight_during_the_outage_are_explained() -> None:
     samples = [
         Sample("embed", 1.0, 0.1, 200),
         Sample("embed", 2.0, 0.1, 503, '{"error": "embedder unavailable"}'),
         Sample("embed", 3.0, 0.1, 503, "upstream gone"),  # no reason given
         Sample("embed", 4.0, 20.0, TIMEOUT),  # in the outage
         Sample("embed", 9.0, 20.0, TIMEOUT),  # after it
+        Sample("embed", 1.5, 20.0, TIMEOUT),  # sent before it, still waiting when the node died
+        Sample("embed", 1.0, 2.0, TIMEOUT),  # over before it
         Sample("embed", 5.0, 0.1, TRANSPORT),  # in the outage
         Sample("embed", 5.0, 0.1, 500, '{"error": "internal"}'),
     ]
     bad = unexplained_failures(samples, outage=(3.5, 6.0))
-    assert [(s.due_s, s.status) for s in bad] == [(3.0, 503), (9.0, TIMEOUT), (5.0, 500)]
-    assert len(unexplained_failures(samples)) == 5  # without an outage no timeout is explained
+    assert [(s.due_s, s.status) for s in bad] == [(3.0, 503), (9.0, TIMEOUT), (1.0, TIMEOUT), (5.0, 500)]
+    assert len(unexplained_failures(samples)) == 7  # without an outage no timeout is explained

@@ -158,3 +158,11 @@ def test_a_request_without_an_answer_stops_the_run_with_its_reason() -> None:
     with client_process(f"http://127.0.0.1:{port}", {}) as request, pytest.raises(RuntimeError) as err:
         asyncio.run(measure(request, FakePipeline(), 6, echo=lambda _: None))
     assert "answered 0: ConnectError" in str(err.value)
+
+
+def test_the_floor_row_names_the_http_entry_it_went_through() -> None:
+    report = asyncio.run(_measure([], FakePipeline()))
+    report.update(requests=6, machine="x86_64 cpus=2", command="specrag bench latency")
+    assert "`GET /healthz` (HAProxy + Ingress" in section({**report, "ingress": "haproxy"}, "l.json")
+    assert "`GET /healthz` (Serve's proxy + Ingress" in section({**report, "ingress": "proxy"}, "l.json")
+    assert "(Serve's proxy + Ingress" in section(report, "l.json")  # reports from before the setting

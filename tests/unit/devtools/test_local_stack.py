@@ -132,3 +132,33 @@ def test_deploy_app_runs_the_built_graph(fake_serve: _FakeServe, monkeypatch) ->
     assert fake_serve.calls == [
         ("run", "graph", {"name": "bench", "route_prefix": "/", "logging_config": {"log_level": "WARNING"}})
     ]
+
+
+def test_the_haproxy_ingress_env_turns_it_on_with_files_and_ports_of_its_own(tmp_path: Path) -> None:
+    env = local_stack.ingress_env("haproxy", tmp_path)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) < 30  # Ray's default waits 30 s
+    paths = [v for k, v in env.items() if k.endswith(("_LOC", "_PATH", "_BASE", "_FILE"))]
+    assert len(paths) == 4 and all(Path(p).is_relative_to(tmp_path) for p in paths)
+    ports = {int(env[k]) for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")}
+    assert len(ports) == 2 and not ports & set(RAY_WORKER_PORTS)
+    assert local_stack.ingress_env("proxy", tmp_path) == {}
+
+
+def test_started_with_sets_only_what_the_caller_left_unset_and_restores(monkeypatch) -> None:
+    monkeypatch.setenv("SPECRAG_TEST_MINE", "caller")
+    monkeypatch.delenv("SPECRAG_TEST_ADDED", raising=False)
+    with local_stack.started_with({"SPECRAG_TEST_MINE": "ours", "SPECRAG_TEST_ADDED": "ours"}):
+        assert local_stack.os.environ["SPECRAG_TEST_MINE"] == "caller"
+        assert local_stack.os.environ["SPECRAG_TEST_ADDED"] == "ours"
+    assert local_stack.os.environ["SPECRAG_TEST_MINE"] == "caller"
+    assert "SPECRAG_TEST_ADDED" not in local_stack.os.environ
+
+
+def test_ray_scratch_removes_its_directory() -> None:
+    with local_stack.ray_scratch("haproxy") as env:
+        scratch = Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+        assert scratch.is_dir()
+    assert not scratch.exists()
+    with local_stack.ray_scratch("proxy") as env:
+        assert env == {}
