@@ -477,6 +477,10 @@ class DifySettings(_Section):
 RAY_WORKER_PORTS = range(10002, 20000)  # Ray's workers bind these: no app, Milvus or Redis port here
 
 
+# What listens for HTTP on serve.host:port (``ServeSettings.ingress``).
+IngressMode = Literal["haproxy", "proxy"]
+
+
 class ServeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -486,7 +490,7 @@ class ServeSettings(_Section):
         pattern=r"^/$|^(/[A-Za-z0-9._~-]+)+$",
         description="where Serve mounts the app, e.g. /specrag: routes, auth and /docs are under it",
     )
-    ingress: Literal["haproxy", "proxy"] = Field(
+    ingress: IngressMode = Field(
         default="haproxy",
         description="what listens on host:port when specrag starts Ray itself: Ray's HAProxy "
         "ingress, which forwards each request straight to an Ingress replica's own HTTP server, or "

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
 from serve_app.cli.common import SAMPLE_DOCS, ensure_model, open_store, prepare
 from serve_app.cli.reliability import STACK_MACHINE, HomeOpt, MdOpt, OutOpt, local_stack
 from serve_app.devtools.common import command_line, machine_description, replace_section
-from serve_app.settings import DEFAULT_HOME
+from serve_app.settings import DEFAULT_HOME, IngressMode
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks whose figures go to docs/BENCHMARKS.md.")
 
@@ -152,7 +152,7 @@ def bench_latency(
     out: OutOpt = Path("docs/benchmarks/latency.json"),
     markdown: MdOpt = Path("docs/BENCHMARKS.md"),
     ingress: Annotated[
-        Literal["haproxy", "proxy"] | None,
+        IngressMode | None,
         typer.Option(help="The HTTP entry to measure (serve.ingress; default: the setting's)."),
     ] = None,
     verbose: bool = False,

@@ -24,9 +24,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from serve_app.settings import RAY_WORKER_PORTS
+from serve_app.settings import RAY_WORKER_PORTS, IngressMode
 
 if TYPE_CHECKING:
     from serve_app.settings import Settings
@@ -161,8 +161,6 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         proc.wait(5)
 
 
-IngressMode = Literal["haproxy", "proxy"]
-
 # How long a stopping Ingress replica keeps its own port open (Ray's default, 30 s, gives an
 # external load balancer time to deregister it). The embedded default's only balancer is the
 # HAProxy on the same node, which the controller reconfigures within ~0.1 s, and every redeploy
@@ -178,7 +176,8 @@ def ingress_env(mode: IngressMode, scratch: Path) -> dict[str, str]:
     to an Ingress replica's own HTTP server. Serve's Python proxy instead makes a Ray call per
     request and the replica a second one back for the body (measured: ``GET /healthz`` 6 ms
     through it vs 1.7 ms through HAProxy, docs/BENCHMARKS.md). Its files and status ports are
-    per instance (``scratch``, free ports), so two stacks on one machine do not share them.
+    per instance (``scratch``, free ports: Ray's defaults are fixed), so two stacks on one machine
+    do not collide.
     """
     if mode == "proxy":
         return {}
@@ -191,6 +190,10 @@ def ingress_env(mode: IngressMode, scratch: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(scratch / "server-state"),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        # Serve's proxy, kept as HAProxy's backup server while no Ingress replica is up (it
+        # holds requests until one is, where HAProxy alone would answer an error at once).
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
     }
 
 

@@ -140,8 +140,8 @@ def test_the_haproxy_ingress_env_turns_it_on_with_files_and_ports_of_its_own(tmp
     assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) < 30  # Ray's default waits 30 s
     paths = [v for k, v in env.items() if k.endswith(("_LOC", "_PATH", "_BASE", "_FILE"))]
     assert len(paths) == 4 and all(Path(p).is_relative_to(tmp_path) for p in paths)
-    ports = {int(env[k]) for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")}
-    assert len(ports) == 2 and not ports & set(RAY_WORKER_PORTS)
+    ports = {int(v) for k, v in env.items() if k.endswith("_PORT")}
+    assert len(ports) == 4 and not ports & set(RAY_WORKER_PORTS)
     assert local_stack.ingress_env("proxy", tmp_path) == {}
 
 
