@@ -14,6 +14,7 @@ INJECTED = {
     "milvus": "milvus-lite server SIGKILLed at 1/3, restarted at 2/3",
     "expander": "LLM endpoint down, then 5 s slow, then garbage, then back",
     "embedder": "one of two Embedder replicas SIGKILLed at 1/3, a burst of 8 embeddings in flight",
+    "ingress": "the only Ingress replica (the app's HTTP server) SIGKILLed at 1/3",
     "ingest-kill": "`specrag ingest` of new versions SIGKILLed mid-way, then re-run",
     "reembed-kill": "re-embed job SIGKILLed mid-build, then re-run",
 }
@@ -58,6 +59,8 @@ def _data_checked(r: dict[str, Any]) -> str:
     if r.get("in_flight_at_kill") is not None:
         ok, total = r["in_flight_ok"], r["in_flight_at_kill"]
         parts.append(f"{ok}/{total} embeddings in flight at the kill answered")
+    if r.get("slowest_ms") is not None:
+        parts.append(f"slowest answer {r['slowest_ms'] / 1000:.1f} s (waited for the new replica)")
     if "resumed_embedded" in r:
         v, checks = r.get("validation") or {}, r["checks"]
         kept = checks.get("alias untouched by the killed job")

@@ -20,7 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from serve_app.devtools.reliability.load import LEAK_MARKERS, LoadResult, LoadRun, Mix, body_flaws
+from serve_app.devtools.reliability.load import (
+    LEAK_MARKERS,
+    TRANSPORT,
+    LoadResult,
+    LoadRun,
+    Mix,
+    body_flaws,
+)
 from serve_app.devtools.reliability.stack import Stack
 
 
@@ -362,6 +369,56 @@ def embedder_replica_killed(stack: Stack, duration_s: float, rate: float) -> dic
     )
 
 
+def ingress_replica_killed(stack: Stack, duration_s: float, rate: float) -> dict[str, Any]:
+    """The only Ingress replica, the HTTP server behind the app's port, is SIGKILLed at 1/3: Serve
+    starts another, and the requests sent meanwhile wait for it (HAProxy's backup, Serve's own
+    proxy, holds them; with ``serve.ingress: proxy`` that proxy's router does) instead of failing.
+    A request the dead process was already handling has no one left to answer it: its connection
+    closes without a response (a transport error the client sees), and only such requests may
+    fail."""
+    from ray import serve
+
+    kill_at = duration_s / 3
+
+    def ingress_pids() -> set[int]:
+        return set(stack.process_tree().get("ray: Ingress", []))
+
+    before = ingress_pids()
+
+    def kill() -> dict[str, Any]:
+        for pid in before:
+            os.kill(pid, signal.SIGKILL)
+        return {"pids": sorted(before)}
+
+    result = _load(stack, duration_s, rate, [(kill_at, "SIGKILL the Ingress replica", kill)])
+
+    def replaced() -> bool:
+        status = serve.status().applications[stack.app_name].deployments["Ingress"]
+        pids = ingress_pids()
+        return status.status == "HEALTHY" and bool(pids) and not pids & before
+
+    back = _wait(replaced, 120, every_s=1)
+    summary = result.summary()
+    errors = [s for s in result.samples if not s.ok]
+    return _outcome(
+        "ingress",
+        result,
+        {
+            "one Ingress replica to kill": len(before) == 1,
+            "errors only for requests in the killed process (sent within 1 s before the kill, "
+            "a closed connection)": all(
+                kill_at - 1 <= s.due_s <= kill_at + 0.5 and s.status == TRANSPORT for s in errors
+            ),
+            "replica replaced": back is not None,
+        },
+        replicas_before=sorted(before),
+        recovery_s=back,
+        recovery_note="after the load: Serve reports the replacement HEALTHY",
+        slowest_ms=summary["total"]["max"],
+        error_count=summary["total"]["errors"],
+    )
+
+
 def _corpus(path: Path, n: int, version: str) -> None:
     """``n`` documents of three paragraphs (three chunks of at most 700 characters), each chunk
     marked with the version."""
@@ -563,6 +620,7 @@ SCENARIOS: dict[str, Callable[[Stack, float, float], dict[str, Any]]] = {
     "milvus": milvus_outage,
     "expander": expander_faults,
     "embedder": embedder_replica_killed,
+    "ingress": ingress_replica_killed,
     "ingest-kill": ingest_interrupted,
     "reembed-kill": reembed_interrupted,
 }

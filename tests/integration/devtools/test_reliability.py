@@ -85,6 +85,10 @@ def test_embedder_replica_killed_under_load(stack: Stack) -> None:
     _passed(scenarios.embedder_replica_killed(stack, DURATION_S, RATE))
 
 
+def test_the_ingress_replica_killed_under_load_fails_only_the_requests_it_held(stack: Stack) -> None:
+    _passed(scenarios.ingress_replica_killed(stack, DURATION_S, RATE))
+
+
 def test_ingest_killed_mid_way_serves_no_half_written_version(stack: Stack) -> None:
     result = scenarios.ingest_interrupted(stack, 8.0, RATE, docs=24)
     _passed(result)

@@ -240,6 +240,26 @@ def test_scenario_table_marks_failures_and_rewrites_only_its_section(tmp_path) -
     assert "**pass**" in text and "**FAIL**" not in text
 
 
+def test_the_ingress_row_names_its_fault_and_its_slowest_answer() -> None:
+    result = {
+        "passed": True,
+        "checks": {"no errors": True},
+        "requests": 48,
+        "errors": 0,
+        "by_status": {},
+        "acknowledged_writes": 0,
+        "lost": [],
+        "recovery_s": 9.1,
+        "slowest_ms": 8712.0,
+        "duration_s": 60.0,
+        "rate": 0.8,
+    }
+    row = next(
+        line for line in scenarios_section({"ingress": result}).splitlines() if line.startswith("| ingress")
+    )
+    assert "the only Ingress replica" in row and "slowest answer 8.7 s" in row and "**pass**" in row
+
+
 class _Method:
     def __init__(self, failures: list[BaseException]) -> None:
         self.failures, self.calls = failures, 0
