@@ -174,8 +174,8 @@ def ingress_env(mode: IngressMode, scratch: Path) -> dict[str, str]:
 
     ``haproxy`` is Ray's HAProxy ingress: an HAProxy on ``serve.host:port`` forwards each request
     to an Ingress replica's own HTTP server. Serve's Python proxy instead makes a Ray call per
-    request and the replica a second one back for the body (measured: ``GET /healthz`` 6 ms
-    through it vs 1.7 ms through HAProxy, docs/BENCHMARKS.md). Its files and status ports are
+    request and the replica a second one back for the body (measured: ``GET /healthz`` 6.9 ms
+    through it vs 1.5 ms through HAProxy, docs/BENCHMARKS.md). Its files and status ports are
     per instance (``scratch``, free ports: Ray's defaults are fixed), so two stacks on one machine
     do not collide.
     """
