@@ -24,10 +24,10 @@ class RequestId:
     the app's own middleware, so the auth and size refusals carry it too.
 
     The id is the client's ``X-Request-ID`` when sane, else a new one; it is put in
-    ``scope["state"]["request_id"]`` for the error bodies. ``echo=False`` where a proxy in front
-    already adds the header (Serve's proxy adds the client's or its own to every response; a second
-    one would repeat it). An exception no handler took becomes a one-line 500 in the path's error
-    shape, its traceback logged under the id.
+    ``scope["state"]["request_id"]`` for the error bodies. ``echo=False`` where a server in front
+    already adds the header (Serve's HTTP server, the replica's own or its proxy, adds the client's
+    or its own to every response; a second one would repeat it). An exception no handler took
+    becomes a one-line 500 in the path's error shape, its traceback logged under the id.
     """
 
     def __init__(self, app: Any, echo: bool = True) -> None:
