@@ -405,8 +405,8 @@ def ingress_replica_killed(stack: Stack, duration_s: float, rate: float) -> dict
         result,
         {
             "one Ingress replica to kill": len(before) == 1,
-            "errors only for requests in the killed process (sent within 1 s before the kill, "
-            "a closed connection)": all(
+            "errors only for requests the killed process held (sent 1 s before to 0.5 s after "
+            "the kill, a closed connection)": all(
                 kill_at - 1 <= s.due_s <= kill_at + 0.5 and s.status == TRANSPORT for s in errors
             ),
             "replica replaced": back is not None,
