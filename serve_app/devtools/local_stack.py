@@ -191,7 +191,7 @@ def ingress_env(mode: IngressMode, scratch: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         # Serve's proxy, kept as HAProxy's backup server while no Ingress replica is up (it
-        # holds requests until one is, where HAProxy alone would answer an error at once).
+        # holds requests until one is: the reliability scenario ``ingress``).
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
     }
@@ -224,29 +224,38 @@ def ray_scratch(mode: IngressMode) -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
+def ray_for_serve(ingress: IngressMode, **init: Any) -> Iterator[None]:
+    """``ray.init(**init)`` with ``ingress``'s environment in the processes it starts (its scratch
+    directory kept while Ray runs); ``ray.shutdown()`` on exit."""
+    import ray
+
+    with ray_scratch(ingress) as env:
+        with started_with(env):
+            ray.init(**init)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
 def local_ray(
     num_cpus: int | None = None, dashboard: bool = False, ingress: IngressMode = "haproxy"
 ) -> Iterator[None]:
     """A private Ray instance on loopback (``address="local"``: never joins another driver's);
     ``ingress`` is ``serve.ingress``, what will listen for HTTP once Serve starts in it."""
-    import ray
-
     apply_local_env()
-    with ray_scratch(ingress) as env:
-        with started_with(env):
-            ray.init(
-                address="local",
-                num_cpus=num_cpus or max(os.cpu_count() or 2, 2),
-                include_dashboard=dashboard,
-                object_store_memory=256 * 1024 * 1024,
-                _node_ip_address="127.0.0.1",  # loopback only: nothing of the embedded default is exposed
-                logging_level=logging.WARNING,
-                log_to_driver=True,
-            )
-        try:
-            yield
-        finally:
-            ray.shutdown()
+    with ray_for_serve(
+        ingress,
+        address="local",
+        num_cpus=num_cpus or max(os.cpu_count() or 2, 2),
+        include_dashboard=dashboard,
+        object_store_memory=256 * 1024 * 1024,
+        _node_ip_address="127.0.0.1",  # loopback only: nothing of the embedded default is exposed
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    ):
+        yield
 
 
 class MilvusProcess:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.devtools.local_stack import MilvusProcess, RedisProcess, free_port, ray_scratch, started_with
+from serve_app.devtools.local_stack import MilvusProcess, RedisProcess, free_port, ray_for_serve
 from serve_app.devtools.model_build import SIDECAR, build_offline_model
 from serve_app.settings import ModelSettings, Settings
 
@@ -62,22 +62,18 @@ def redis_url(redis_server: dict) -> str:
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[dict]:
     """Local Ray; the dict names its Prometheus export port (custom metrics appear there)."""
-    import ray
-
     metrics_port = free_port()
     # Serve's HTTP entry as the embedded default runs it (``serve.ingress``: Ray's HAProxy).
-    with ray_scratch(Settings().serve.ingress) as env:
-        with started_with(env):
-            ray.init(
-                num_cpus=2,
-                include_dashboard=False,
-                object_store_memory=256 * 1024 * 1024,
-                _node_ip_address="127.0.0.1",
-                _metrics_export_port=metrics_port,
-                logging_level="WARNING",
-            )
+    with ray_for_serve(
+        Settings().serve.ingress,
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=256 * 1024 * 1024,
+        _node_ip_address="127.0.0.1",
+        _metrics_export_port=metrics_port,
+        logging_level="WARNING",
+    ):
         yield {"metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"}
         from ray import serve
 
         serve.shutdown()
-        ray.shutdown()

@@ -21,6 +21,7 @@ from serve_app.devtools.bench.latency import (
     timed,
     write,
 )
+from serve_app.devtools.local_stack import free_port
 
 TIMINGS = {
     "expand": 1.0,
@@ -97,9 +98,14 @@ def test_an_error_answer_stops_the_run() -> None:
         asyncio.run(_measure([], FakePipeline(), fail="/v1/embed"))
 
 
-def test_report_and_section_are_written(tmp_path: Path) -> None:
+def _report() -> dict[str, Any]:
     report = asyncio.run(_measure([], FakePipeline()))
     report.update(requests=6, machine="x86_64 cpus=2", command="specrag bench latency")
+    return report
+
+
+def test_report_and_section_are_written(tmp_path: Path) -> None:
+    report = _report()
     md = tmp_path / "B.md"
     md.write_text("# Benchmarks\n")
     options = LatencyBenchOptions(out=tmp_path / "latency.json", markdown=md)
@@ -150,19 +156,13 @@ def test_the_client_process_sends_and_times_each_request() -> None:
 
 
 def test_a_request_without_an_answer_stops_the_run_with_its_reason() -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with client_process(f"http://127.0.0.1:{port}", {}) as request, pytest.raises(RuntimeError) as err:
+    with client_process(f"http://127.0.0.1:{free_port()}", {}) as request, pytest.raises(RuntimeError) as err:
         asyncio.run(measure(request, FakePipeline(), 6, echo=lambda _: None))
     assert "answered 0: ConnectError" in str(err.value)
 
 
 def test_the_floor_row_names_the_http_entry_it_went_through() -> None:
-    report = asyncio.run(_measure([], FakePipeline()))
-    report.update(requests=6, machine="x86_64 cpus=2", command="specrag bench latency")
+    report = _report()
     assert "`GET /healthz` (HAProxy + Ingress" in section({**report, "ingress": "haproxy"}, "l.json")
     assert "`GET /healthz` (Serve's proxy + Ingress" in section({**report, "ingress": "proxy"}, "l.json")
     assert "(Serve's proxy + Ingress" in section(report, "l.json")  # reports from before the setting
