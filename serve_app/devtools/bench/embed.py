@@ -2,8 +2,11 @@
 
 One run on one machine: the in-process baseline first (Ray not started, so the two never share
 the cores), then a local Ray + Serve app driven over HTTP at several concurrency levels, one text
-per request like independent clients. Texts are unique per phase (a ``#NN`` tag), so no cache
-tier in the Embedder can answer them. Pure helpers (workload, deltas, tables, Markdown; the
+per request like independent clients. Two in-process reference rows say where the gap between
+the two comes from: the engine fed one text per call (the batching a lone request gets; no Ray),
+and the baseline again in this process while Ray and the Serve app run idle beside it (what Ray's
+own processes take from a model that shares their cores). Texts are unique per phase (a ``#NN``
+tag), so no cache tier in the Embedder can answer them. Pure helpers (workload, deltas, tables, Markdown; the
 percentiles and the section swap are ``devtools.common``'s) sit apart from the runners that need
 the model or Ray, and are unit-tested.
 """
@@ -21,13 +24,14 @@ import re
 import shlex
 import shutil
 import statistics
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from serve_app.core.chunking import detect_lang, split_sentences
 from serve_app.devtools.common import latency_summary, machine_facts, percentile, replace_section
@@ -44,19 +48,34 @@ MARK_START = "<!-- bench:embed:start -->"
 MARK_END = "<!-- bench:embed:end -->"
 
 
-def markers(texts_per_request: int = 1) -> tuple[str, str]:
-    """Section markers; runs with several texts per request keep a section of their own."""
-    if texts_per_request == 1:
-        return MARK_START, MARK_END
-    return (
-        f"<!-- bench:embed-x{texts_per_request}:start -->",
-        f"<!-- bench:embed-x{texts_per_request}:end -->",
-    )
+def markers(texts_per_request: int = 1, model_shape: ModelShape = "configured") -> tuple[str, str]:
+    """Section markers; runs with several texts per request, or with another model's shape, keep
+    a section of their own."""
+    name = "embed" + (f"-x{texts_per_request}" if texts_per_request != 1 else "")
+    name += f"-{model_shape}-shape" if model_shape != "configured" else ""
+    return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+
+
+# ``--model-shape``: the configured model, or random weights in a production model's shape (its
+# cost per token, without its weights, which an offline machine cannot download).
+ModelShape = Literal["configured", "bge-m3"]
+SHAPE_TITLES = {"bge-m3": "BGE-M3's shape (random weights)"}
+
+
+def default_out(model_shape: ModelShape = "configured") -> Path:
+    """Where a run's raw figures go unless ``--out`` says: a model shape keeps its own file."""
+    suffix = "" if model_shape == "configured" else f"-{model_shape}-shape"
+    return Path(f"docs/benchmarks/embed{suffix}.json")
 
 
 # Phase tags: in-process warm-up / timed, Serve warm-up, level j = 10 + j, cache checks 90+.
 PHASE_WARM, PHASE_IN_PROCESS, PHASE_SERVE_WARM, PHASE_LEVEL0 = 0, 1, 2, 10
 PHASE_SERVE_CACHE, PHASE_ENGINE_CACHE = 90, 91
+PHASE_ONE_PER_CALL, PHASE_BESIDE_STACK = 3, 4
+REFERENCE_LABELS = {
+    "one_per_call": "in-process, 1 text per call",
+    "beside_idle_stack": "in-process beside idle Ray + Serve",
+}
 
 # --------------------------------------------------------------------------------------------------
 # Workload (pure)
@@ -332,23 +351,16 @@ def busy_s(level: Mapping[str, Any]) -> Any:
 
 
 def table_rows(report: Mapping[str, Any]) -> list[list[str]]:
-    """One row for the in-process baseline, one per Serve concurrency level."""
-    ip = report["in_process"]
-    rows = [
-        [
-            "in-process",
-            "–",
-            _fmt(ip["texts_per_s"]),
-            _fmt(ip["tokens_per_s"], 0),
-            "1.00",
-            "–",
-            "–",
-            "–",
-            "0",
-            _fmt(ip.get("mean_batch")),
-            _fmt(model_ms_per_text(ip.get("seconds"), ip.get("texts"))),
-        ]
-    ]
+    """One row for the in-process baseline, one per reference run, one per Serve concurrency level."""
+
+    def in_process_row(label: str, figures: Mapping[str, Any], ratio: Any) -> list[str]:
+        per_text = model_ms_per_text(figures.get("seconds"), figures.get("texts"))
+        head = [label, "–", _fmt(figures["texts_per_s"]), _fmt(figures["tokens_per_s"], 0), _fmt(ratio, 2)]
+        return [*head, "–", "–", "–", "0", _fmt(figures.get("mean_batch")), _fmt(per_text)]
+
+    rows = [in_process_row("in-process", report["in_process"], 1.0)]
+    for key, ref in (report.get("references") or {}).items():
+        rows.append(in_process_row(REFERENCE_LABELS.get(key, key), ref, ref.get("ratio")))
     for lv in report["serve"]["levels"]:
         lat = lv["latency_ms"]
         errors = str(lv["errors"]) + (" (stopped)" if lv.get("stopped_early") else "")
@@ -431,11 +443,13 @@ def markdown_section(report: Mapping[str, Any], json_path: str) -> str:
     tokens = f", mean {w['mean_tokens']} tokens" if w.get("mean_tokens") is not None else ""
     langs = " / ".join(f"{count} {lang}" for lang, count in w["langs"].items())
     per_request = s.get("texts_per_request", 1)
-    start, end = markers(per_request)
+    shape = s.get("model_shape", "configured")
+    start, end = markers(per_request, shape)
     lines = [
         start,
         "## Embedding throughput — Serve HTTP vs in-process"
-        + ("" if per_request == 1 else f", {per_request} texts per request"),
+        + ("" if per_request == 1 else f", {per_request} texts per request")
+        + (f", {SHAPE_TITLES[shape]}" if shape in SHAPE_TITLES else ""),
         "",
         f"Model `{report['model']['id']}` on {m['device']} ({m['dtype']}), {m['cpu_count']} CPUs, "
         f"torch {m['torch']}, Ray {m['ray']}; {report['timestamp']}. Workload: {w['texts']} unique texts "
@@ -446,6 +460,17 @@ def markdown_section(report: Mapping[str, Any], json_path: str) -> str:
         f"{s.get('texts_per_request', 1)} text(s) per request, "
         f"each level its own copy of the texts; @serve.batch max {s['max_batch_size']}, wait "
         f"{s['batch_wait_timeout_s']} s; no cache.",
+        *(
+            [
+                "",
+                "Reference rows, to say where the gap comes from: the same engine fed one text per "
+                "call (the batching a lone request gets; Ray not started), and the baseline again in "
+                "the benchmark's process while Ray and the Serve app run idle beside it (what Ray's "
+                "own processes take from a model on the same cores).",
+            ]
+            if report.get("references")
+            else []
+        ),
         "",
         "```bash",
         report["command"],
@@ -493,9 +518,16 @@ def build_report(
     cache_hit: Mapping[str, Any],
     notes: Sequence[str] = (),
     timestamp: str | None = None,
+    references: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document: every level gets its ratio to the in-process rate, the best level is named."""
+    """The JSON document: every level and reference run gets its ratio to the in-process rate, the
+    best level is named."""
     base = in_process.get("texts_per_s") or 0.0
+    refs = {}
+    for key, ref in (references or {}).items():
+        ref = dict(ref)
+        ref["ratio"] = round(ref["texts_per_s"] / base, 3) if base and ref.get("texts_per_s") else None
+        refs[key] = ref
     shaped = []
     for lv in levels:
         lv = dict(lv)
@@ -511,6 +543,7 @@ def build_report(
         "settings": dict(settings),
         "workload": dict(workload),
         "in_process": dict(in_process),
+        "references": refs,
         "serve": {
             "levels": shaped,
             "best": {k: best[k] for k in ("concurrency", "texts_per_s", "ratio")} if best else None,
@@ -536,6 +569,10 @@ def reconstruct_command(options: EmbedBenchOptions) -> str:
         parts += ["--redis-url", "REDIS_URL"]
     if not options.cache_check:
         parts.append("--no-cache-check")
+    if options.model_shape != "configured":
+        parts += ["--model-shape", options.model_shape]
+    if not options.references:
+        parts.append("--no-references")
     parts += ["--out", str(options.out), "--markdown", str(options.markdown)]
     return shlex.join(parts)
 
@@ -558,6 +595,8 @@ class EmbedBenchOptions:
     request_timeout_s: float = 120.0
     warmup: int = 8
     texts_per_request: int = 1
+    model_shape: ModelShape = "configured"
+    references: bool = True  # the in-process reference runs (1 text per call; beside the idle stack)
     seed: int = 0
     command: str = ""
 
@@ -657,8 +696,16 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def measure_in_process(settings: Settings, workload: Workload, warmup: int) -> tuple[dict[str, Any], dict]:
-    """Baseline: ``EmbeddingService(load_encoder(settings))`` without cache, chunks of max_batch_size."""
+def measure_in_process(
+    settings: Settings,
+    workload: Workload,
+    warmup: int,
+    *,
+    per_call: int | None = None,
+    phase: int = PHASE_IN_PROCESS,
+) -> tuple[dict[str, Any], dict]:
+    """``EmbeddingService(load_encoder(settings))`` without cache over the workload, in calls of
+    ``per_call`` texts (default max_batch_size: the baseline), the texts tagged for ``phase``."""
     import torch
 
     from serve_app.core.compute_threads import on_torch_thread
@@ -678,11 +725,11 @@ def measure_in_process(settings: Settings, workload: Workload, warmup: int) -> t
         "torch_threads": on_torch_thread(torch.get_num_threads),
         "load_s": round(load_s, 2),
     }
-    size = settings.batch.max_batch_size
+    size = per_call or settings.batch.max_batch_size
     warm = tag(workload.texts[:warmup], PHASE_WARM)
     for chunk in _chunks(warm, size):
         service.embed_items([EmbedItem(t, "passage") for t in chunk])
-    texts = tag(workload.texts, PHASE_IN_PROCESS)
+    texts = tag(workload.texts, phase)
     results: list[dict[str, Any]] = []
     meter = CpuMeter()
     start = time.perf_counter()
@@ -707,6 +754,12 @@ def measure_in_process(settings: Settings, workload: Workload, warmup: int) -> t
     del service, encoder, results
     gc.collect()
     return figures, model_info
+
+
+def _reference(measured: tuple[dict[str, Any], dict]) -> dict[str, Any]:
+    figures = dict(measured[0])
+    figures.pop("token_counts", None)
+    return figures
 
 
 def measure_engine_cache_hit(settings: Settings, text: str, repeats: int = 50) -> dict[str, Any]:
@@ -919,10 +972,43 @@ def _machine(
     }
 
 
+class ShapeWithoutTokenizer(ValueError):
+    """``--model-shape`` needs the configured model's tokenizer on disk."""
+
+
 def run_embed_bench(
     settings: Settings, options: EmbedBenchOptions, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """The whole benchmark; returns the report and writes ``options.out`` (and the Markdown section)."""
+    """The whole benchmark; returns the report and writes ``options.out`` (and the Markdown section).
+
+    With ``options.model_shape`` other than ``configured``, both paths run a random-weight model of
+    that shape (built in a temporary directory with the configured model's tokenizer)."""
+    if options.model_shape == "configured":
+        return _run_embed_bench(settings, options, echo)
+    from serve_app.devtools.bench.gpu import LARGE
+    from serve_app.devtools.model_build import build_random_model
+
+    tokenizer_dir = Path(settings.model.name_or_path)
+    if not (tokenizer_dir / "config.json").exists():
+        raise ShapeWithoutTokenizer(
+            f"takes the tokenizer of a local model directory (model.name_or_path); {tokenizer_dir} is not one"
+        )
+    with tempfile.TemporaryDirectory(prefix=f"specrag-{options.model_shape}-shape-") as tmp:
+        echo(f"building a model of {options.model_shape}'s shape with random weights in {tmp} ...")
+        build_random_model(
+            Path(tmp),
+            shape=LARGE,
+            tokenizer_dir=tokenizer_dir,
+            name=f"{options.model_shape}-shape-random-weights",
+            max_length=settings.model.max_length,
+        )
+        model = settings.model.model_copy(update={"name_or_path": tmp})
+        return _run_embed_bench(settings.model_copy(update={"model": model}), options, echo)
+
+
+def _run_embed_bench(
+    settings: Settings, options: EmbedBenchOptions, echo: Callable[[str], None]
+) -> dict[str, Any]:
     import json
 
     from serve_app.devtools.local_stack import (
@@ -962,6 +1048,12 @@ def run_embed_bench(
         echo(f"workload: {len(workload.texts)} texts from {source}; in-process baseline ...")
         in_process, model_info = measure_in_process(plain, workload, options.warmup)
         echo(f"  in-process: {in_process['texts_per_s']} texts/s, {in_process['tokens_per_s']} tokens/s")
+        references: dict[str, dict[str, Any]] = {}
+        if options.references:
+            echo("in-process, 1 text per call ...")
+            references["one_per_call"] = _reference(
+                measure_in_process(plain, workload, options.warmup, per_call=1, phase=PHASE_ONE_PER_CALL)
+            )
         engine_cache: dict[str, Any] = {"latency_ms": None, "reason": cache_reason}
         if cached is not None:
             echo("engine cache hit ...")
@@ -981,6 +1073,11 @@ def run_embed_bench(
             asyncio.run(
                 drive(url, warm[1:], min(8, len(warm)), timeout_s=options.request_timeout_s, max_seconds=60)
             )
+            if options.references:
+                echo("in-process beside the idle Ray + Serve app ...")
+                references["beside_idle_stack"] = _reference(
+                    measure_in_process(plain, workload, options.warmup, phase=PHASE_BESIDE_STACK)
+                )
             for j, concurrency in enumerate(options.concurrency):
                 before = embedder_stats()
                 meter = CpuMeter()
@@ -1034,6 +1131,7 @@ def run_embed_bench(
             "encode_batch_size": b.encode_batch_size,
             "torch_threads": model_info["torch_threads"],
             "texts_per_request": options.texts_per_request,
+            "model_shape": options.model_shape,
             "embedder_replicas": settings.serve.embedder_replicas,
             "embedder_num_cpus": settings.serve.embedder_num_cpus,
             "max_seconds_per_level": options.max_seconds,
@@ -1045,6 +1143,7 @@ def run_embed_bench(
         levels=levels,
         cache_hit={"serve": serve_cache, "engine": engine_cache},
         notes=notes,
+        references=references,
     )
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

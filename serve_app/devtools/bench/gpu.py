@@ -37,12 +37,11 @@ GRID = [(1, 32), (32, 32), (128, 128), (64, 512), (16, 2048), (4, 8192), (1, 819
 TINY_GRID = [(1, 16), (8, 64), (2, 256)]
 
 
-def build_model(shape: dict[str, int], device: str, dtype: Any) -> Any:
-    """XLM-R with M3's three heads, random weights (``transformers`` only)."""
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+def xlmr_config(shape: dict[str, int], **extra: Any) -> Any:
+    """An XLM-R configuration of ``shape`` (``LARGE`` is BGE-M3's), ``extra`` passed through."""
+    from transformers import XLMRobertaConfig
 
-    config = XLMRobertaConfig(
+    return XLMRobertaConfig(
         vocab_size=shape["vocab"],
         hidden_size=shape["hidden"],
         num_hidden_layers=shape["layers"],
@@ -50,8 +49,16 @@ def build_model(shape: dict[str, int], device: str, dtype: Any) -> Any:
         intermediate_size=shape["ffn"],
         max_position_embeddings=shape["positions"],
         type_vocab_size=1,
-        attn_implementation="sdpa",
+        **extra,
     )
+
+
+def build_model(shape: dict[str, int], device: str, dtype: Any) -> Any:
+    """XLM-R with M3's three heads, random weights (``transformers`` only)."""
+    import torch
+    from transformers import XLMRobertaModel
+
+    config = xlmr_config(shape, attn_implementation="sdpa")
 
     class M3(torch.nn.Module):
         """BGE-M3's outputs from one pass: CLS dense, ReLU-linear sparse weights, ColBERT rows."""

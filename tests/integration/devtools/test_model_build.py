@@ -62,3 +62,30 @@ def test_batch_order_and_padding_do_not_change_vectors(encoder: M3Encoder) -> No
     together = encoder.encode(TEXTS, sparse=False).dense
     alone = np.stack([encoder.encode([t], sparse=False).dense[0] for t in TEXTS])
     assert np.allclose(together, alone, atol=1e-4)
+
+
+def test_a_random_model_of_a_given_shape_loads_and_encodes_like_the_real_one(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The benchmarks' stand-in for BGE-M3 (its shape, random weights) goes through FlagEmbedding's
+    loading code and the engine like any M3 directory, with the offline model's tokenizer."""
+    from serve_app.devtools.bench.gpu import TINY
+    from serve_app.devtools.model_build import build_random_model
+
+    shape = TINY | {"positions": 130}
+    built = [
+        build_random_model(
+            tmp_path / f"m{i}", shape=shape, tokenizer_dir=model_dir, name="tiny-shape", seed=i // 2
+        )
+        for i in range(3)
+    ]
+    encoders = [M3Encoder(str(path), device="cpu", num_threads=1) for path in built]
+    first = encoders[0]
+    assert (first.model_id, first.dim, first.max_length, first.pooling) == ("tiny-shape", 64, 128, "cls")
+    outs = [e.encode(TEXTS[:2], dense=True, sparse=True, colbert=True) for e in encoders]
+    dense = outs[0].dense
+    assert dense is not None and dense.shape == (2, 64)
+    assert np.allclose(np.linalg.norm(dense, axis=1), 1.0, atol=1e-5)
+    assert all(outs[0].sparse) and [len(c) for c in outs[0].colbert] == [n - 1 for n in outs[0].token_counts]
+    assert np.allclose(dense, outs[1].dense), "the same seed builds the same weights"
+    assert not np.allclose(dense, outs[2].dense), "another seed, other weights"

@@ -54,6 +54,35 @@ def test_bench_embed_never_records_the_redis_url(embed_options, monkeypatch, for
     assert "--redis-url REDIS_URL" in options.command
 
 
+def test_bench_embed_in_bge_m3_shape_writes_its_own_figures(embed_options, monkeypatch) -> None:
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    assert runner.invoke(app, ["bench", "embed", "--model-shape", "bge-m3"]).exit_code == 0
+    assert runner.invoke(app, ["bench", "embed"]).exit_code == 0
+    shaped, configured = embed_options
+    assert shaped.model_shape == "bge-m3" and shaped.out == Path("docs/benchmarks/embed-bge-m3-shape.json")
+    assert "--model-shape bge-m3" in shaped.command
+    assert configured.model_shape == "configured" and configured.out == Path("docs/benchmarks/embed.json")
+    assert "--model-shape" not in configured.command
+    bad = runner.invoke(app, ["bench", "embed", "--model-shape", "bge-m4"])
+    assert bad.exit_code == 2 and "bge-m4" in bad.output
+
+
+def test_bench_embed_in_a_shape_without_a_local_tokenizer_is_a_usage_error(monkeypatch) -> None:
+    monkeypatch.setattr(cli_bench, "ensure_model", lambda settings: None)
+    monkeypatch.setenv("SPECRAG_MODEL__NAME_OR_PATH", "BAAI/bge-m3")
+    result = runner.invoke(app, ["bench", "embed", "--model-shape", "bge-m3"])
+    assert result.exit_code == 2 and "is not one" in result.output  # the reason, not a traceback
+
+
+def test_bench_embed_can_skip_the_reference_runs(embed_options, monkeypatch) -> None:
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    assert runner.invoke(app, ["bench", "embed", "--no-references"]).exit_code == 0
+    assert runner.invoke(app, ["bench", "embed"]).exit_code == 0
+    skipped, default = embed_options
+    assert not skipped.references and "--no-references" in skipped.command
+    assert default.references and "--no-references" not in default.command
+
+
 def test_bench_embed_outside_the_script_records_the_equivalent_command(embed_options, monkeypatch) -> None:
     monkeypatch.setattr("sys.argv", ["pytest"])
     assert runner.invoke(app, ["bench", "embed", "--no-cache-check"]).exit_code == 0

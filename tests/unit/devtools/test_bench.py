@@ -15,6 +15,7 @@ from serve_app.devtools import common
 from serve_app.devtools.bench import embed as bench
 from serve_app.devtools.common import replace_section
 from serve_app.devtools.local_stack import SAMPLE_DOCS
+from serve_app.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,11 @@ def _level(concurrency: int, rate: float | None, errors: int = 0) -> dict:
 
 
 def _report() -> dict:
-    return bench.build_report(
+    return bench.build_report(**_report_args())
+
+
+def _report_args() -> dict:
+    return dict(
         command="specrag bench embed --texts 96",
         machine={"device": "cpu", "dtype": "float32", "cpu_count": 2, "torch": "2.13.0", "ray": "2.60.0"},
         model={"id": "m3-test"},
@@ -192,6 +197,36 @@ def test_tables_have_a_row_per_level_and_the_baseline() -> None:
     assert md[2].endswith("| 32.0 | 25.0 |"), "in-process: its seconds per text"
 
 
+def test_reference_runs_get_rows_and_ratios_between_the_baseline_and_the_levels() -> None:
+    report = _report()
+    assert report["references"] == {}
+    refs = {
+        "one_per_call": {
+            "texts_per_s": 36.0,
+            "tokens_per_s": 3240.0,
+            "mean_batch": 1.0,
+            "seconds": 2.667,
+            "texts": 96,
+        },
+        "beside_idle_stack": {
+            "texts_per_s": 34.0,
+            "tokens_per_s": 3060.0,
+            "mean_batch": 32.0,
+            "seconds": 2.8,
+            "texts": 96,
+        },
+    }
+    report = bench.build_report(**{**_report_args(), "references": refs})
+    assert report["references"]["one_per_call"]["ratio"] == 0.9
+    assert report["references"]["beside_idle_stack"]["ratio"] == 0.85
+    md = bench.markdown_table(report).splitlines()
+    assert md[3] == "| in-process, 1 text per call | – | 36.0 | 3,240 | 0.90 | – | – | – | 0 | 1.0 | 27.8 |"
+    assert md[4].startswith("| in-process beside idle Ray + Serve | – | 34.0 |")
+    assert md[5].startswith("| Serve HTTP | 1 |")
+    assert "Reference rows" in bench.markdown_section(report, "e.json")
+    assert "Reference rows" not in bench.markdown_section(_report(), "e.json")
+
+
 def test_markdown_section_carries_command_table_and_markers() -> None:
     section = bench.markdown_section(_report(), "docs/benchmarks/embed.json")
     assert section.startswith(bench.MARK_START) and section.endswith(bench.MARK_END)
@@ -206,6 +241,28 @@ def test_sections_per_texts_per_request_coexist() -> None:
     doc = replace_section(replace_section("", one), four)
     doc = replace_section(doc, one.replace("one", "ONE"))
     assert "ONE" in doc and "four" in doc and "one\n" not in doc
+
+
+def test_a_model_shape_keeps_a_section_of_its_own() -> None:
+    assert bench.markers(1, "bge-m3") == (
+        "<!-- bench:embed-bge-m3-shape:start -->",
+        "<!-- bench:embed-bge-m3-shape:end -->",
+    )
+    assert bench.markers(4, "bge-m3")[0] == "<!-- bench:embed-x4-bge-m3-shape:start -->"
+    assert bench.markers(1) == (bench.MARK_START, bench.MARK_END)
+    args = _report_args()
+    args["settings"] = args["settings"] | {"model_shape": "bge-m3"}
+    section = bench.markdown_section(bench.build_report(**args), "e.json")
+    assert section.startswith(bench.markers(1, "bge-m3")[0])
+    assert "## Embedding throughput — Serve HTTP vs in-process, BGE-M3's shape (random weights)" in section
+
+
+def test_a_model_shape_needs_a_local_tokenizer_before_anything_runs(tmp_path: Path) -> None:
+    settings = Settings(model={"name_or_path": "BAAI/bge-m3"})
+    options = bench.EmbedBenchOptions(source=SAMPLE_DOCS, model_shape="bge-m3", out=tmp_path / "e.json")
+    with pytest.raises(bench.ShapeWithoutTokenizer, match="local model directory"):
+        bench.run_embed_bench(settings, options)
+    assert not (tmp_path / "e.json").exists()
 
 
 def test_reconstructed_command_hides_the_redis_url() -> None:
