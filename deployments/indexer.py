@@ -19,7 +19,8 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.core.gitsource import GitError, GitRepo, GitSync, UnknownRevision
+from serve_app.core.gitrepo import GitError, GitRepo, UnknownRevision
+from serve_app.core.gitsource import GitSync
 from serve_app.core.ingest import Ingestor, IngestReport, SourceDocument
 from serve_app.core.meta import MetaStore
 from serve_app.core.store import StoreUnavailable, doc_version_filter, make_store

@@ -16,7 +16,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.core.contracts import EmbedOutput, InputType, TextScore, Truncate
-from serve_app.core.gitsource import GitError, SourceConflict, UnknownRevision
+from serve_app.core.gitrepo import GitError, UnknownRevision
+from serve_app.core.gitsource import SourceConflict
 from serve_app.core.ingest import ModelMismatch, OutOfScope
 from serve_app.core.pipeline import SearchPipeline
 from serve_app.core.store import StoreUnavailable

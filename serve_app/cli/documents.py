@@ -68,7 +68,8 @@ def ingest(
     """
     import itertools
 
-    from serve_app.core.gitsource import GitError, GitRepo, GitSync, SourceConflict, UnknownRevision
+    from serve_app.core.gitrepo import GitError, GitRepo, UnknownRevision
+    from serve_app.core.gitsource import GitSync, SourceConflict
     from serve_app.core.ingest import EmbedderUnavailable, Ingestor, git_revision, iter_documents
     from serve_app.core.meta import MetaStore
     from serve_app.core.store import StoreUnavailable

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -44,6 +43,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from serve_app.core.batching import run_isolating_failures
 from serve_app.core.chunking import Chunk, chunk_document, detect_lang
 from serve_app.core.formats import Section, UnreadableDocument, convert, handles
+from serve_app.core.gitrepo import GitError, GitRepo
 from serve_app.core.meta import MetaStore
 from serve_app.core.retrieval import passage_text
 from serve_app.core.store import (
@@ -170,13 +170,10 @@ def _git_files(root: Path) -> list[Path] | None:
     if not (root / ".git").exists():
         return None
     try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True, timeout=60
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        log.warning("%s looks like a git checkout but git ls-files failed; reading every file", root)
+        return [root / name for name in GitRepo(root).tracked_files()]
+    except GitError as exc:
+        log.warning("%s looks like a git checkout but %s; reading every file", root, exc)
         return None
-    return [root / name for name in out.decode("utf-8", errors="replace").split("\0") if name]
 
 
 def git_revision(root: Path) -> str | None:
@@ -184,12 +181,9 @@ def git_revision(root: Path) -> str | None:
     if not (Path(root) / ".git").exists():
         return None
     try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, check=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
+        return GitRepo(root).resolve("HEAD")
+    except GitError:
         return None
-    return out.stdout.decode().strip() or None
 
 
 def read_folder(root: Path) -> Iterator[SourceDocument]:

@@ -26,7 +26,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.core.encoder import InputTooLong
-from serve_app.core.gitsource import GitError, SourceConflict, UnknownRevision
+from serve_app.core.gitrepo import GitError, UnknownRevision
+from serve_app.core.gitsource import SourceConflict
 from serve_app.core.ingest import ModelMismatch, OutOfScope
 from serve_app.core.pipeline import EmbedderUnavailable, QueryNotEmbedded, SearchRejected
 from serve_app.core.rerank import RerankerUnavailable

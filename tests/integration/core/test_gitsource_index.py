@@ -11,7 +11,8 @@ import pytest
 
 from serve_app.core.chunking import chunk_document
 from serve_app.core.embedding import EmbeddingService
-from serve_app.core.gitsource import GitRepo, GitSync
+from serve_app.core.gitrepo import GitRepo
+from serve_app.core.gitsource import GitSync
 from serve_app.core.ingest import Ingestor
 from serve_app.core.meta import MetaStore
 from serve_app.core.retrieval import passage_text

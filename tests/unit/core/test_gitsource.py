@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from serve_app.core.gitsource import GitError, GitRepo, GitSync, UnknownRevision
+from serve_app.core.gitrepo import GitRepo
+from serve_app.core.gitsource import GitSync
 from serve_app.testing.doubles import MemoryMeta, RecordingIngestor
-
-ENV = {
-    **os.environ,
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@x",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@x",
-}
-
-
-class Repo:
-    """A scratch repository: write files, commit, return the commit id."""
-
-    def __init__(self, root: Path) -> None:
-        if shutil.which("git") is None:
-            pytest.fail("git is needed to test git increments")
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.git("init", "-q", "-b", "main")
-
-    def git(self, *args: str) -> str:
-        done = subprocess.run(["git", "-C", str(self.root), *args], check=True, env=ENV, capture_output=True)
-        return done.stdout.decode().strip()
-
-    def write(self, rel: str, text: str) -> None:
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-
-    def commit(self, message: str = "c") -> str:
-        self.git("add", "-A")
-        self.git("commit", "-qm", message)
-        return self.git("rev-parse", "HEAD")
+from serve_app.testing.gitrepo import ScratchRepo as Repo
 
 
 @pytest.fixture
@@ -138,27 +104,6 @@ def test_triggers_never_sync_backwards_and_a_prefix_namespaces_ids(repo: Repo) -
     assert all(d.startswith("team/") for d in index.docs)
     late = _sync(repo, meta, index, first, prefix="team/")
     assert late.mode == "unchanged" and late.to_commit == second and len(index.runs) == 1
-
-
-def test_repo_plumbing_and_its_errors(repo: Repo, tmp_path: Path) -> None:
-    git = GitRepo(repo.root)
-    first = git.resolve("main")
-    repo.write("a b.md", "x\n")
-    repo.git("mv", "spec/auth.md", "spec/認証.md")
-    second = repo.commit()
-    changes = {(c.status, c.path, c.old_path) for c in git.changes(first, second)}
-    assert changes == {("A", "a b.md", None), ("R", "spec/認証.md", "spec/auth.md")}
-    files = git.files(second)
-    assert "spec/認証.md" in files and "spec/auth.md" not in files
-    blobs = git.read([files["a b.md"], "0" * 40, files["spec/認証.md"]])
-    assert blobs[files["a b.md"]] == b"x\n" and len(blobs) == 2, "a missing object is left out"
-    assert git.is_ancestor(first, second) and not git.is_ancestor(second, first)
-    with pytest.raises(UnknownRevision, match="no commit"):
-        git.resolve("0" * 40)
-    with pytest.raises(UnknownRevision):
-        git.resolve("--upload-pack=x")
-    with pytest.raises(GitError, match="not a git repository"):
-        GitRepo(tmp_path / "nowhere").resolve("HEAD")
 
 
 def test_an_id_written_in_a_sync_is_never_deleted_by_it(repo: Repo) -> None:

@@ -47,27 +47,14 @@ def test_chunk_ids_are_stable_and_distinct() -> None:
 
 
 def test_git_checkout_reads_tracked_files_only(tmp_path: Path) -> None:
-    import os
-    import shutil
-    import subprocess
-
     from serve_app.core.ingest import git_revision
+    from serve_app.testing.gitrepo import ScratchRepo
 
-    if shutil.which("git") is None:
-        pytest.fail("git is needed to test reading a git checkout")
-    repo = tmp_path / "docs"
-    (repo / "api").mkdir(parents=True)
-    (repo / "api" / "auth.md").write_text("# Auth\nTokens live 15 minutes.\n")
-    (repo / ".github").mkdir()
-    (repo / ".github" / "notes.md").write_text("# CI notes\n")
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@x",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@x",
-    }
-    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "docs"]):
-        subprocess.run(["git", "-C", str(repo), *cmd], check=True, env={**os.environ, **env})
+    scratch = ScratchRepo(tmp_path / "docs")
+    scratch.write("api/auth.md", "# Auth\nTokens live 15 minutes.\n")
+    scratch.write(".github/notes.md", "# CI notes\n")
+    scratch.commit("docs")
+    repo = scratch.root
     (repo / "draft.md").write_text("# Untracked draft\n")  # not committed: not a document
     docs = {d.doc_id for d in iter_documents(repo)}
     assert docs == {"api/auth.md"}, "tracked, non-hidden files only"

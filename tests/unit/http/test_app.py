@@ -233,7 +233,7 @@ SOURCES = {"ingest": {"sources": {"handbook": {"repo": "/srv/handbook.git"}}}}
 
 
 def test_source_trigger_names_a_registered_source_and_a_commit_only() -> None:
-    from serve_app.core.gitsource import GitError, UnknownRevision
+    from serve_app.core.gitrepo import GitError, UnknownRevision
 
     backend = Backend()
     client = TestClient(create_app(Settings(**SOURCES), backend), raise_server_exceptions=False)
