@@ -38,7 +38,7 @@ class Change:
 
 
 class GitRepo:
-    """The git plumbing a sync needs, over one repository (a checkout or a bare clone)."""
+    """The git plumbing the ingest paths need, over one repository (a checkout or a bare clone)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
