@@ -696,20 +696,13 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def measure_in_process(
-    settings: Settings,
-    workload: Workload,
-    warmup: int,
-    *,
-    per_call: int | None = None,
-    phase: int = PHASE_IN_PROCESS,
-) -> tuple[dict[str, Any], dict]:
-    """``EmbeddingService(load_encoder(settings))`` without cache over the workload, in calls of
-    ``per_call`` texts (default max_batch_size: the baseline), the texts tagged for ``phase``."""
+def load_in_process(settings: Settings) -> tuple[Any, dict[str, Any]]:
+    """``EmbeddingService(load_encoder(settings))`` without cache, and what the report says of it.
+    One load serves the baseline and the reference runs."""
     import torch
 
     from serve_app.core.compute_threads import on_torch_thread
-    from serve_app.core.embedding import EmbeddingService, EmbedItem, load_encoder
+    from serve_app.core.embedding import EmbeddingService, load_encoder
 
     t0 = time.perf_counter()
     service = EmbeddingService(load_encoder(settings))
@@ -725,41 +718,44 @@ def measure_in_process(
         "torch_threads": on_torch_thread(torch.get_num_threads),
         "load_s": round(load_s, 2),
     }
-    size = per_call or settings.batch.max_batch_size
+    return service, model_info
+
+
+def time_in_process(
+    service: Any, workload: Workload, warmup: int, *, per_call: int, phase: int = PHASE_IN_PROCESS
+) -> dict[str, Any]:
+    """The workload through ``service.embed_items`` in calls of ``per_call`` texts (max_batch_size:
+    the baseline), its texts tagged for ``phase`` so no earlier run's cache entry answers them."""
+    from serve_app.core.embedding import EmbedItem
+
     warm = tag(workload.texts[:warmup], PHASE_WARM)
-    for chunk in _chunks(warm, size):
+    for chunk in _chunks(warm, per_call):
         service.embed_items([EmbedItem(t, "passage") for t in chunk])
     texts = tag(workload.texts, phase)
     results: list[dict[str, Any]] = []
     meter = CpuMeter()
     start = time.perf_counter()
-    for chunk in _chunks(texts, size):
+    for chunk in _chunks(texts, per_call):
         results.extend(service.embed_items([EmbedItem(t, "passage") for t in chunk]))
     seconds = time.perf_counter() - start
     cpu = meter.stop()
     tokens = [int(r["tokens"]) for r in results]
-    cached = sum(bool(r.get("cached")) for r in results)
-    figures = {
+    return {
         "texts": len(texts),
         "seconds": round(seconds, 3),
         "texts_per_s": round(len(texts) / seconds, 2),
         "tokens": sum(tokens),
         "tokens_per_s": round(sum(tokens) / seconds, 1),
-        "chunk_size": size,
-        "mean_batch": round(len(texts) / math.ceil(len(texts) / size), 1),  # texts per embed_items call
-        "cached_results": cached,
+        "chunk_size": per_call,
+        "mean_batch": round(len(texts) / math.ceil(len(texts) / per_call), 1),  # texts per embed_items call
+        "cached_results": sum(bool(r.get("cached")) for r in results),
         "cpu": cpu,
         "token_counts": tokens,
     }
-    del service, encoder, results
-    gc.collect()
-    return figures, model_info
 
 
-def _reference(measured: tuple[dict[str, Any], dict]) -> dict[str, Any]:
-    figures = dict(measured[0])
-    figures.pop("token_counts", None)
-    return figures
+def _reference(figures: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in figures.items() if k != "token_counts"}
 
 
 def measure_engine_cache_hit(settings: Settings, text: str, repeats: int = 50) -> dict[str, Any]:
@@ -1046,14 +1042,19 @@ def _run_embed_bench(
         cached = _with(settings, redis_url=redis_url, threads=threads) if redis_url else None
 
         echo(f"workload: {len(workload.texts)} texts from {source}; in-process baseline ...")
-        in_process, model_info = measure_in_process(plain, workload, options.warmup)
+        service, model_info = load_in_process(plain)
+        per_call = settings.batch.max_batch_size
+        in_process = time_in_process(service, workload, options.warmup, per_call=per_call)
         echo(f"  in-process: {in_process['texts_per_s']} texts/s, {in_process['tokens_per_s']} tokens/s")
         references: dict[str, dict[str, Any]] = {}
         if options.references:
             echo("in-process, 1 text per call ...")
             references["one_per_call"] = _reference(
-                measure_in_process(plain, workload, options.warmup, per_call=1, phase=PHASE_ONE_PER_CALL)
+                time_in_process(service, workload, options.warmup, per_call=1, phase=PHASE_ONE_PER_CALL)
             )
+        else:  # nothing measures it beside the stack: free its memory before Ray starts
+            service = None
+            gc.collect()
         engine_cache: dict[str, Any] = {"latency_ms": None, "reason": cache_reason}
         if cached is not None:
             echo("engine cache hit ...")
@@ -1076,8 +1077,12 @@ def _run_embed_bench(
             if options.references:
                 echo("in-process beside the idle Ray + Serve app ...")
                 references["beside_idle_stack"] = _reference(
-                    measure_in_process(plain, workload, options.warmup, phase=PHASE_BESIDE_STACK)
+                    time_in_process(
+                        service, workload, options.warmup, per_call=per_call, phase=PHASE_BESIDE_STACK
+                    )
                 )
+                service = None
+                gc.collect()
             for j, concurrency in enumerate(options.concurrency):
                 before = embedder_stats()
                 meter = CpuMeter()
